@@ -1,0 +1,237 @@
+//! `onnxd bench MODEL.onnx`: an in-process load generator. Client threads submit requests to
+//! the model's inference threads for a duration or a count, with a progress bar, then report
+//! throughput and latency percentiles (end to end, and the engine's own compute time).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::infer::{read_inputs, InferError};
+use crate::engine::{select, EngineOptions, ModelInfo, Tensors};
+use crate::tensor::{DType, Dim, Tensor};
+
+/// How much load to generate.
+#[derive(Clone, Debug)]
+pub struct BenchPlan {
+    /// Concurrent client threads.
+    pub concurrency: usize,
+    /// Stop after this long (unless `count` is set).
+    pub duration: Duration,
+    /// Stop after this many requests.
+    pub count: Option<u64>,
+    /// Unmeasured requests first.
+    pub warmup: u64,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Measured figures.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    /// Engine used.
+    pub engine: String,
+    /// Provider used.
+    pub provider: String,
+    /// Client threads.
+    pub concurrency: usize,
+    /// Requests completed.
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Wall time of the measured part.
+    pub seconds: f64,
+    /// Requests per second.
+    pub throughput: f64,
+    /// End-to-end latency, microseconds.
+    pub latency_us: Percentiles,
+    /// Engine compute time, microseconds.
+    pub compute_us: Percentiles,
+}
+
+/// Mean and percentiles of a sample, in microseconds.
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+impl Percentiles {
+    fn of(mut sample: Vec<f64>) -> Percentiles {
+        if sample.is_empty() {
+            return Percentiles::default();
+        }
+        sample.sort_by(f64::total_cmp);
+        let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            mean: sample.iter().sum::<f64>() / sample.len() as f64,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// Deterministic inputs for a model: symbolic dimensions set to 1, floats in [-1, 1),
+/// integers small and non-negative, strings short.
+pub fn synthetic_inputs(info: &ModelInfo) -> Result<Tensors, InferError> {
+    info.inputs
+        .iter()
+        .map(|spec| {
+            let dtype = spec.dtype().ok_or_else(|| InferError::Input {
+                file: spec.name.clone(),
+                message: format!("cannot synthesise {}", spec.kind),
+            })?;
+            let shape: Vec<usize> = spec
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n as usize,
+                    Dim::Symbolic(_) => 1,
+                })
+                .collect();
+            let count: usize = shape.iter().product();
+            let tensor = synthetic_tensor(dtype, shape, count);
+            Ok((spec.name.clone(), tensor))
+        })
+        .collect()
+}
+
+fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
+    // A tiny LCG: reproducible without a dependency.
+    let mut state = 0x2545_f491_u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut bytes = Vec::with_capacity(count * dtype.size().unwrap_or(0));
+    for _ in 0..count {
+        let x = next() * 2.0 - 1.0;
+        match dtype {
+            DType::F32 => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
+            DType::F64 => bytes.extend_from_slice(&x.to_le_bytes()),
+            DType::F16 => bytes.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
+            DType::BF16 => bytes.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
+            DType::Bool => bytes.push(u8::from(x > 0.0)),
+            DType::Bytes => {}
+            other => {
+                let size = other.size().expect("fixed size");
+                let v = ((x + 1.0) * 4.0) as u64;
+                bytes.extend_from_slice(&v.to_le_bytes()[..size]);
+            }
+        }
+    }
+    if dtype == DType::Bytes {
+        return Tensor::from_strings(shape, vec![b"onnxd".to_vec(); count]).expect("count matches shape");
+    }
+    Tensor::from_raw(dtype, shape, bytes).expect("count matches shape")
+}
+
+/// Loads the model and runs the plan against it.
+pub fn bench(model_path: &Path, input_args: &[String], options: &EngineOptions, plan: &BenchPlan) -> Result<BenchReport, InferError> {
+    let model = Arc::new(select::load_path("bench", model_path, options)?);
+    let inputs = if input_args.is_empty() {
+        synthetic_inputs(&model.info)?
+    } else {
+        let single = (model.info.inputs.len() == 1).then(|| model.info.inputs[0].name.as_str());
+        read_inputs(input_args, single)?.tensors
+    };
+    for _ in 0..plan.warmup {
+        model.infer_blocking(inputs.clone(), None)?.outputs?;
+    }
+    let progress = if plan.progress {
+        let bar = match plan.count {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new(plan.duration.as_secs().max(1)),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..plan.concurrency.max(1))
+        .map(|_| {
+            let (model, inputs, stop, issued) = (model.clone(), inputs.clone(), stop.clone(), issued.clone());
+            let count = plan.count;
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut computes = Vec::new();
+                let mut errors = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    if count.is_some_and(|c| n >= c) {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    match model.infer_blocking(inputs.clone(), None) {
+                        Ok(r) if r.outputs.is_ok() => {
+                            latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+                            computes.push(r.compute_time.as_secs_f64() * 1e6);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, computes, errors)
+            })
+        })
+        .collect();
+    while !clients.iter().all(|c| c.is_finished()) {
+        std::thread::sleep(Duration::from_millis(50));
+        let elapsed = started.elapsed();
+        match plan.count {
+            Some(_) => progress.set_position(issued.load(Ordering::Relaxed)),
+            None => {
+                progress.set_position(elapsed.as_secs());
+                if elapsed >= plan.duration {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let (mut latencies, mut computes, mut errors) = (Vec::new(), Vec::new(), 0);
+    for client in clients {
+        let (l, c, e) = client.join().expect("bench client thread");
+        latencies.extend(l);
+        computes.extend(c);
+        errors += e;
+    }
+    let requests = latencies.len() as u64;
+    Ok(BenchReport {
+        engine: model.engine.to_string(),
+        provider: model.provider.clone(),
+        concurrency: plan.concurrency.max(1),
+        requests,
+        errors,
+        seconds,
+        throughput: requests as f64 / seconds,
+        latency_us: Percentiles::of(latencies),
+        compute_us: Percentiles::of(computes),
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "engine {} ({}), concurrency {}", self.engine, self.provider, self.concurrency)?;
+        writeln!(f, "{} requests ({} errors) in {:.2} s: {:.1} req/s", self.requests, self.errors, self.seconds, self.throughput)?;
+        for (what, p) in [("latency", &self.latency_us), ("compute", &self.compute_us)] {
+            writeln!(f, "{what:8} mean {:.1} us  p50 {:.1}  p90 {:.1}  p99 {:.1}", p.mean, p.p50, p.p90, p.p99)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! The behaviour behind each CLI subcommand; `main.rs` only parses arguments and dispatches
+//! here, so tests reach every command through the library.
+
+pub mod bench;
+pub mod infer;
+pub mod inspect;
+pub mod run;

@@ -1,0 +1,235 @@
+//! Engines: the narrow boundary between onnxd and the libraries that run models.
+//!
+//! An engine turns a [`ModelFile`] into [`EngineSession`]s — one per model instance, each to
+//! be owned by a single inference thread ([`pool`]). [`ort`] is ONNX Runtime (TensorRT, CUDA
+//! and CPU providers), [`tract`] the pure-Rust CPU engine; [`select`] picks one (`auto` with
+//! fallback in both directions) and always says which engine and provider it chose and why.
+//! Nothing here knows about protocols; nothing outside this folder touches an engine library.
+
+pub mod model;
+pub mod ort;
+pub mod pool;
+pub mod select;
+pub mod tract;
+
+use std::path::PathBuf;
+
+use crate::tensor::Tensor;
+pub use model::{ModelFile, ModelInfo, TensorSpec, ValueKind};
+
+/// Why a load or an inference failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The file is not a usable ONNX model.
+    #[error("{path}: {reason}")]
+    InvalidModel {
+        /// Model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model has inputs or outputs that are not KServe tensors.
+    #[error("model not supported by onnxd: {0}")]
+    NotExpressible(String),
+    /// The ONNX Runtime library could not be found or loaded.
+    #[error("ONNX Runtime unavailable: {0}")]
+    Library(String),
+    /// An engine could not load the model.
+    #[error("{engine} cannot load the model: {reason}")]
+    Load {
+        /// Engine that failed.
+        engine: EngineKind,
+        /// Its error.
+        reason: String,
+    },
+    /// Neither engine could load the model (`auto`); each one's reason.
+    #[error("no engine can load the model: {0}")]
+    NoEngine(String),
+    /// The request does not fit the model's signature.
+    #[error("{0}")]
+    BadInput(String),
+    /// The engine failed while running.
+    #[error("{engine} inference failed: {reason}")]
+    Run {
+        /// Engine that failed.
+        engine: EngineKind,
+        /// Its error.
+        reason: String,
+    },
+    /// The model's queue is full.
+    #[error("model '{0}' is overloaded: its request queue is full")]
+    Overloaded(String),
+    /// The model's instances have stopped (unloaded or crashed).
+    #[error("model '{0}' is not serving")]
+    Unavailable(String),
+}
+
+impl EngineError {
+    /// A short, stable reason label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EngineError::InvalidModel { .. } => "invalid_model",
+            EngineError::NotExpressible(_) => "unsupported_model",
+            EngineError::Library(_) => "library",
+            EngineError::Load { .. } | EngineError::NoEngine(_) => "load",
+            EngineError::BadInput(_) => "bad_input",
+            EngineError::Run { .. } => "engine",
+            EngineError::Overloaded(_) => "overloaded",
+            EngineError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The engines onnxd has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// ONNX Runtime.
+    Ort,
+    /// tract.
+    Tract,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Ort => "onnxruntime",
+            EngineKind::Tract => "tract",
+        })
+    }
+}
+
+/// Which engine to use: a fixed one, or `auto` (ONNX Runtime first, tract as fallback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// ONNX Runtime when available and the model loads there, else tract (and vice versa).
+    #[default]
+    Auto,
+    /// ONNX Runtime only.
+    Ort,
+    /// tract only.
+    Tract,
+}
+
+/// ONNX Runtime execution providers, in the order a config lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// NVIDIA TensorRT (engine cache per model hash).
+    Tensorrt,
+    /// NVIDIA CUDA.
+    Cuda,
+    /// CPU (always available as the last resort).
+    Cpu,
+}
+
+impl Provider {
+    /// ONNX Runtime's name for the provider.
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            Provider::Tensorrt => "TensorrtExecutionProvider",
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::Cpu => "CPUExecutionProvider",
+        }
+    }
+}
+
+/// Engine settings (from `[engine]`, the model's sidecar and `state_dir`).
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Which engine.
+    pub choice: EngineChoice,
+    /// Explicit path of `libonnxruntime.so`; `None` searches (SPEC §5).
+    pub ort_library: Option<PathBuf>,
+    /// Providers to try, in order.
+    pub providers: Vec<Provider>,
+    /// Intra-op threads per instance; 0 = cores / instances.
+    pub intra_threads: usize,
+    /// ORT thread spinning (off keeps an idle daemon at ~0 CPU).
+    pub spinning: bool,
+    /// CUDA / TensorRT device.
+    pub cuda_device: i32,
+    /// TensorRT FP16 mode.
+    pub trt_fp16: bool,
+    /// Where engine caches live (`<state_dir>/cache/trt/<sha256>/`).
+    pub state_dir: PathBuf,
+    /// Parallel sessions of the model.
+    pub instances: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            choice: EngineChoice::Auto,
+            ort_library: None,
+            providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
+            intra_threads: 0,
+            spinning: false,
+            cuda_device: 0,
+            trt_fp16: true,
+            state_dir: std::env::temp_dir().join("onnxd"),
+            instances: 1,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Intra-op threads per instance: the configured number, or an even share of the cores so
+    /// that instances × threads ≤ cores.
+    pub fn threads_per_instance(&self) -> usize {
+        if self.intra_threads > 0 {
+            return self.intra_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.instances.max(1)).max(1)
+    }
+}
+
+/// Named tensors, in model order.
+pub type Tensors = Vec<(String, Tensor)>;
+
+/// One loaded instance of a model in one engine. `run` takes `&mut self`: an instance is used
+/// by one thread at a time (ONNX Runtime sessions require it).
+pub trait EngineSession: Send {
+    /// Runs inputs already validated and ordered by [`ModelInfo::order_inputs`]; returns the
+    /// named outputs, in the order asked for.
+    fn run(&mut self, inputs: &Tensors, outputs: &[String]) -> Result<Tensors, EngineError>;
+}
+
+/// How a provider registration went.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProviderAttempt {
+    /// Provider tried.
+    pub provider: Provider,
+    /// `None` when it registered, else why not.
+    pub error: Option<String>,
+}
+
+/// A model loaded in an engine: its sessions and the facts about how it was loaded.
+pub struct LoadedSessions {
+    /// Engine in use.
+    pub engine: EngineKind,
+    /// Provider in use (`CPUExecutionProvider`, `tract-cpu`).
+    pub provider: String,
+    /// Provider registrations tried, in order (ORT only).
+    pub attempts: Vec<ProviderAttempt>,
+    /// One session per instance.
+    pub sessions: Vec<Box<dyn EngineSession>>,
+}
+
+/// Runs `f`, turning a panic inside an engine library into an error.
+pub(crate) fn catch_panic<T>(engine: EngineKind, what: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let reason = format!("{what} panicked: {message}");
+        Err(match what {
+            "run" => EngineError::Run { engine, reason },
+            _ => EngineError::Load { engine, reason },
+        })
+    })
+}

@@ -1,0 +1,310 @@
+//! What an ONNX file says about itself, read once from its protobuf before any engine sees it.
+//!
+//! [`ModelFile::open`] reads the file into memory (no mmap: a file truncated while mapped
+//! would kill the process with SIGBUS), hashes it and decodes the `ModelProto`; a corrupt,
+//! truncated, empty or non-ONNX file is refused here with a clear [`EngineError::InvalidModel`].
+//! [`ModelInfo`] holds the facts every layer reports (inputs, outputs, opsets, producer,
+//! metadata) and validates requests against the model's signature, so both engines reject bad
+//! inputs with the same messages.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tract_onnx::pb::{self, tensor_shape_proto::dimension, type_proto, ModelProto};
+
+use super::EngineError;
+use crate::tensor::{format_dims, onnx_type_name, DType, Dim, Tensor};
+
+/// The type of a model input or output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A tensor of a KServe datatype.
+    Tensor(DType),
+    /// Anything onnxd cannot carry (sequence, map, optional, FP8, INT4, ...), described.
+    Other(String),
+}
+
+impl std::fmt::Display for ValueKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueKind::Tensor(d) => write!(f, "{d}"),
+            ValueKind::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One input or output of a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name in the graph.
+    pub name: String,
+    /// Element type.
+    pub kind: ValueKind,
+    /// Declared shape; empty with `rank_known = false` when the model declares none.
+    pub dims: Vec<Dim>,
+    /// Whether the model declares a shape at all.
+    pub rank_known: bool,
+}
+
+impl TensorSpec {
+    /// The datatype if this is a KServe tensor.
+    pub fn dtype(&self) -> Option<DType> {
+        match self.kind {
+            ValueKind::Tensor(d) => Some(d),
+            ValueKind::Other(_) => None,
+        }
+    }
+
+    /// `FP32 [N, 3, 224, 224]`.
+    pub fn describe(&self) -> String {
+        if self.rank_known {
+            format!("{} {}", self.kind, format_dims(&self.dims))
+        } else {
+            format!("{} [any shape]", self.kind)
+        }
+    }
+
+    /// Whether dimension 0 exists and is symbolic (Triton's "batchable").
+    pub fn has_symbolic_batch(&self) -> bool {
+        matches!(self.dims.first(), Some(Dim::Symbolic(_)))
+    }
+}
+
+/// Facts about a model, engine-independent.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Graph inputs (initializers excluded), in graph order.
+    pub inputs: Vec<TensorSpec>,
+    /// Graph outputs, in graph order.
+    pub outputs: Vec<TensorSpec>,
+    /// Opset per domain (`""` is the default ONNX domain).
+    pub opsets: BTreeMap<String, i64>,
+    /// ONNX IR version.
+    pub ir_version: i64,
+    /// Producer name and version (`pytorch 2.5.0`).
+    pub producer: String,
+    /// Graph name.
+    pub graph_name: String,
+    /// `metadata_props` of the model.
+    pub metadata: BTreeMap<String, String>,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// File size in bytes.
+    pub file_size: u64,
+}
+
+/// A model file read and decoded, ready to hand to an engine.
+pub struct ModelFile {
+    /// Path it was read from.
+    pub path: PathBuf,
+    /// Decoded protobuf (tract builds from it; dropped after loading).
+    pub proto: ModelProto,
+    /// Facts derived from it.
+    pub info: Arc<ModelInfo>,
+}
+
+impl ModelFile {
+    /// Reads, hashes and decodes an ONNX file.
+    pub fn open(path: &Path) -> Result<ModelFile, EngineError> {
+        let invalid = |reason: String| EngineError::InvalidModel {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+        if bytes.is_empty() {
+            return Err(invalid("the file is empty".into()));
+        }
+        let proto = ModelProto::decode(&bytes[..])
+            .map_err(|e| invalid(format!("not an ONNX model (protobuf decode failed: {e}); truncated or corrupt?")))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .filter(|g| !g.output.is_empty())
+            .ok_or_else(|| invalid("not an ONNX model (no graph with outputs); truncated or corrupt?".into()))?;
+        if proto.ir_version <= 0 || proto.opset_import.is_empty() {
+            return Err(invalid(
+                "not an ONNX model (no IR version or opset import); truncated or corrupt?".into(),
+            ));
+        }
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains(i.name.as_str()))
+            .map(tensor_spec)
+            .collect();
+        let outputs = graph.output.iter().map(tensor_spec).collect();
+        let producer = format!("{} {}", proto.producer_name, proto.producer_version)
+            .trim()
+            .to_string();
+        let info = ModelInfo {
+            inputs,
+            outputs,
+            opsets: proto
+                .opset_import
+                .iter()
+                .map(|o| (o.domain.clone(), o.version))
+                .collect(),
+            ir_version: proto.ir_version,
+            producer,
+            graph_name: graph.name.clone(),
+            metadata: proto
+                .metadata_props
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
+            sha256: hex(&Sha256::digest(&bytes)),
+            file_size: bytes.len() as u64,
+        };
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            proto,
+            info: Arc::new(info),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tensor_spec(value: &pb::ValueInfoProto) -> TensorSpec {
+    let tensor = match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t,
+        None => {
+            return TensorSpec {
+                name: value.name.clone(),
+                kind: ValueKind::Other("a sequence, map or optional value".into()),
+                dims: Vec::new(),
+                rank_known: false,
+            }
+        }
+    };
+    let kind = match DType::from_onnx_type(tensor.elem_type) {
+        Ok(d) => ValueKind::Tensor(d),
+        Err(_) => ValueKind::Other(format!("tensor({})", onnx_type_name(tensor.elem_type))),
+    };
+    let dims: Vec<Dim> = tensor
+        .shape
+        .iter()
+        .flat_map(|s| &s.dim)
+        .map(|d| match &d.value {
+            Some(dimension::Value::DimValue(n)) if *n >= 0 => Dim::Fixed(*n as u64),
+            Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(Some(p.clone())),
+            _ => Dim::Symbolic(None),
+        })
+        .collect();
+    TensorSpec {
+        name: value.name.clone(),
+        kind,
+        dims,
+        rank_known: tensor.shape.is_some(),
+    }
+}
+
+impl ModelInfo {
+    /// Refuses models whose inputs or outputs onnxd cannot carry.
+    pub fn check_expressible(&self) -> Result<(), EngineError> {
+        let odd: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|s| ("input", s))
+            .chain(self.outputs.iter().map(|s| ("output", s)))
+            .filter(|(_, s)| s.dtype().is_none())
+            .map(|(what, s)| format!("{what} '{}' is {}", s.name, s.kind))
+            .collect();
+        if odd.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::NotExpressible(odd.join("; ")))
+        }
+    }
+
+    /// Whether every input and output has a symbolic first dimension.
+    pub fn batchable(&self) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .all(TensorSpec::has_symbolic_batch)
+    }
+
+    /// Checks named inputs against the signature and returns them in graph order.
+    pub fn order_inputs(&self, mut given: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, EngineError> {
+        let expected = || {
+            self.inputs
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.describe()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (i, (name, _)) in given.iter().enumerate() {
+            if !self.inputs.iter().any(|s| &s.name == name) {
+                return Err(EngineError::BadInput(format!(
+                    "unknown input '{name}'; the model's inputs are: {}",
+                    expected()
+                )));
+            }
+            if given[..i].iter().any(|(n, _)| n == name) {
+                return Err(EngineError::BadInput(format!("input '{name}' is given twice")));
+            }
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            let Some(pos) = given.iter().position(|(n, _)| n == &spec.name) else {
+                return Err(EngineError::BadInput(format!(
+                    "missing input '{}' ({})",
+                    spec.name,
+                    spec.describe()
+                )));
+            };
+            let (name, tensor) = given.swap_remove(pos);
+            check_tensor(spec, &tensor)?;
+            ordered.push((name, tensor));
+        }
+        Ok(ordered)
+    }
+
+    /// Resolves the requested output names (all outputs when `None`), refusing unknown ones.
+    pub fn select_outputs(&self, requested: Option<&[String]>) -> Result<Vec<String>, EngineError> {
+        let all = || self.outputs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let Some(requested) = requested else {
+            return Ok(all());
+        };
+        for name in requested {
+            if !self.outputs.iter().any(|s| &s.name == name) {
+                return Err(EngineError::BadInput(format!(
+                    "unknown output '{name}'; the model's outputs are: {}",
+                    all().join(", ")
+                )));
+            }
+        }
+        Ok(requested.to_vec())
+    }
+}
+
+fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<(), EngineError> {
+    if spec.dtype() != Some(tensor.dtype()) {
+        return Err(EngineError::BadInput(format!(
+            "input '{}' is {} but the model expects {}",
+            spec.name,
+            tensor.dtype(),
+            spec.kind
+        )));
+    }
+    let shape = tensor.shape();
+    let fits = !spec.rank_known
+        || (spec.dims.len() == shape.len() && spec.dims.iter().zip(shape).all(|(d, &s)| d.accepts(s)));
+    if !fits {
+        return Err(EngineError::BadInput(format!(
+            "input '{}' has shape {:?} but the model expects {}",
+            spec.name,
+            shape,
+            format_dims(&spec.dims)
+        )));
+    }
+    Ok(())
+}

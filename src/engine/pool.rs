@@ -1,0 +1,155 @@
+//! Inference threads: each engine session is owned by one dedicated thread fed by a bounded
+//! channel (the text-embeddings-inference pattern), so `Session::run(&mut self)` never needs a
+//! lock and inference never runs on async worker threads.
+//!
+//! [`LoadedModel`] is a model ready to serve: its [`ModelInfo`], how it was loaded (engine,
+//! provider, the reason for the choice) and its [`InstancePool`]. Dropping it closes the queue;
+//! the threads finish the jobs already queued, then exit and free their sessions.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use super::{EngineError, EngineKind, EngineSession, LoadedSessions, ModelInfo, ProviderAttempt, Tensors};
+
+/// Result of one job, with where its time went.
+#[derive(Debug)]
+pub struct JobResult {
+    /// Outputs, or why the run failed.
+    pub outputs: Result<Tensors, EngineError>,
+    /// Time spent waiting in the queue.
+    pub queue_time: Duration,
+    /// Time spent in the engine.
+    pub compute_time: Duration,
+}
+
+struct Job {
+    inputs: Tensors,
+    outputs: Vec<String>,
+    enqueued: Instant,
+    reply: oneshot::Sender<JobResult>,
+}
+
+/// N inference threads sharing one bounded queue.
+pub struct InstancePool {
+    name: String,
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl InstancePool {
+    /// Starts one thread per session. `queue_capacity` bounds the jobs waiting for a thread.
+    pub fn start(name: &str, sessions: Vec<Box<dyn EngineSession>>, queue_capacity: usize) -> InstancePool {
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(queue_capacity.max(1));
+        let threads = sessions
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut session)| {
+                let queue = queue.clone();
+                std::thread::Builder::new()
+                    .name(format!("infer-{name}-{i}"))
+                    .spawn(move || {
+                        for job in queue {
+                            let started = Instant::now();
+                            let outputs = session.run(&job.inputs, &job.outputs);
+                            // The requester may have gone away; its result is then dropped.
+                            let _ = job.reply.send(JobResult {
+                                outputs,
+                                queue_time: started - job.enqueued,
+                                compute_time: started.elapsed(),
+                            });
+                        }
+                    })
+                    .expect("spawn inference thread")
+            })
+            .collect();
+        InstancePool {
+            name: name.to_string(),
+            jobs: Some(jobs),
+            threads,
+        }
+    }
+
+    /// Queues a job; a full queue is an explicit [`EngineError::Overloaded`].
+    pub fn submit(&self, inputs: Tensors, outputs: Vec<String>) -> Result<oneshot::Receiver<JobResult>, EngineError> {
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            inputs,
+            outputs,
+            enqueued: Instant::now(),
+            reply,
+        };
+        let jobs = self.jobs.as_ref().expect("queue open until drop");
+        match jobs.try_send(job) {
+            Ok(()) => Ok(result),
+            Err(TrySendError::Full(_)) => Err(EngineError::Overloaded(self.name.clone())),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::Unavailable(self.name.clone())),
+        }
+    }
+
+    /// Jobs waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.jobs.as_ref().map_or(0, Sender::len)
+    }
+}
+
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A model loaded in an engine and ready to serve.
+pub struct LoadedModel {
+    /// Signature and file facts.
+    pub info: Arc<ModelInfo>,
+    /// Engine in use.
+    pub engine: EngineKind,
+    /// Provider in use.
+    pub provider: String,
+    /// Provider registrations tried.
+    pub attempts: Vec<ProviderAttempt>,
+    /// Why this engine was chosen (and what failed before it).
+    pub reason: String,
+    pool: InstancePool,
+}
+
+impl LoadedModel {
+    /// Starts the inference threads of loaded sessions.
+    pub fn start(name: &str, info: Arc<ModelInfo>, loaded: LoadedSessions, reason: String, queue_capacity: usize) -> LoadedModel {
+        LoadedModel {
+            info,
+            engine: loaded.engine,
+            provider: loaded.provider,
+            attempts: loaded.attempts,
+            reason,
+            pool: InstancePool::start(name, loaded.sessions, queue_capacity),
+        }
+    }
+
+    /// Validates a request against the signature and queues it.
+    pub fn submit(&self, inputs: Tensors, outputs: Option<&[String]>) -> Result<oneshot::Receiver<JobResult>, EngineError> {
+        let inputs = self.info.order_inputs(inputs)?;
+        let outputs = self.info.select_outputs(outputs)?;
+        self.pool.submit(inputs, outputs)
+    }
+
+    /// Runs a request and waits for it (for callers outside an async runtime).
+    pub fn infer_blocking(&self, inputs: Tensors, outputs: Option<&[String]>) -> Result<JobResult, EngineError> {
+        let name = self.pool.name.clone();
+        self.submit(inputs, outputs)?
+            .blocking_recv()
+            .map_err(|_| EngineError::Unavailable(name))
+    }
+
+    /// Jobs waiting for an inference thread.
+    pub fn queued(&self) -> usize {
+        self.pool.queued()
+    }
+}

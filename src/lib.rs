@@ -1,0 +1,22 @@
+//! onnxd: a daemon that serves ONNX models on edge machines.
+//!
+//! Data flows from sources (MQTT, HTTP, cameras) as [`tensor::Tensor`]s into the serving core,
+//! which routes each request to a model's inference threads ([`engine::pool`]); the engines
+//! ([`engine::ort`], [`engine::tract`]) never see protocols. Module map:
+//!
+//! - [`tensor`]: KServe datatypes, tensors and their encodings (V2 JSON, raw bytes, `.npy`,
+//!   ONNX `TensorProto`).
+//! - [`engine`]: model files and signatures, ONNX Runtime and tract, engine selection,
+//!   inference threads.
+//! - [`conformance`]: the ONNX backend node-test runner behind `examples/conformance.rs`.
+//! - [`config`]: the typed configuration file.
+//! - [`telemetry`]: logging set-up.
+//! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
+//!   dispatches).
+
+pub mod commands;
+pub mod conformance;
+pub mod config;
+pub mod engine;
+pub mod telemetry;
+pub mod tensor;

@@ -1,0 +1,156 @@
+//! The `onnxd` binary: parses the command line and dispatches to [`onnxd::commands`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use onnxd::commands::{bench, infer, inspect, run};
+use onnxd::config::Config;
+use onnxd::engine::{EngineChoice, EngineOptions};
+
+/// Serve ONNX models on edge machines (ONNX Runtime + tract).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Engine selection shared by the one-shot commands.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Engine: auto (ONNX Runtime, else tract), ort or tract.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    engine: EngineChoice,
+    /// Path of libonnxruntime.so (default: search, see `onnxd inspect`).
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+    /// Intra-op threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl EngineArgs {
+    fn options(&self, instances: usize) -> EngineOptions {
+        EngineOptions {
+            choice: self.engine,
+            ort_library: self.ort_library.clone(),
+            intra_threads: self.threads,
+            instances,
+            ..EngineOptions::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Config file (default: $ONNXD_CONFIG, /etc/onnxd/onnxd.toml, ./config/onnxd.toml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Show a model's inputs, outputs, opsets and metadata, and which engines can run it.
+    Inspect {
+        /// ONNX file.
+        model: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Run one inference and print the KServe V2 response.
+    Infer {
+        /// ONNX file.
+        model: PathBuf,
+        /// A V2 request JSON file, NAME=FILE.npy, or FILE.npy (single-input models).
+        #[arg(short, long = "input", required = true)]
+        inputs: Vec<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Generate load against an in-process model and report throughput and latency.
+    Bench {
+        /// ONNX file.
+        model: PathBuf,
+        /// Inputs as for `infer` (default: synthetic inputs, symbolic dims = 1).
+        #[arg(short, long = "input")]
+        inputs: Vec<String>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Model instances (inference threads).
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many requests instead.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Unmeasured requests first.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&Config::locate(config.as_deref())?)?;
+            onnxd::telemetry::init(&config.log);
+            run::run(config)
+        }
+        Command::Inspect { model, json, engine } => {
+            onnxd::telemetry::init("warn");
+            let report = inspect::inspect(&model, &engine.options(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
+        Command::Infer { model, inputs, engine } => {
+            onnxd::telemetry::init("warn");
+            let response = infer::infer(&model, &inputs, &engine.options(1))?;
+            println!("{}", serde_json::to_string_pretty(&response)?);
+            Ok(())
+        }
+        Command::Bench { model, inputs, concurrency, instances, duration, count, warmup, json, engine } => {
+            onnxd::telemetry::init("warn");
+            let plan = bench::BenchPlan {
+                concurrency,
+                duration: Duration::from_secs_f64(duration),
+                count,
+                warmup,
+                progress: !json,
+            };
+            let report = bench::bench(&model, &inputs, &engine.options(instances), &plan)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The `onnxd` binary end to end: `inspect`, `infer` on every fixture through every engine
+//! that can run it (outputs compared with onnxruntime-Python's), the clean error of every bad
+//! input, config errors and the daemon's start/stop.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use onnxd::conformance::compare;
+use onnxd::tensor::kserve::InferResponseBody;
+use serde_json::{json, Value};
+
+fn onnxd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_onnxd"))
+        .args(args)
+        .env("ORT_DYLIB_PATH", common::ort_library())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run onnxd")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `infer` and returns the response, failing with onnxd's stderr.
+fn infer_ok(model: &Path, inputs: &[&str], engine: &str) -> InferResponseBody {
+    let mut args = vec!["infer", model.to_str().unwrap(), "--engine", engine];
+    for i in inputs {
+        args.extend(["-i", i]);
+    }
+    let out = onnxd(&args);
+    assert!(out.status.success(), "infer {} --engine {engine} failed: {}", model.display(), stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("V2 response JSON")
+}
+
+/// Runs `infer`, expects failure, and returns stderr.
+fn infer_err(model: &Path, inputs: &[&str], engine: &str) -> String {
+    let mut args = vec!["infer", model.to_str().unwrap(), "--engine", engine];
+    for i in inputs {
+        args.extend(["-i", i]);
+    }
+    let out = onnxd(&args);
+    assert!(!out.status.success(), "infer {} --engine {engine} should fail", model.display());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: "), "not a clean error: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    err
+}
+
+fn assert_matches_reference(name: &str, engine: &str) {
+    let model = common::fixture(&format!("{name}.onnx"));
+    let request = common::fixture(&format!("{name}.request.json"));
+    let expected: InferResponseBody = serde_json::from_value({
+        let mut v: Value = serde_json::from_slice(&std::fs::read(common::fixture(&format!("{name}.expected.json"))).unwrap()).unwrap();
+        v["model_name"] = json!(name);
+        v
+    })
+    .unwrap();
+    let got = infer_ok(&model, &[request.to_str().unwrap()], engine);
+    assert_eq!(got.outputs.len(), expected.outputs.len(), "{name} on {engine}");
+    for (g, e) in got.outputs.iter().zip(&expected.outputs) {
+        assert_eq!(g.name, e.name);
+        let (g, e) = (g.to_tensor().unwrap(), e.to_tensor().unwrap());
+        compare(&g, &e).unwrap_or_else(|why| panic!("{name} on {engine}, output differs: {why}"));
+    }
+}
+
+const DTYPES: [&str; 13] = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"];
+
+#[test]
+fn every_dtype_matches_onnxruntime_python_in_both_engines() {
+    for dtype in DTYPES {
+        for engine in ["ort", "tract"] {
+            assert_matches_reference(&format!("dtype_{dtype}"), engine);
+        }
+    }
+}
+
+#[test]
+fn numeric_fixtures_match_onnxruntime_python_in_both_engines() {
+    for name in ["dynamic_batch", "scalar_ops", "cnn"] {
+        for engine in ["ort", "tract", "auto"] {
+            assert_matches_reference(name, engine);
+        }
+    }
+}
+
+#[test]
+fn bf16_runs_in_onnxruntime_and_fails_cleanly_in_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("bf16.json");
+    let values = [1.5, -0.25, 3.0, 0.0, 1024.0, -2.0];
+    std::fs::write(&request, json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "BF16", "data": values}]}).to_string()).unwrap();
+    let model = common::fixture("dtype_BF16.onnx");
+    let got = infer_ok(&model, &[request.to_str().unwrap()], "ort");
+    assert_eq!(got.outputs[0].data, Some(json!(values)));
+    assert_eq!(got.outputs[1].shape, vec![3, 2]);
+    assert_eq!(got.outputs[1].data, Some(json!([1.5, 0.0, -0.25, 1024.0, 3.0, -2.0])));
+    let err = infer_err(&model, &[request.to_str().unwrap()], "tract");
+    assert!(err.contains("tract has no BF16"), "{err}");
+    let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
+    assert_eq!(auto.parameters.unwrap()["engine"], "onnxruntime");
+}
+
+#[test]
+fn op_tract_lacks_runs_in_onnxruntime_and_auto_picks_it() {
+    assert_matches_reference("unique", "ort");
+    let model = common::fixture("unique.onnx");
+    let request = common::fixture("unique.request.json");
+    let err = infer_err(&model, &[request.to_str().unwrap()], "tract");
+    assert!(err.contains("tract cannot load the model") && err.contains("Unique"), "{err}");
+    let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
+    assert_eq!(auto.parameters.unwrap()["engine"], "onnxruntime");
+}
+
+#[test]
+fn model_onnxruntime_refuses_runs_in_tract_and_auto_falls_back() {
+    assert_matches_reference("future_opset", "tract");
+    let model = common::fixture("future_opset.onnx");
+    let request = common::fixture("future_opset.request.json");
+    let err = infer_err(&model, &[request.to_str().unwrap()], "ort");
+    assert!(err.contains("onnxruntime cannot load the model") && err.contains("opset"), "{err}");
+    let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
+    assert_eq!(auto.parameters.unwrap()["engine"], "tract");
+    assert_matches_reference("future_opset", "auto");
+}
+
+#[test]
+fn zipmap_outputs_are_refused_as_not_expressible() {
+    let model = common::fixture("zipmap.onnx");
+    let request = common::fixture("dynamic_batch.request.json");
+    for engine in ["ort", "tract", "auto"] {
+        let err = infer_err(&model, &[request.to_str().unwrap()], engine);
+        assert!(err.contains("model not supported by onnxd: output 'y' is a sequence, map or optional value"), "{err}");
+    }
+}
+
+#[test]
+fn broken_model_files_get_clear_errors_in_every_engine() {
+    let request = common::fixture("dynamic_batch.request.json");
+    let cases = [
+        ("empty.onnx", "the file is empty"),
+        ("truncated.onnx", "truncated or corrupt"),
+        ("corrupt.onnx", "truncated or corrupt"),
+        ("not_onnx.onnx", "not an ONNX model"),
+    ];
+    for (file, expected) in cases {
+        let model = common::fixture(file);
+        for engine in ["ort", "tract", "auto"] {
+            let err = infer_err(&model, &[request.to_str().unwrap()], engine);
+            assert!(err.contains(file) && err.contains(expected), "{file} on {engine}: {err}");
+        }
+    }
+    let err = infer_err(Path::new("/nonexistent/model.onnx"), &[request.to_str().unwrap()], "auto");
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn missing_ort_library_is_named_and_auto_falls_back_to_tract() {
+    let model = common::fixture("dynamic_batch.onnx");
+    let request = common::fixture("dynamic_batch.request.json");
+    let out = onnxd(&["infer", model.to_str().unwrap(), "-i", request.to_str().unwrap(), "--engine", "ort", "--ort-library", "/nonexistent/libonnxruntime.so"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("engine.ort_library /nonexistent/libonnxruntime.so does not exist"), "{}", stderr(&out));
+    let out = onnxd(&["infer", model.to_str().unwrap(), "-i", request.to_str().unwrap(), "--ort-library", "/nonexistent/libonnxruntime.so"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let response: InferResponseBody = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(response.parameters.unwrap()["engine"], "tract");
+}
+
+#[test]
+fn bad_inputs_get_errors_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("dynamic_batch.onnx");
+    let x = |shape: Value, datatype: &str, data: Value| json!({"name": "x", "shape": shape, "datatype": datatype, "data": data});
+    let cases = [
+        ("unknown_name", json!({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}), "unknown input 'nope'; the model's inputs are: x (FP32 [batch, 4])"),
+        ("missing", json!({"inputs": []}), "missing input 'x' (FP32 [batch, 4])"),
+        ("dtype", json!({"inputs": [x(json!([1, 4]), "INT64", json!([1, 2, 3, 4]))]}), "input 'x' is INT64 but the model expects FP32"),
+        ("shape", json!({"inputs": [x(json!([1, 5]), "FP32", json!([1, 2, 3, 4, 5]))]}), "input 'x' has shape [1, 5] but the model expects [batch, 4]"),
+        ("length", json!({"inputs": [x(json!([2, 4]), "FP32", json!([1, 2, 3]))]}), "data has 3 elements but shape [2, 4] of FP32 needs 8 elements"),
+        ("element", json!({"inputs": [x(json!([1, 4]), "FP32", json!([1, "two", 3, 4]))]}), "element 1: \"two\" is not a number"),
+        ("datatype", json!({"inputs": [x(json!([1, 4]), "FLOAT", json!([1, 2, 3, 4]))]}), "unknown datatype 'FLOAT'"),
+        ("unknown_output", json!({"inputs": [x(json!([1, 4]), "FP32", json!([1, 2, 3, 4]))], "outputs": [{"name": "zz"}]}), "unknown output 'zz'"),
+    ];
+    for (name, body, expected) in cases {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, body.to_string()).unwrap();
+        for engine in ["ort", "tract"] {
+            let err = infer_err(&model, &[path.to_str().unwrap()], engine);
+            assert!(err.contains(expected), "{name} on {engine}: {err}");
+        }
+    }
+    let bytes_model = common::fixture("dtype_BYTES.onnx");
+    let path = dir.path().join("bytes.json");
+    std::fs::write(&path, json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", 7, "c"]}]}).to_string()).unwrap();
+    let err = infer_err(&bytes_model, &[path.to_str().unwrap()], "auto");
+    assert!(err.contains("element 1: 7 is not a string"), "{err}");
+    let path = dir.path().join("malformed.json");
+    std::fs::write(&path, "{\"inputs\": [").unwrap();
+    let err = infer_err(&model, &[path.to_str().unwrap()], "auto");
+    assert!(err.contains("not a KServe V2 request"), "{err}");
+}
+
+#[test]
+fn npy_inputs_run_and_match_json_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("dynamic_batch.onnx");
+    let request = common::fixture("dynamic_batch.request.json");
+    let body: onnxd::tensor::kserve::InferRequestBody = serde_json::from_slice(&std::fs::read(&request).unwrap()).unwrap();
+    let tensor = body.inputs[0].to_tensor().unwrap();
+    let npy = dir.path().join("x.npy");
+    std::fs::write(&npy, onnxd::tensor::npy::write_npy(&tensor).unwrap()).unwrap();
+    let from_json = infer_ok(&model, &[request.to_str().unwrap()], "ort");
+    let named = format!("x={}", npy.display());
+    for input in [npy.to_str().unwrap(), named.as_str()] {
+        let from_npy = infer_ok(&model, &[input], "ort");
+        assert_eq!(from_npy.outputs[0].data, from_json.outputs[0].data);
+    }
+    let err = infer_err(&model, &[&format!("x={}", request.display())[..]], "auto");
+    assert!(err.contains("not a KServe V2 request") || err.contains("expected"), "{err}");
+}
+
+#[test]
+fn inspect_reports_signature_metadata_and_engines() {
+    let model = common::models().join("digits/model.onnx");
+    let out = onnxd(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["inputs"][0], json!({"name": "image", "datatype": "FP32", "shape": ["batch", "1", "8", "8"]}));
+    assert_eq!(report["outputs"][0]["name"], "probabilities");
+    assert_eq!(report["opsets"], json!([["ai.onnx", 17]]));
+    assert_eq!(report["producer"], "onnxd-train-digits");
+    assert_eq!(report["batchable"], true);
+    assert!(report["metadata"].to_string().contains("heldout_accuracy"));
+    assert_eq!(report["engines"][0], json!({"engine": "ort", "loads": true, "provider": "CPUExecutionProvider", "error": null}));
+    assert_eq!(report["engines"][1]["loads"], true);
+    assert!(report["onnxruntime"]["library"].as_str().unwrap().ends_with("libonnxruntime.so.1.31.1"));
+    let text = onnxd(&["inspect", common::fixture("unique.onnx").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("onnxruntime  yes  (CPUExecutionProvider)"), "{text}");
+    assert!(text.contains("tract        no"), "{text}");
+}
+
+#[test]
+fn example_model_classifies_its_sample() {
+    let model = common::models().join("digits/model.onnx");
+    let sample = common::models().join("digits/sample-request.json");
+    for engine in ["ort", "tract"] {
+        let response = infer_ok(&model, &[sample.to_str().unwrap()], engine);
+        let probs = response.outputs[0].to_tensor().unwrap().to_f64_vec().unwrap();
+        let best = (0..10).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap();
+        assert_eq!(response.id.as_deref(), Some(format!("digit-{best}").as_str()), "{engine}: {probs:?}");
+    }
+}
+
+#[test]
+fn config_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[engine]\ndefault = \"gpu\"\n").unwrap();
+    let out = onnxd(&["run", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml") && err.contains("gpu"), "{err}");
+    std::fs::write(&path, "[engine]\ndefault = \"tract\"\n[http]\nlisten = \"127.0.0.1:8000\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onnxd"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("ONNXD_HTTP__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("http.listen"), "{}", stderr(&out));
+}
+
+#[test]
+fn daemon_loads_the_example_repository_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("onnxd.toml");
+    std::fs::write(
+        &config,
+        format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"{}\"\n[mqtt]\nurl = \"\"\n", common::models().display()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", common::ort_library())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("onnxd ready") {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = reader.join().unwrap();
+    assert!(seen.contains("engine selected") && seen.contains("digits") && seen.contains("CPUExecutionProvider"), "{seen}");
+    assert!(seen.contains("models=1"), "{seen}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}

@@ -1,0 +1,93 @@
+//! The engine layer in-process: provider fallback on a CPU-only ONNX Runtime, symbolic batch
+//! in both engines, inference threads (parallel instances, overload), and a representative
+//! sample of the ONNX backend node tests (the full run is scripts/conformance).
+
+mod common;
+
+use onnxd::conformance::{cases, run_case, Outcome, Summary};
+use onnxd::engine::{select, EngineChoice, EngineError, EngineOptions, Provider};
+use onnxd::tensor::Tensor;
+
+fn options(choice: EngineChoice) -> EngineOptions {
+    EngineOptions {
+        choice,
+        ort_library: Some(common::ort_library()),
+        state_dir: tempfile::tempdir().unwrap().keep(),
+        ..EngineOptions::default()
+    }
+}
+
+#[test]
+fn gpu_providers_fail_cleanly_to_cpu_with_reasons() {
+    let model = select::load_path("digits", &common::models().join("digits/model.onnx"), &options(EngineChoice::Ort)).unwrap();
+    assert_eq!(model.provider, "CPUExecutionProvider");
+    let tried: Vec<_> = model.attempts.iter().map(|a| (a.provider, a.error.is_some())).collect();
+    assert_eq!(tried, vec![(Provider::Tensorrt, true), (Provider::Cuda, true), (Provider::Cpu, false)]);
+    let reason = model.attempts[1].error.as_deref().unwrap();
+    assert!(reason.contains("CUDA"), "{reason}");
+    assert_eq!(model.reason, "engine = ort");
+}
+
+#[test]
+fn symbolic_batch_serves_any_batch_size_in_both_engines() {
+    for choice in [EngineChoice::Ort, EngineChoice::Tract] {
+        let model = select::load_path("batch", &common::fixture("dynamic_batch.onnx"), &options(choice)).unwrap();
+        for batch in [1usize, 3, 8] {
+            let x = Tensor::from_values(vec![batch, 4], &vec![0.5f32; batch * 4]).unwrap();
+            let out = model.infer_blocking(vec![("x".into(), x)], None).unwrap().outputs.unwrap();
+            assert_eq!(out[0].1.shape(), &[batch, 2], "{choice:?}");
+        }
+    }
+}
+
+#[test]
+fn instances_run_in_parallel_threads_and_a_full_queue_is_overloaded() {
+    let mut opts = options(EngineChoice::Ort);
+    opts.instances = 2;
+    opts.intra_threads = 1;
+    let model = std::sync::Arc::new(select::load_path("cnn", &common::fixture("cnn.onnx"), &opts).unwrap());
+    let x = Tensor::from_values(vec![1, 3, 96, 96], &vec![0.1f32; 3 * 96 * 96]).unwrap();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (model, x) = (model.clone(), x.clone());
+            std::thread::spawn(move || (0..5).all(|_| model.infer_blocking(vec![("x".into(), x.clone())], None).unwrap().outputs.is_ok()))
+        })
+        .collect();
+    assert!(clients.into_iter().all(|c| c.join().unwrap()));
+    // Flood the bounded queue without waiting: some submissions must be refused as overloaded,
+    // and every accepted one must still complete.
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for _ in 0..2000 {
+        match model.submit(vec![("x".into(), x.clone())], None) {
+            Ok(rx) => accepted.push(rx),
+            Err(EngineError::Overloaded(name)) => {
+                assert_eq!(name, "cnn");
+                overloaded += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(overloaded > 0, "queue never filled");
+    assert!(accepted.into_iter().all(|rx| rx.blocking_recv().unwrap().outputs.is_ok()));
+}
+
+#[test]
+fn onnx_node_test_sample_passes_with_no_crash() {
+    let all = cases(&common::node_tests()).unwrap();
+    assert_eq!(all.len(), 1765, "onnx 1.22.0 ships 1765 node tests");
+    for (engine, min_pass_ratio) in [(EngineChoice::Ort, 0.97), (EngineChoice::Tract, 0.5)] {
+        let mut summary = Summary::default();
+        let mut crashes = Vec::new();
+        for case in all.iter().step_by(15) {
+            let outcome = run_case(case, engine, Some(&common::ort_library()));
+            if let Outcome::Crashed(why) = &outcome {
+                crashes.push(format!("{}: {why}", case.display()));
+            }
+            summary.add(&outcome);
+        }
+        assert!(crashes.is_empty(), "{engine:?} crashed: {crashes:?}");
+        let ratio = summary.passed as f64 / summary.expressible as f64;
+        assert!(ratio >= min_pass_ratio, "{engine:?}: {summary:?}");
+    }
+}
