@@ -220,7 +220,15 @@ fn npy_inputs_run_and_match_json_inputs() {
         assert_eq!(from_npy.outputs[0].data, from_json.outputs[0].data);
     }
     let err = infer_err(&model, &[&format!("x={}", request.display())[..]], "auto");
-    assert!(err.contains("not a KServe V2 request") || err.contains("expected"), "{err}");
+    assert!(err.contains("NAME=FILE applies to .npy files"), "{err}");
+    let text = dir.path().join("x.txt");
+    std::fs::write(&text, "1 2 3 4").unwrap();
+    let err = infer_err(&model, &[text.to_str().unwrap()], "auto");
+    assert!(err.contains("expected a KServe V2 request (.json) or NAME=FILE.npy"), "{err}");
+    let garbage = dir.path().join("garbage.npy");
+    std::fs::write(&garbage, "not numpy").unwrap();
+    let err = infer_err(&model, &[garbage.to_str().unwrap()], "auto");
+    assert!(err.contains("not a .npy file"), "{err}");
 }
 
 #[test]

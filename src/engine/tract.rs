@@ -22,6 +22,12 @@ pub const PROVIDER: &str = "tract-cpu";
 /// Loads a model in tract; instances share one optimised plan.
 pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
     model.info.check_expressible()?;
+    if let Some(spec) = model.info.inputs.iter().chain(&model.info.outputs).find(|s| s.dtype() == Some(DType::BF16)) {
+        return Err(EngineError::Load {
+            engine: EngineKind::Tract,
+            reason: format!("'{}' is BF16 and tract has no BF16 tensors", spec.name),
+        });
+    }
     let plan = catch_panic(EngineKind::Tract, "load", || build_plan(model))?;
     let outputs: Arc<Vec<String>> = Arc::new(model.info.outputs.iter().map(|s| s.name.clone()).collect());
     let sessions = (0..options.instances.max(1))

@@ -15,7 +15,7 @@ fn required(var: &str) -> PathBuf {
 
 /// Directory of the generated fixtures.
 pub fn fixtures() -> PathBuf {
-    required("ONNXD_FIXTURES")
+    required("ONNXDTEST_FIXTURES")
 }
 
 /// A fixture file.
@@ -32,7 +32,7 @@ pub fn ort_library() -> PathBuf {
 
 /// The ONNX backend node tests of the onnx wheel.
 pub fn node_tests() -> PathBuf {
-    required("ONNXD_ONNX_NODE_TESTS")
+    required("ONNXDTEST_NODE_TESTS")
 }
 
 /// The example models folder.
