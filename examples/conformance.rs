@@ -29,17 +29,36 @@ fn main() -> anyhow::Result<()> {
                     other => anyhow::bail!("--engine expects ort, tract or both, got {other:?}"),
                 }
             }
-            "--every" => every = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).ok_or_else(|| anyhow::anyhow!("--every expects a positive number"))?,
+            "--every" => {
+                every = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| anyhow::anyhow!("--every expects a positive number"))?
+            }
             "--list" => list = true,
             _ => dir = Some(PathBuf::from(arg)),
         }
     }
-    let dir = dir.ok_or_else(|| anyhow::anyhow!("usage: conformance DIR [--engine ort|tract|both] [--every N] [--list]"))?;
+    let dir = dir.ok_or_else(|| {
+        anyhow::anyhow!("usage: conformance DIR [--engine ort|tract|both] [--every N] [--list]")
+    })?;
     // Panics are counted per case; keep their default report off the terminal.
     std::panic::set_hook(Box::new(|_| {}));
     let all = cases(&dir)?;
     println!("{} cases in {}", all.len(), dir.display());
-    println!("{:<8} {:>6} {:>12} {:>7} {:>7} {:>12} {:>11} {:>13} {:>8}", "engine", "cases", "expressible", "loaded", "passed", "load_failed", "run_failed", "wrong_result", "crashed");
+    println!(
+        "{:<8} {:>6} {:>12} {:>7} {:>7} {:>12} {:>11} {:>13} {:>8}",
+        "engine",
+        "cases",
+        "expressible",
+        "loaded",
+        "passed",
+        "load_failed",
+        "run_failed",
+        "wrong_result",
+        "crashed"
+    );
     for engine in engines {
         let mut summary = Summary::default();
         for case in all.iter().step_by(every) {

@@ -323,11 +323,7 @@ impl Config {
     }
 
     fn resolve_paths(&mut self) {
-        let base = self
-            .file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let base = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &mut PathBuf| {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);
@@ -359,28 +355,41 @@ impl Config {
                 message: message.into(),
             })
         };
-        let topic_safe = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        };
+        let topic_safe =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !topic_safe(&self.node_id) {
             return invalid("node_id", "expected letters, digits, '_', '.' or '-'");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
-            return invalid("log", "expected a tracing filter such as \"info\" or \"onnxd=debug,ort=warn\"");
+            return invalid(
+                "log",
+                "expected a tracing filter such as \"info\" or \"onnxd=debug,ort=warn\"",
+            );
         }
         if self.engine.providers.is_empty() {
-            return invalid("engine.providers", "expected at least one of \"tensorrt\", \"cuda\", \"cpu\"");
+            return invalid(
+                "engine.providers",
+                "expected at least one of \"tensorrt\", \"cuda\", \"cpu\"",
+            );
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
-            return invalid("http.listen", "expected an address like \"127.0.0.1:8000\" or \"\" to disable HTTP");
+            return invalid(
+                "http.listen",
+                "expected an address like \"127.0.0.1:8000\" or \"\" to disable HTTP",
+            );
         }
         if self.http.tls_cert.as_os_str().is_empty() != self.http.tls_key.as_os_str().is_empty() {
             return invalid("http.tls_cert", "tls_cert and tls_key must be set together");
         }
-        if !self.mqtt.url.is_empty() && !["mqtt://", "mqtts://"].iter().any(|s| self.mqtt.url.starts_with(s)) {
-            return invalid("mqtt.url", "expected mqtt://HOST:PORT or mqtts://HOST:PORT, or \"\" to disable MQTT");
+        if !self.mqtt.url.is_empty()
+            && !["mqtt://", "mqtts://"]
+                .iter()
+                .any(|s| self.mqtt.url.starts_with(s))
+        {
+            return invalid(
+                "mqtt.url",
+                "expected mqtt://HOST:PORT or mqtts://HOST:PORT, or \"\" to disable MQTT",
+            );
         }
         if self.mqtt.qos > 2 {
             return invalid("mqtt.qos", "expected 0, 1 or 2");
@@ -390,7 +399,10 @@ impl Config {
         }
         for (i, cam) in self.camera.iter().enumerate() {
             if !topic_safe(&cam.name) {
-                return invalid(&format!("camera[{i}].name"), "expected letters, digits, '_', '.' or '-'");
+                return invalid(
+                    &format!("camera[{i}].name"),
+                    "expected letters, digits, '_', '.' or '-'",
+                );
             }
             if self.camera[..i].iter().any(|c| c.name == cam.name) {
                 return invalid(&format!("camera[{i}].name"), "camera names must be unique");
@@ -400,7 +412,10 @@ impl Config {
             }
         }
         if self.repository.require_signatures && self.repository.trusted_keys.is_empty() {
-            return invalid("repository.trusted_keys", "require_signatures = true needs at least one trusted key");
+            return invalid(
+                "repository.trusted_keys",
+                "require_signatures = true needs at least one trusted key",
+            );
         }
         Ok(())
     }
@@ -435,7 +450,10 @@ mod tests {
     #[test]
     fn relative_paths_resolve_against_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "node_id = \"n1\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n");
+        let path = write(
+            dir.path(),
+            "node_id = \"n1\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n",
+        );
         let config = Config::load(&path).unwrap();
         assert_eq!(config.repository.path, dir.path().join("models"));
         assert_eq!(config.state_dir, dir.path().join("state"));

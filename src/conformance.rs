@@ -105,15 +105,14 @@ pub fn run_case(dir: &Path, engine: EngineChoice, ort_library: Option<&Path>) ->
         intra_threads: 1,
         ..EngineOptions::default()
     };
-    std::panic::catch_unwind(|| run_case_inner(dir, &options))
-        .unwrap_or_else(|p| {
-            let message = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Outcome::Crashed(message)
-        })
+    std::panic::catch_unwind(|| run_case_inner(dir, &options)).unwrap_or_else(|p| {
+        let message = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Outcome::Crashed(message)
+    })
 }
 
 fn run_case_inner(dir: &Path, options: &EngineOptions) -> Outcome {
@@ -196,7 +195,10 @@ pub fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
             Err("values differ".into())
         };
     }
-    let (g, w) = (got.to_f64_vec().unwrap_or_default(), want.to_f64_vec().unwrap_or_default());
+    let (g, w) = (
+        got.to_f64_vec().unwrap_or_default(),
+        want.to_f64_vec().unwrap_or_default(),
+    );
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let same = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= ATOL + RTOL * b.abs();
         if !same {

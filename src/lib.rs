@@ -15,8 +15,8 @@
 //!   dispatches).
 
 pub mod commands;
-pub mod conformance;
 pub mod config;
+pub mod conformance;
 pub mod engine;
 pub mod telemetry;
 pub mod tensor;

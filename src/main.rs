@@ -129,13 +129,27 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Infer { model, inputs, engine } => {
+        Command::Infer {
+            model,
+            inputs,
+            engine,
+        } => {
             onnxd::telemetry::init("warn");
             let response = infer::infer(&model, &inputs, &engine.options(1))?;
             println!("{}", serde_json::to_string_pretty(&response)?);
             Ok(())
         }
-        Command::Bench { model, inputs, concurrency, instances, duration, count, warmup, json, engine } => {
+        Command::Bench {
+            model,
+            inputs,
+            concurrency,
+            instances,
+            duration,
+            count,
+            warmup,
+            json,
+            engine,
+        } => {
             onnxd::telemetry::init("warn");
             let plan = bench::BenchPlan {
                 concurrency,

@@ -31,7 +31,12 @@ fn infer_ok(model: &Path, inputs: &[&str], engine: &str) -> InferResponseBody {
         args.extend(["-i", i]);
     }
     let out = onnxd(&args);
-    assert!(out.status.success(), "infer {} --engine {engine} failed: {}", model.display(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "infer {} --engine {engine} failed: {}",
+        model.display(),
+        stderr(&out)
+    );
     serde_json::from_slice(&out.stdout).expect("V2 response JSON")
 }
 
@@ -42,7 +47,11 @@ fn infer_err(model: &Path, inputs: &[&str], engine: &str) -> String {
         args.extend(["-i", i]);
     }
     let out = onnxd(&args);
-    assert!(!out.status.success(), "infer {} --engine {engine} should fail", model.display());
+    assert!(
+        !out.status.success(),
+        "infer {} --engine {engine} should fail",
+        model.display()
+    );
     let err = stderr(&out);
     assert!(err.starts_with("error: "), "not a clean error: {err}");
     assert!(!err.contains("panicked"), "panic instead of an error: {err}");
@@ -53,7 +62,10 @@ fn assert_matches_reference(name: &str, engine: &str) {
     let model = common::fixture(&format!("{name}.onnx"));
     let request = common::fixture(&format!("{name}.request.json"));
     let expected: InferResponseBody = serde_json::from_value({
-        let mut v: Value = serde_json::from_slice(&std::fs::read(common::fixture(&format!("{name}.expected.json"))).unwrap()).unwrap();
+        let mut v: Value = serde_json::from_slice(
+            &std::fs::read(common::fixture(&format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
         v["model_name"] = json!(name);
         v
     })
@@ -67,7 +79,10 @@ fn assert_matches_reference(name: &str, engine: &str) {
     }
 }
 
-const DTYPES: [&str; 13] = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"];
+const DTYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+    "BYTES",
+];
 
 #[test]
 fn every_dtype_matches_onnxruntime_python_in_both_engines() {
@@ -92,12 +107,19 @@ fn bf16_runs_in_onnxruntime_and_fails_cleanly_in_tract() {
     let dir = tempfile::tempdir().unwrap();
     let request = dir.path().join("bf16.json");
     let values = [1.5, -0.25, 3.0, 0.0, 1024.0, -2.0];
-    std::fs::write(&request, json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "BF16", "data": values}]}).to_string()).unwrap();
+    std::fs::write(
+        &request,
+        json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "BF16", "data": values}]}).to_string(),
+    )
+    .unwrap();
     let model = common::fixture("dtype_BF16.onnx");
     let got = infer_ok(&model, &[request.to_str().unwrap()], "ort");
     assert_eq!(got.outputs[0].data, Some(json!(values)));
     assert_eq!(got.outputs[1].shape, vec![3, 2]);
-    assert_eq!(got.outputs[1].data, Some(json!([1.5, 0.0, -0.25, 1024.0, 3.0, -2.0])));
+    assert_eq!(
+        got.outputs[1].data,
+        Some(json!([1.5, 0.0, -0.25, 1024.0, 3.0, -2.0]))
+    );
     let err = infer_err(&model, &[request.to_str().unwrap()], "tract");
     assert!(err.contains("tract has no BF16"), "{err}");
     let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
@@ -110,7 +132,10 @@ fn op_tract_lacks_runs_in_onnxruntime_and_auto_picks_it() {
     let model = common::fixture("unique.onnx");
     let request = common::fixture("unique.request.json");
     let err = infer_err(&model, &[request.to_str().unwrap()], "tract");
-    assert!(err.contains("tract cannot load the model") && err.contains("Unique"), "{err}");
+    assert!(
+        err.contains("tract cannot load the model") && err.contains("Unique"),
+        "{err}"
+    );
     let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
     assert_eq!(auto.parameters.unwrap()["engine"], "onnxruntime");
 }
@@ -121,7 +146,10 @@ fn model_onnxruntime_refuses_runs_in_tract_and_auto_falls_back() {
     let model = common::fixture("future_opset.onnx");
     let request = common::fixture("future_opset.request.json");
     let err = infer_err(&model, &[request.to_str().unwrap()], "ort");
-    assert!(err.contains("onnxruntime cannot load the model") && err.contains("opset"), "{err}");
+    assert!(
+        err.contains("onnxruntime cannot load the model") && err.contains("opset"),
+        "{err}"
+    );
     let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
     assert_eq!(auto.parameters.unwrap()["engine"], "tract");
     assert_matches_reference("future_opset", "auto");
@@ -133,7 +161,10 @@ fn zipmap_outputs_are_refused_as_not_expressible() {
     let request = common::fixture("dynamic_batch.request.json");
     for engine in ["ort", "tract", "auto"] {
         let err = infer_err(&model, &[request.to_str().unwrap()], engine);
-        assert!(err.contains("model not supported by onnxd: output 'y' is a sequence, map or optional value"), "{err}");
+        assert!(
+            err.contains("model not supported by onnxd: output 'y' is a sequence, map or optional value"),
+            "{err}"
+        );
     }
 }
 
@@ -150,10 +181,17 @@ fn broken_model_files_get_clear_errors_in_every_engine() {
         let model = common::fixture(file);
         for engine in ["ort", "tract", "auto"] {
             let err = infer_err(&model, &[request.to_str().unwrap()], engine);
-            assert!(err.contains(file) && err.contains(expected), "{file} on {engine}: {err}");
+            assert!(
+                err.contains(file) && err.contains(expected),
+                "{file} on {engine}: {err}"
+            );
         }
     }
-    let err = infer_err(Path::new("/nonexistent/model.onnx"), &[request.to_str().unwrap()], "auto");
+    let err = infer_err(
+        Path::new("/nonexistent/model.onnx"),
+        &[request.to_str().unwrap()],
+        "auto",
+    );
     assert!(err.contains("cannot read"), "{err}");
 }
 
@@ -161,10 +199,30 @@ fn broken_model_files_get_clear_errors_in_every_engine() {
 fn missing_ort_library_is_named_and_auto_falls_back_to_tract() {
     let model = common::fixture("dynamic_batch.onnx");
     let request = common::fixture("dynamic_batch.request.json");
-    let out = onnxd(&["infer", model.to_str().unwrap(), "-i", request.to_str().unwrap(), "--engine", "ort", "--ort-library", "/nonexistent/libonnxruntime.so"]);
+    let out = onnxd(&[
+        "infer",
+        model.to_str().unwrap(),
+        "-i",
+        request.to_str().unwrap(),
+        "--engine",
+        "ort",
+        "--ort-library",
+        "/nonexistent/libonnxruntime.so",
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("engine.ort_library /nonexistent/libonnxruntime.so does not exist"), "{}", stderr(&out));
-    let out = onnxd(&["infer", model.to_str().unwrap(), "-i", request.to_str().unwrap(), "--ort-library", "/nonexistent/libonnxruntime.so"]);
+    assert!(
+        stderr(&out).contains("engine.ort_library /nonexistent/libonnxruntime.so does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    let out = onnxd(&[
+        "infer",
+        model.to_str().unwrap(),
+        "-i",
+        request.to_str().unwrap(),
+        "--ort-library",
+        "/nonexistent/libonnxruntime.so",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let response: InferResponseBody = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(response.parameters.unwrap()["engine"], "tract");
@@ -176,14 +234,46 @@ fn bad_inputs_get_errors_naming_the_problem() {
     let model = common::fixture("dynamic_batch.onnx");
     let x = |shape: Value, datatype: &str, data: Value| json!({"name": "x", "shape": shape, "datatype": datatype, "data": data});
     let cases = [
-        ("unknown_name", json!({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}), "unknown input 'nope'; the model's inputs are: x (FP32 [batch, 4])"),
-        ("missing", json!({"inputs": []}), "missing input 'x' (FP32 [batch, 4])"),
-        ("dtype", json!({"inputs": [x(json!([1, 4]), "INT64", json!([1, 2, 3, 4]))]}), "input 'x' is INT64 but the model expects FP32"),
-        ("shape", json!({"inputs": [x(json!([1, 5]), "FP32", json!([1, 2, 3, 4, 5]))]}), "input 'x' has shape [1, 5] but the model expects [batch, 4]"),
-        ("length", json!({"inputs": [x(json!([2, 4]), "FP32", json!([1, 2, 3]))]}), "data has 3 elements but shape [2, 4] of FP32 needs 8 elements"),
-        ("element", json!({"inputs": [x(json!([1, 4]), "FP32", json!([1, "two", 3, 4]))]}), "element 1: \"two\" is not a number"),
-        ("datatype", json!({"inputs": [x(json!([1, 4]), "FLOAT", json!([1, 2, 3, 4]))]}), "unknown datatype 'FLOAT'"),
-        ("unknown_output", json!({"inputs": [x(json!([1, 4]), "FP32", json!([1, 2, 3, 4]))], "outputs": [{"name": "zz"}]}), "unknown output 'zz'"),
+        (
+            "unknown_name",
+            json!({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+            "unknown input 'nope'; the model's inputs are: x (FP32 [batch, 4])",
+        ),
+        (
+            "missing",
+            json!({"inputs": []}),
+            "missing input 'x' (FP32 [batch, 4])",
+        ),
+        (
+            "dtype",
+            json!({"inputs": [x(json!([1, 4]), "INT64", json!([1, 2, 3, 4]))]}),
+            "input 'x' is INT64 but the model expects FP32",
+        ),
+        (
+            "shape",
+            json!({"inputs": [x(json!([1, 5]), "FP32", json!([1, 2, 3, 4, 5]))]}),
+            "input 'x' has shape [1, 5] but the model expects [batch, 4]",
+        ),
+        (
+            "length",
+            json!({"inputs": [x(json!([2, 4]), "FP32", json!([1, 2, 3]))]}),
+            "data has 3 elements but shape [2, 4] of FP32 needs 8 elements",
+        ),
+        (
+            "element",
+            json!({"inputs": [x(json!([1, 4]), "FP32", json!([1, "two", 3, 4]))]}),
+            "element 1: \"two\" is not a number",
+        ),
+        (
+            "datatype",
+            json!({"inputs": [x(json!([1, 4]), "FLOAT", json!([1, 2, 3, 4]))]}),
+            "unknown datatype 'FLOAT'",
+        ),
+        (
+            "unknown_output",
+            json!({"inputs": [x(json!([1, 4]), "FP32", json!([1, 2, 3, 4]))], "outputs": [{"name": "zz"}]}),
+            "unknown output 'zz'",
+        ),
     ];
     for (name, body, expected) in cases {
         let path = dir.path().join(format!("{name}.json"));
@@ -195,7 +285,12 @@ fn bad_inputs_get_errors_naming_the_problem() {
     }
     let bytes_model = common::fixture("dtype_BYTES.onnx");
     let path = dir.path().join("bytes.json");
-    std::fs::write(&path, json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", 7, "c"]}]}).to_string()).unwrap();
+    std::fs::write(
+        &path,
+        json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", 7, "c"]}]})
+            .to_string(),
+    )
+    .unwrap();
     let err = infer_err(&bytes_model, &[path.to_str().unwrap()], "auto");
     assert!(err.contains("element 1: 7 is not a string"), "{err}");
     let path = dir.path().join("malformed.json");
@@ -209,7 +304,8 @@ fn npy_inputs_run_and_match_json_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::fixture("dynamic_batch.onnx");
     let request = common::fixture("dynamic_batch.request.json");
-    let body: onnxd::tensor::kserve::InferRequestBody = serde_json::from_slice(&std::fs::read(&request).unwrap()).unwrap();
+    let body: onnxd::tensor::kserve::InferRequestBody =
+        serde_json::from_slice(&std::fs::read(&request).unwrap()).unwrap();
     let tensor = body.inputs[0].to_tensor().unwrap();
     let npy = dir.path().join("x.npy");
     std::fs::write(&npy, onnxd::tensor::npy::write_npy(&tensor).unwrap()).unwrap();
@@ -224,7 +320,10 @@ fn npy_inputs_run_and_match_json_inputs() {
     let text = dir.path().join("x.txt");
     std::fs::write(&text, "1 2 3 4").unwrap();
     let err = infer_err(&model, &[text.to_str().unwrap()], "auto");
-    assert!(err.contains("expected a KServe V2 request (.json) or NAME=FILE.npy"), "{err}");
+    assert!(
+        err.contains("expected a KServe V2 request (.json) or NAME=FILE.npy"),
+        "{err}"
+    );
     let garbage = dir.path().join("garbage.npy");
     std::fs::write(&garbage, "not numpy").unwrap();
     let err = infer_err(&model, &[garbage.to_str().unwrap()], "auto");
@@ -237,18 +336,30 @@ fn inspect_reports_signature_metadata_and_engines() {
     let out = onnxd(&["inspect", model.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["inputs"][0], json!({"name": "image", "datatype": "FP32", "shape": ["batch", "1", "8", "8"]}));
+    assert_eq!(
+        report["inputs"][0],
+        json!({"name": "image", "datatype": "FP32", "shape": ["batch", "1", "8", "8"]})
+    );
     assert_eq!(report["outputs"][0]["name"], "probabilities");
     assert_eq!(report["opsets"], json!([["ai.onnx", 17]]));
     assert_eq!(report["producer"], "onnxd-train-digits");
     assert_eq!(report["batchable"], true);
     assert!(report["metadata"].to_string().contains("heldout_accuracy"));
-    assert_eq!(report["engines"][0], json!({"engine": "ort", "loads": true, "provider": "CPUExecutionProvider", "error": null}));
+    assert_eq!(
+        report["engines"][0],
+        json!({"engine": "ort", "loads": true, "provider": "CPUExecutionProvider", "error": null})
+    );
     assert_eq!(report["engines"][1]["loads"], true);
-    assert!(report["onnxruntime"]["library"].as_str().unwrap().ends_with("libonnxruntime.so.1.31.1"));
+    assert!(report["onnxruntime"]["library"]
+        .as_str()
+        .unwrap()
+        .ends_with("libonnxruntime.so.1.31.1"));
     let text = onnxd(&["inspect", common::fixture("unique.onnx").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("onnxruntime  yes  (CPUExecutionProvider)"), "{text}");
+    assert!(
+        text.contains("onnxruntime  yes  (CPUExecutionProvider)"),
+        "{text}"
+    );
     assert!(text.contains("tract        no"), "{text}");
 }
 
@@ -260,7 +371,11 @@ fn example_model_classifies_its_sample() {
         let response = infer_ok(&model, &[sample.to_str().unwrap()], engine);
         let probs = response.outputs[0].to_tensor().unwrap().to_f64_vec().unwrap();
         let best = (0..10).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap();
-        assert_eq!(response.id.as_deref(), Some(format!("digit-{best}").as_str()), "{engine}: {probs:?}");
+        assert_eq!(
+            response.id.as_deref(),
+            Some(format!("digit-{best}").as_str()),
+            "{engine}: {probs:?}"
+        );
     }
 }
 
@@ -273,7 +388,11 @@ fn config_errors_name_the_file_and_key() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("bad.toml") && err.contains("gpu"), "{err}");
-    std::fs::write(&path, "[engine]\ndefault = \"tract\"\n[http]\nlisten = \"127.0.0.1:8000\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[engine]\ndefault = \"tract\"\n[http]\nlisten = \"127.0.0.1:8000\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_onnxd"))
         .args(["run", "-c", path.to_str().unwrap()])
         .env("ONNXD_HTTP__LISTEN", "not-an-address")
@@ -289,7 +408,10 @@ fn daemon_loads_the_example_repository_and_stops_on_sigterm() {
     let config = dir.path().join("onnxd.toml");
     std::fs::write(
         &config,
-        format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"{}\"\n[mqtt]\nurl = \"\"\n", common::models().display()),
+        format!(
+            "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"{}\"\n[mqtt]\nurl = \"\"\n",
+            common::models().display()
+        ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
@@ -313,9 +435,15 @@ fn daemon_loads_the_example_repository_and_stops_on_sigterm() {
         seen
     });
     let seen = reader.join().unwrap();
-    assert!(seen.contains("engine selected") && seen.contains("digits") && seen.contains("CPUExecutionProvider"), "{seen}");
+    assert!(
+        seen.contains("engine selected") && seen.contains("digits") && seen.contains("CPUExecutionProvider"),
+        "{seen}"
+    );
     assert!(seen.contains("models=1"), "{seen}");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
 }

@@ -1,6 +1,6 @@
 //! The engine layer in-process: provider fallback on a CPU-only ONNX Runtime, symbolic batch
-//! in both engines, inference threads (parallel instances, overload), and a representative
-//! sample of the ONNX backend node tests (the full run is scripts/conformance).
+//! in both engines, inference threads (parallel instances, overload), and the ONNX backend node
+//! test suite through both engines (scripts/conformance prints the table of CONFORMANCE.md).
 
 mod common;
 
@@ -19,10 +19,26 @@ fn options(choice: EngineChoice) -> EngineOptions {
 
 #[test]
 fn gpu_providers_fail_cleanly_to_cpu_with_reasons() {
-    let model = select::load_path("digits", &common::models().join("digits/model.onnx"), &options(EngineChoice::Ort)).unwrap();
+    let model = select::load_path(
+        "digits",
+        &common::models().join("digits/model.onnx"),
+        &options(EngineChoice::Ort),
+    )
+    .unwrap();
     assert_eq!(model.provider, "CPUExecutionProvider");
-    let tried: Vec<_> = model.attempts.iter().map(|a| (a.provider, a.error.is_some())).collect();
-    assert_eq!(tried, vec![(Provider::Tensorrt, true), (Provider::Cuda, true), (Provider::Cpu, false)]);
+    let tried: Vec<_> = model
+        .attempts
+        .iter()
+        .map(|a| (a.provider, a.error.is_some()))
+        .collect();
+    assert_eq!(
+        tried,
+        vec![
+            (Provider::Tensorrt, true),
+            (Provider::Cuda, true),
+            (Provider::Cpu, false)
+        ]
+    );
     let reason = model.attempts[1].error.as_deref().unwrap();
     assert!(reason.contains("CUDA"), "{reason}");
     assert_eq!(model.reason, "engine = ort");
@@ -31,10 +47,15 @@ fn gpu_providers_fail_cleanly_to_cpu_with_reasons() {
 #[test]
 fn symbolic_batch_serves_any_batch_size_in_both_engines() {
     for choice in [EngineChoice::Ort, EngineChoice::Tract] {
-        let model = select::load_path("batch", &common::fixture("dynamic_batch.onnx"), &options(choice)).unwrap();
+        let model =
+            select::load_path("batch", &common::fixture("dynamic_batch.onnx"), &options(choice)).unwrap();
         for batch in [1usize, 3, 8] {
             let x = Tensor::from_values(vec![batch, 4], &vec![0.5f32; batch * 4]).unwrap();
-            let out = model.infer_blocking(vec![("x".into(), x)], None).unwrap().outputs.unwrap();
+            let out = model
+                .infer_blocking(vec![("x".into(), x)], None)
+                .unwrap()
+                .outputs
+                .unwrap();
             assert_eq!(out[0].1.shape(), &[batch, 2], "{choice:?}");
         }
     }
@@ -50,7 +71,15 @@ fn instances_run_in_parallel_threads_and_a_full_queue_is_overloaded() {
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (model, x) = (model.clone(), x.clone());
-            std::thread::spawn(move || (0..5).all(|_| model.infer_blocking(vec![("x".into(), x.clone())], None).unwrap().outputs.is_ok()))
+            std::thread::spawn(move || {
+                (0..5).all(|_| {
+                    model
+                        .infer_blocking(vec![("x".into(), x.clone())], None)
+                        .unwrap()
+                        .outputs
+                        .is_ok()
+                })
+            })
         })
         .collect();
     assert!(clients.into_iter().all(|c| c.join().unwrap()));
@@ -69,25 +98,37 @@ fn instances_run_in_parallel_threads_and_a_full_queue_is_overloaded() {
         }
     }
     assert!(overloaded > 0, "queue never filled");
-    assert!(accepted.into_iter().all(|rx| rx.blocking_recv().unwrap().outputs.is_ok()));
+    assert!(accepted
+        .into_iter()
+        .all(|rx| rx.blocking_recv().unwrap().outputs.is_ok()));
 }
 
+/// The whole ONNX backend node suite (it runs in seconds): ONNX Runtime 1.31.1's own Python
+/// binding passes 1443 of the KServe-expressible cases, onnxd must pass at least 1430 through
+/// its ORT engine; tract's count is guarded against regressions; no case may panic in either.
 #[test]
-fn onnx_node_test_sample_passes_with_no_crash() {
+fn onnx_node_suite_meets_the_conformance_bar_with_no_crash() {
     let all = cases(&common::node_tests()).unwrap();
     assert_eq!(all.len(), 1765, "onnx 1.22.0 ships 1765 node tests");
-    for (engine, min_pass_ratio) in [(EngineChoice::Ort, 0.97), (EngineChoice::Tract, 0.5)] {
+    for (engine, min_passed) in [(EngineChoice::Ort, 1430), (EngineChoice::Tract, 1000)] {
         let mut summary = Summary::default();
-        let mut crashes = Vec::new();
-        for case in all.iter().step_by(15) {
+        let mut panics = Vec::new();
+        for case in &all {
             let outcome = run_case(case, engine, Some(&common::ort_library()));
-            if let Outcome::Crashed(why) = &outcome {
-                crashes.push(format!("{}: {why}", case.display()));
+            let detail = match &outcome {
+                Outcome::Crashed(why) => Some(why.clone()),
+                Outcome::LoadFailed(why) | Outcome::RunFailed(why) if why.contains("panicked") => {
+                    Some(why.clone())
+                }
+                _ => None,
+            };
+            if let Some(why) = detail {
+                panics.push(format!("{}: {why}", case.display()));
             }
             summary.add(&outcome);
         }
-        assert!(crashes.is_empty(), "{engine:?} crashed: {crashes:?}");
-        let ratio = summary.passed as f64 / summary.expressible as f64;
-        assert!(ratio >= min_pass_ratio, "{engine:?}: {summary:?}");
+        assert!(panics.is_empty(), "{engine:?} panicked: {panics:?}");
+        assert!(summary.passed >= min_passed, "{engine:?}: {summary:?}");
+        assert!(summary.expressible >= 1570, "{engine:?}: {summary:?}");
     }
 }

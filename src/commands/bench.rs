@@ -109,7 +109,9 @@ fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
     // A tiny LCG: reproducible without a dependency.
     let mut state = 0x2545_f491_u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as f64 / (1u64 << 31) as f64
     };
     let mut bytes = Vec::with_capacity(count * dtype.size().unwrap_or(0));
@@ -136,7 +138,12 @@ fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
 }
 
 /// Loads the model and runs the plan against it.
-pub fn bench(model_path: &Path, input_args: &[String], options: &EngineOptions, plan: &BenchPlan) -> Result<BenchReport, InferError> {
+pub fn bench(
+    model_path: &Path,
+    input_args: &[String],
+    options: &EngineOptions,
+    plan: &BenchPlan,
+) -> Result<BenchReport, InferError> {
     let model = Arc::new(select::load_path("bench", model_path, options)?);
     let inputs = if input_args.is_empty() {
         synthetic_inputs(&model.info)?
@@ -153,8 +160,7 @@ pub fn bench(model_path: &Path, input_args: &[String], options: &EngineOptions, 
             None => indicatif::ProgressBar::new(plan.duration.as_secs().max(1)),
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"),
         );
         bar
     } else {
@@ -227,10 +233,22 @@ pub fn bench(model_path: &Path, input_args: &[String], options: &EngineOptions, 
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "engine {} ({}), concurrency {}", self.engine, self.provider, self.concurrency)?;
-        writeln!(f, "{} requests ({} errors) in {:.2} s: {:.1} req/s", self.requests, self.errors, self.seconds, self.throughput)?;
+        writeln!(
+            f,
+            "engine {} ({}), concurrency {}",
+            self.engine, self.provider, self.concurrency
+        )?;
+        writeln!(
+            f,
+            "{} requests ({} errors) in {:.2} s: {:.1} req/s",
+            self.requests, self.errors, self.seconds, self.throughput
+        )?;
         for (what, p) in [("latency", &self.latency_us), ("compute", &self.compute_us)] {
-            writeln!(f, "{what:8} mean {:.1} us  p50 {:.1}  p90 {:.1}  p99 {:.1}", p.mean, p.p50, p.p90, p.p99)?;
+            writeln!(
+                f,
+                "{what:8} mean {:.1} us  p50 {:.1}  p90 {:.1}  p99 {:.1}",
+                p.mean, p.p50, p.p90, p.p99
+            )?;
         }
         Ok(())
     }

@@ -53,7 +53,9 @@ pub fn read_inputs(args: &[String], single_input: Option<&str>) -> Result<InferI
         let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
         if file.ends_with(".json") {
             if name.is_some() {
-                return Err(fail("NAME=FILE applies to .npy files; a .json request names its own inputs".into()));
+                return Err(fail(
+                    "NAME=FILE applies to .npy files; a .json request names its own inputs".into(),
+                ));
             }
             let body: InferRequestBody =
                 serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a KServe V2 request: {e}")))?;

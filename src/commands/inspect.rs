@@ -128,11 +128,24 @@ pub fn inspect(path: &Path, options: &EngineOptions) -> Result<InspectReport, en
         opsets: info
             .opsets
             .iter()
-            .map(|(d, v)| (if d.is_empty() { "ai.onnx".to_string() } else { d.clone() }, *v))
+            .map(|(d, v)| {
+                (
+                    if d.is_empty() {
+                        "ai.onnx".to_string()
+                    } else {
+                        d.clone()
+                    },
+                    *v,
+                )
+            })
             .collect(),
         producer: info.producer.clone(),
         graph: info.graph_name.clone(),
-        metadata: info.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: info
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         inputs: info.inputs.iter().map(spec).collect(),
         outputs: info.outputs.iter().map(spec).collect(),
         batchable: info.batchable(),
@@ -148,8 +161,24 @@ impl std::fmt::Display for InspectReport {
         writeln!(f, "size      {} bytes", self.size_bytes)?;
         let opsets: Vec<String> = self.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
         writeln!(f, "ir        {}   opsets: {}", self.ir_version, opsets.join(", "))?;
-        writeln!(f, "producer  {}", if self.producer.is_empty() { "-" } else { &self.producer })?;
-        writeln!(f, "batchable {}", if self.batchable { "yes (dim 0 symbolic everywhere)" } else { "no" })?;
+        writeln!(
+            f,
+            "producer  {}",
+            if self.producer.is_empty() {
+                "-"
+            } else {
+                &self.producer
+            }
+        )?;
+        writeln!(
+            f,
+            "batchable {}",
+            if self.batchable {
+                "yes (dim 0 symbolic everywhere)"
+            } else {
+                "no"
+            }
+        )?;
         for (title, specs) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             writeln!(f, "{title}:")?;
             for s in specs {

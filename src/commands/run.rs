@@ -31,7 +31,11 @@ pub fn load_repository(config: &Config) -> Vec<(String, LoadedModel)> {
         tracing::error!(path = %config.repository.path.display(), "model repository is not readable");
         return Vec::new();
     };
-    let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     dirs.into_iter()
         .filter_map(|dir| {
@@ -59,7 +63,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)?;
     let models = load_repository(&config);
     tracing::info!(models = models.len(), node_id = %config.node_id, "onnxd ready");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -100,7 +100,9 @@ impl std::fmt::Display for EngineKind {
 }
 
 /// Which engine to use: a fixed one, or `auto` (ONNX Runtime first, tract as fallback).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineChoice {
     /// ONNX Runtime when available and the model loads there, else tract (and vice versa).
@@ -219,7 +221,11 @@ pub struct LoadedSessions {
 }
 
 /// Runs `f`, turning a panic inside an engine library into an error.
-pub(crate) fn catch_panic<T>(engine: EngineKind, what: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+pub(crate) fn catch_panic<T>(
+    engine: EngineKind,
+    what: &str,
+    f: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<String>()

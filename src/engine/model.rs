@@ -117,13 +117,18 @@ impl ModelFile {
         if bytes.is_empty() {
             return Err(invalid("the file is empty".into()));
         }
-        let proto = ModelProto::decode(&bytes[..])
-            .map_err(|e| invalid(format!("not an ONNX model (protobuf decode failed: {e}); truncated or corrupt?")))?;
+        let proto = ModelProto::decode(&bytes[..]).map_err(|e| {
+            invalid(format!(
+                "not an ONNX model (protobuf decode failed: {e}); truncated or corrupt?"
+            ))
+        })?;
         let graph = proto
             .graph
             .as_ref()
             .filter(|g| !g.output.is_empty())
-            .ok_or_else(|| invalid("not an ONNX model (no graph with outputs); truncated or corrupt?".into()))?;
+            .ok_or_else(|| {
+                invalid("not an ONNX model (no graph with outputs); truncated or corrupt?".into())
+            })?;
         if proto.ir_version <= 0 || proto.opset_import.is_empty() {
             return Err(invalid(
                 "not an ONNX model (no IR version or opset import); truncated or corrupt?".into(),
@@ -233,7 +238,10 @@ impl ModelInfo {
     }
 
     /// Checks named inputs against the signature and returns them in graph order.
-    pub fn order_inputs(&self, mut given: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, EngineError> {
+    pub fn order_inputs(
+        &self,
+        mut given: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
         let expected = || {
             self.inputs
                 .iter()

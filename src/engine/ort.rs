@@ -16,7 +16,10 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
 
-use super::{catch_panic, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions, ModelFile, Provider, ProviderAttempt, Tensors};
+use super::{
+    catch_panic, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions, ModelFile, Provider,
+    ProviderAttempt, Tensors,
+};
 use crate::tensor::{DType, Tensor, TensorData};
 
 /// The process-wide ONNX Runtime: where its library came from and its environment.
@@ -90,22 +93,23 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
         };
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("lib"));
     }
     dirs.extend(["/usr/lib", "/usr/local/lib"].map(PathBuf::from));
     if let Some(capi) = python_onnxruntime_capi() {
         dirs.push(capi);
     }
-    dirs.iter()
-        .find_map(|d| library_in(d))
-        .ok_or_else(|| {
-            let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-            EngineError::Library(format!(
-                "libonnxruntime.so not found (set engine.ort_library or ORT_DYLIB_PATH; looked in {})",
-                looked.join(", ")
-            ))
-        })
+    dirs.iter().find_map(|d| library_in(d)).ok_or_else(|| {
+        let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        EngineError::Library(format!(
+            "libonnxruntime.so not found (set engine.ort_library or ORT_DYLIB_PATH; looked in {})",
+            looked.join(", ")
+        ))
+    })
 }
 
 /// `libonnxruntime.so` in `dir`, else the highest-versioned `libonnxruntime.so.1.*`.
@@ -120,7 +124,11 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let version = name.strip_prefix("libonnxruntime.so.")?;
-            let parts = version.split('.').map(str::parse).collect::<Result<Vec<u32>, _>>().ok()?;
+            let parts = version
+                .split('.')
+                .map(str::parse)
+                .collect::<Result<Vec<u32>, _>>()
+                .ok()?;
             Some((parts, e.path()))
         })
         .collect();
@@ -220,7 +228,9 @@ fn build_session(model: &ModelFile, options: &EngineOptions, providers: &[Provid
             Err(e) if e.to_string().contains("not enabled in this build") => {
                 tracing::info!(provider = provider.ort_name(), error = %e, "execution provider not registered")
             }
-            Err(e) => tracing::warn!(provider = provider.ort_name(), error = %e, "execution provider not registered"),
+            Err(e) => {
+                tracing::warn!(provider = provider.ort_name(), error = %e, "execution provider not registered")
+            }
             Ok(()) => {}
         }
         if result.is_ok() && in_use.is_none() {
@@ -243,7 +253,12 @@ fn build_session(model: &ModelFile, options: &EngineOptions, providers: &[Provid
     }
 }
 
-fn register(builder: &mut SessionBuilder, provider: Provider, model: &ModelFile, options: &EngineOptions) -> ort::Result<()> {
+fn register(
+    builder: &mut SessionBuilder,
+    provider: Provider,
+    model: &ModelFile,
+    options: &EngineOptions,
+) -> ort::Result<()> {
     match provider {
         Provider::Tensorrt => {
             let cache = options
@@ -285,10 +300,7 @@ impl EngineSession for OrtSession {
                 .iter()
                 .map(|(name, t)| Ok((name.as_str(), to_ort(t)?)))
                 .collect::<Result<Vec<_>, EngineError>>()?;
-            let mut results = self
-                .session
-                .run(values)
-                .map_err(|e| run_error(e.to_string()))?;
+            let mut results = self.session.run(values).map_err(|e| run_error(e.to_string()))?;
             outputs
                 .iter()
                 .map(|name| {
@@ -352,7 +364,11 @@ fn to_ort(tensor: &Tensor) -> Result<DynValue, EngineError> {
                 // SAFETY: the tensor was just allocated on the CPU with exactly this dtype and
                 // shape, and `Tensor` guarantees `bytes.len()` = element count × element size.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.data_ptr_mut().cast::<u8>(), bytes.len());
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        value.data_ptr_mut().cast::<u8>(),
+                        bytes.len(),
+                    );
                 }
             }
             Ok(value.into_dyn())

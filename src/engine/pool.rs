@@ -74,7 +74,11 @@ impl InstancePool {
     }
 
     /// Queues a job; a full queue is an explicit [`EngineError::Overloaded`].
-    pub fn submit(&self, inputs: Tensors, outputs: Vec<String>) -> Result<oneshot::Receiver<JobResult>, EngineError> {
+    pub fn submit(
+        &self,
+        inputs: Tensors,
+        outputs: Vec<String>,
+    ) -> Result<oneshot::Receiver<JobResult>, EngineError> {
         let (reply, result) = oneshot::channel();
         let job = Job {
             inputs,
@@ -122,7 +126,13 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Starts the inference threads of loaded sessions.
-    pub fn start(name: &str, info: Arc<ModelInfo>, loaded: LoadedSessions, reason: String, queue_capacity: usize) -> LoadedModel {
+    pub fn start(
+        name: &str,
+        info: Arc<ModelInfo>,
+        loaded: LoadedSessions,
+        reason: String,
+        queue_capacity: usize,
+    ) -> LoadedModel {
         LoadedModel {
             info,
             engine: loaded.engine,
@@ -134,14 +144,22 @@ impl LoadedModel {
     }
 
     /// Validates a request against the signature and queues it.
-    pub fn submit(&self, inputs: Tensors, outputs: Option<&[String]>) -> Result<oneshot::Receiver<JobResult>, EngineError> {
+    pub fn submit(
+        &self,
+        inputs: Tensors,
+        outputs: Option<&[String]>,
+    ) -> Result<oneshot::Receiver<JobResult>, EngineError> {
         let inputs = self.info.order_inputs(inputs)?;
         let outputs = self.info.select_outputs(outputs)?;
         self.pool.submit(inputs, outputs)
     }
 
     /// Runs a request and waits for it (for callers outside an async runtime).
-    pub fn infer_blocking(&self, inputs: Tensors, outputs: Option<&[String]>) -> Result<JobResult, EngineError> {
+    pub fn infer_blocking(
+        &self,
+        inputs: Tensors,
+        outputs: Option<&[String]>,
+    ) -> Result<JobResult, EngineError> {
         let name = self.pool.name.clone();
         self.submit(inputs, outputs)?
             .blocking_recv()

@@ -28,10 +28,20 @@ pub fn load(name: &str, model: &ModelFile, options: &EngineOptions) -> Result<Lo
         "engine selected"
     );
     let queue = QUEUE_PER_INSTANCE * options.instances.max(1);
-    Ok(LoadedModel::start(name, model.info.clone(), loaded, reason, queue))
+    Ok(LoadedModel::start(
+        name,
+        model.info.clone(),
+        loaded,
+        reason,
+        queue,
+    ))
 }
 
-fn load_in(kind: EngineKind, model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
+fn load_in(
+    kind: EngineKind,
+    model: &ModelFile,
+    options: &EngineOptions,
+) -> Result<LoadedSessions, EngineError> {
     match kind {
         EngineKind::Ort => ort::load(model, options),
         EngineKind::Tract => tract::load(model, options),
@@ -41,8 +51,12 @@ fn load_in(kind: EngineKind, model: &ModelFile, options: &EngineOptions) -> Resu
 fn choose(model: &ModelFile, options: &EngineOptions) -> Result<(LoadedSessions, String), EngineError> {
     model.info.check_expressible()?;
     let order = match options.choice {
-        EngineChoice::Ort => return load_in(EngineKind::Ort, model, options).map(|l| (l, "engine = ort".to_string())),
-        EngineChoice::Tract => return load_in(EngineKind::Tract, model, options).map(|l| (l, "engine = tract".to_string())),
+        EngineChoice::Ort => {
+            return load_in(EngineKind::Ort, model, options).map(|l| (l, "engine = ort".to_string()))
+        }
+        EngineChoice::Tract => {
+            return load_in(EngineKind::Tract, model, options).map(|l| (l, "engine = tract".to_string()))
+        }
         EngineChoice::Auto => [EngineKind::Ort, EngineKind::Tract],
     };
     let mut failures: Vec<String> = Vec::new();

@@ -8,12 +8,15 @@
 
 use std::sync::Arc;
 
-use tract_onnx::tract_core::model::IntoRunnable;
 use tract_onnx::prelude::{
-    tract_ndarray, DatumType, InferenceFact, InferenceModelExt, IntoTensor, IntoTValue, TDim, TValue, TVec, Tensor as TractTensor, ToDim, TypedRunnableModel,
+    tract_ndarray, DatumType, InferenceFact, InferenceModelExt, IntoTValue, IntoTensor, TDim, TValue, TVec,
+    Tensor as TractTensor, ToDim, TypedRunnableModel,
 };
+use tract_onnx::tract_core::model::IntoRunnable;
 
-use super::{catch_panic, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions, ModelFile, Tensors};
+use super::{
+    catch_panic, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions, ModelFile, Tensors,
+};
 use crate::tensor::{DType, Dim, Tensor, TensorData};
 
 /// The provider name reported for tract.
@@ -22,7 +25,13 @@ pub const PROVIDER: &str = "tract-cpu";
 /// Loads a model in tract; instances share one optimised plan.
 pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
     model.info.check_expressible()?;
-    if let Some(spec) = model.info.inputs.iter().chain(&model.info.outputs).find(|s| s.dtype() == Some(DType::BF16)) {
+    if let Some(spec) = model
+        .info
+        .inputs
+        .iter()
+        .chain(&model.info.outputs)
+        .find(|s| s.dtype() == Some(DType::BF16))
+    {
         return Err(EngineError::Load {
             engine: EngineKind::Tract,
             reason: format!("'{}' is BF16 and tract has no BF16 tensors", spec.name),
@@ -156,8 +165,11 @@ fn to_tract(tensor: &Tensor) -> Result<TractTensor, EngineError> {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    String::from_utf8(e.clone())
-                        .map_err(|_| bad(format!("BYTES element {i} is not UTF-8, which tract string tensors require")))
+                    String::from_utf8(e.clone()).map_err(|_| {
+                        bad(format!(
+                            "BYTES element {i} is not UTF-8, which tract string tensors require"
+                        ))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             tract_ndarray::ArrayD::from_shape_vec(tensor.shape(), strings)

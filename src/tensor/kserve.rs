@@ -289,9 +289,15 @@ mod tests {
     #[test]
     fn wrong_counts_and_elements_are_named() {
         let err = tensor_from_json(DType::F32, vec![2, 3], &json!([1, 2, 3])).unwrap_err();
-        assert_eq!(err.to_string(), "data has 3 elements but shape [2, 3] of FP32 needs 6 elements");
+        assert_eq!(
+            err.to_string(),
+            "data has 3 elements but shape [2, 3] of FP32 needs 6 elements"
+        );
         let err = tensor_from_json(DType::I8, vec![2], &json!([1, 300])).unwrap_err();
-        assert_eq!(err.to_string(), "element 1: 300 is not an integer in the range of i8");
+        assert_eq!(
+            err.to_string(),
+            "element 1: 300 is not an integer in the range of i8"
+        );
         let err = tensor_from_json(DType::F32, vec![1], &json!(["x"])).unwrap_err();
         assert!(err.to_string().contains("is not a number"), "{err}");
         let err = tensor_from_json(DType::Bytes, vec![1], &json!([5])).unwrap_err();
@@ -315,7 +321,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(body.inputs[0].to_tensor().unwrap().shape(), &[1]);
-        let negative = InputTensor { shape: vec![-1], ..body.inputs[0].clone() };
+        let negative = InputTensor {
+            shape: vec![-1],
+            ..body.inputs[0].clone()
+        };
         assert!(negative.to_tensor().unwrap_err().to_string().contains(">= 0"));
     }
 }

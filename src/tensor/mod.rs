@@ -275,12 +275,15 @@ pub struct Tensor {
 
 /// Number of elements of a shape, refusing overflow.
 pub fn element_count(shape: &[usize]) -> Result<usize, TensorError> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        TensorError::InvalidShape(
-            shape.iter().map(|&d| d as i64).collect(),
-            "element count overflows",
-        )
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            TensorError::InvalidShape(
+                shape.iter().map(|&d| d as i64).collect(),
+                "element count overflows",
+            )
+        })
 }
 
 /// Converts a wire shape (`i64` entries) to sizes, refusing negative entries.
@@ -300,10 +303,7 @@ impl Tensor {
         };
         let count = element_count(&shape)?;
         let expected = count.checked_mul(size).ok_or_else(|| {
-            TensorError::InvalidShape(
-                shape.iter().map(|&d| d as i64).collect(),
-                "byte size overflows",
-            )
+            TensorError::InvalidShape(shape.iter().map(|&d| d as i64).collect(), "byte size overflows")
         })?;
         if bytes.len() != expected {
             return Err(TensorError::LengthMismatch {
@@ -579,8 +579,7 @@ mod tests {
 
     #[test]
     fn f64_view_decodes_each_type() {
-        let t = Tensor::from_values(vec![2], &[half::f16::from_f32(1.5), half::f16::from_f32(-2.0)])
-            .unwrap();
+        let t = Tensor::from_values(vec![2], &[half::f16::from_f32(1.5), half::f16::from_f32(-2.0)]).unwrap();
         assert_eq!(t.to_f64_vec().unwrap(), vec![1.5, -2.0]);
         let t = Tensor::from_values(vec![2], &[-3i8, 4]).unwrap();
         assert_eq!(t.to_f64_vec().unwrap(), vec![-3.0, 4.0]);

@@ -28,7 +28,9 @@ pub fn read_npy(reader: impl Read) -> Result<Tensor, TensorError> {
     let size = ty.size_field();
     macro_rules! read {
         ($t:ty) => {{
-            let values: Vec<$t> = npy.into_vec().map_err(|e| malformed(format!("reading .npy data: {e}")))?;
+            let values: Vec<$t> = npy
+                .into_vec()
+                .map_err(|e| malformed(format!("reading .npy data: {e}")))?;
             Tensor::from_values(shape, &values)
         }};
     }
@@ -46,7 +48,9 @@ pub fn read_npy(reader: impl Read) -> Result<Tensor, TensorError> {
         (TypeChar::Float, 4) => read!(f32),
         (TypeChar::Float, 8) => read!(f64),
         (TypeChar::ByteStr, _) => {
-            let values: Vec<Vec<u8>> = npy.into_vec().map_err(|e| malformed(format!("reading .npy data: {e}")))?;
+            let values: Vec<Vec<u8>> = npy
+                .into_vec()
+                .map_err(|e| malformed(format!("reading .npy data: {e}")))?;
             // NumPy pads |S elements with NUL bytes; they are not part of the value.
             let trimmed = values
                 .into_iter()
@@ -60,7 +64,9 @@ pub fn read_npy(reader: impl Read) -> Result<Tensor, TensorError> {
             Tensor::from_strings(shape, trimmed)
         }
         (TypeChar::UnicodeStr, _) => {
-            let values: Vec<String> = npy.into_vec().map_err(|e| malformed(format!("reading .npy data: {e}")))?;
+            let values: Vec<String> = npy
+                .into_vec()
+                .map_err(|e| malformed(format!("reading .npy data: {e}")))?;
             Tensor::from_strings(shape, values.into_iter().map(String::into_bytes).collect())
         }
         _ => Err(unsupported(format!(".npy dtype {ty} has no KServe datatype"))),
@@ -75,15 +81,30 @@ pub fn write_npy(tensor: &Tensor) -> Result<Vec<u8>, TensorError> {
     macro_rules! write {
         ($t:ty) => {{
             let values = typed_values::<$t>(tensor);
-            let mut w = WriteOptions::<$t>::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(io)?;
+            let mut w = WriteOptions::<$t>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut out)
+                .begin_nd()
+                .map_err(io)?;
             w.extend(values).map_err(io)?;
             w.finish().map_err(io)?;
         }};
     }
     match tensor.dtype() {
         DType::Bool => {
-            let values: Vec<bool> = tensor.raw_bytes().unwrap_or_default().iter().map(|&b| b != 0).collect();
-            let mut w = WriteOptions::<bool>::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(io)?;
+            let values: Vec<bool> = tensor
+                .raw_bytes()
+                .unwrap_or_default()
+                .iter()
+                .map(|&b| b != 0)
+                .collect();
+            let mut w = WriteOptions::<bool>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut out)
+                .begin_nd()
+                .map_err(io)?;
             w.extend(values).map_err(io)?;
             w.finish().map_err(io)?;
         }
@@ -103,7 +124,12 @@ pub fn write_npy(tensor: &Tensor) -> Result<Vec<u8>, TensorError> {
             let elements = tensor.strings().unwrap_or_default();
             let width = elements.iter().map(Vec::len).max().unwrap_or(0).max(1);
             let dtype = NpyDType::Plain(format!("|S{width}").parse().expect("valid type string"));
-            let mut w = WriteOptions::<[u8]>::new().dtype(dtype).shape(&shape).writer(&mut out).begin_nd().map_err(io)?;
+            let mut w = WriteOptions::<[u8]>::new()
+                .dtype(dtype)
+                .shape(&shape)
+                .writer(&mut out)
+                .begin_nd()
+                .map_err(io)?;
             for e in elements {
                 w.push(e).map_err(io)?;
             }

@@ -40,12 +40,30 @@ pub fn tensor_from_proto(proto: &TensorProto) -> Result<Tensor, TensorError> {
                 bytes.extend_from_slice(&(v as u16).to_le_bytes());
             }
         }
-        DType::I32 => proto.int32_data.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-        DType::U32 => proto.uint64_data.iter().for_each(|&v| bytes.extend_from_slice(&(v as u32).to_le_bytes())),
-        DType::U64 => proto.uint64_data.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-        DType::I64 => proto.int64_data.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-        DType::F32 => proto.float_data.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-        DType::F64 => proto.double_data.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        DType::I32 => proto
+            .int32_data
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        DType::U32 => proto
+            .uint64_data
+            .iter()
+            .for_each(|&v| bytes.extend_from_slice(&(v as u32).to_le_bytes())),
+        DType::U64 => proto
+            .uint64_data
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        DType::I64 => proto
+            .int64_data
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        DType::F32 => proto
+            .float_data
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        DType::F64 => proto
+            .double_data
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
         DType::Bytes => unreachable!("BYTES handled above"),
     }
     Tensor::from_raw(dtype, shape, bytes)
@@ -78,9 +96,25 @@ mod tests {
 
     #[test]
     fn unsupported_types_and_short_data_are_errors() {
-        let fp8 = TensorProto { dims: vec![1], data_type: 17, raw_data: vec![0], ..Default::default() };
-        assert!(tensor_from_proto(&fp8).unwrap_err().to_string().contains("float8"));
-        let short = TensorProto { dims: vec![3], data_type: 1, float_data: vec![1.0], ..Default::default() };
-        assert!(matches!(tensor_from_proto(&short), Err(TensorError::LengthMismatch { .. })));
+        let fp8 = TensorProto {
+            dims: vec![1],
+            data_type: 17,
+            raw_data: vec![0],
+            ..Default::default()
+        };
+        assert!(tensor_from_proto(&fp8)
+            .unwrap_err()
+            .to_string()
+            .contains("float8"));
+        let short = TensorProto {
+            dims: vec![3],
+            data_type: 1,
+            float_data: vec![1.0],
+            ..Default::default()
+        };
+        assert!(matches!(
+            tensor_from_proto(&short),
+            Err(TensorError::LengthMismatch { .. })
+        ));
     }
 }

@@ -7,9 +7,14 @@
 use std::path::{Path, PathBuf};
 
 fn required(var: &str) -> PathBuf {
-    let value = std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run the tests through ./scripts/test"));
+    let value = std::env::var_os(var)
+        .unwrap_or_else(|| panic!("{var} is not set: run the tests through ./scripts/test"));
     let path = PathBuf::from(value);
-    assert!(path.exists(), "{var}={} does not exist: run ./scripts/test (it installs it)", path.display());
+    assert!(
+        path.exists(),
+        "{var}={} does not exist: run ./scripts/test (it installs it)",
+        path.display()
+    );
     path
 }
 
@@ -21,7 +26,11 @@ pub fn fixtures() -> PathBuf {
 /// A fixture file.
 pub fn fixture(name: &str) -> PathBuf {
     let path = fixtures().join(name);
-    assert!(path.exists(), "fixture {} missing: run ./scripts/test", path.display());
+    assert!(
+        path.exists(),
+        "fixture {} missing: run ./scripts/test",
+        path.display()
+    );
     path
 }
 
