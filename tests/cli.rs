@@ -79,6 +79,15 @@ fn assert_matches_reference(name: &str, engine: &str) {
     }
 }
 
+/// `model` fails in engine `failing` with an error containing each of `expected`, and `auto`
+/// serves it with the other engine, `serving`.
+fn assert_fallback(model: &Path, request: &Path, failing: &str, expected: &[&str], serving: &str) {
+    let err = infer_err(model, &[request.to_str().unwrap()], failing);
+    assert!(expected.iter().all(|e| err.contains(e)), "{failing}: {err}");
+    let auto = infer_ok(model, &[request.to_str().unwrap()], "auto");
+    assert_eq!(auto.parameters.unwrap()["engine"], serving);
+}
+
 const DTYPES: [&str; 13] = [
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
     "BYTES",
@@ -120,10 +129,7 @@ fn bf16_runs_in_onnxruntime_and_fails_cleanly_in_tract() {
         got.outputs[1].data,
         Some(json!([1.5, 0.0, -0.25, 1024.0, 3.0, -2.0]))
     );
-    let err = infer_err(&model, &[request.to_str().unwrap()], "tract");
-    assert!(err.contains("tract has no BF16"), "{err}");
-    let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
-    assert_eq!(auto.parameters.unwrap()["engine"], "onnxruntime");
+    assert_fallback(&model, &request, "tract", &["tract has no BF16"], "onnxruntime");
 }
 
 #[test]
@@ -131,13 +137,13 @@ fn op_tract_lacks_runs_in_onnxruntime_and_auto_picks_it() {
     assert_matches_reference("unique", "ort");
     let model = common::fixture("unique.onnx");
     let request = common::fixture("unique.request.json");
-    let err = infer_err(&model, &[request.to_str().unwrap()], "tract");
-    assert!(
-        err.contains("tract cannot load the model") && err.contains("Unique"),
-        "{err}"
+    assert_fallback(
+        &model,
+        &request,
+        "tract",
+        &["tract cannot load the model", "Unique"],
+        "onnxruntime",
     );
-    let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
-    assert_eq!(auto.parameters.unwrap()["engine"], "onnxruntime");
 }
 
 #[test]
@@ -145,13 +151,13 @@ fn model_onnxruntime_refuses_runs_in_tract_and_auto_falls_back() {
     assert_matches_reference("future_opset", "tract");
     let model = common::fixture("future_opset.onnx");
     let request = common::fixture("future_opset.request.json");
-    let err = infer_err(&model, &[request.to_str().unwrap()], "ort");
-    assert!(
-        err.contains("onnxruntime cannot load the model") && err.contains("opset"),
-        "{err}"
+    assert_fallback(
+        &model,
+        &request,
+        "ort",
+        &["onnxruntime cannot load the model", "opset"],
+        "tract",
     );
-    let auto = infer_ok(&model, &[request.to_str().unwrap()], "auto");
-    assert_eq!(auto.parameters.unwrap()["engine"], "tract");
     assert_matches_reference("future_opset", "auto");
 }
 

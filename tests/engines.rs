@@ -132,3 +132,39 @@ fn onnx_node_suite_meets_the_conformance_bar_with_no_crash() {
         assert!(summary.expressible >= 1570, "{engine:?}: {summary:?}");
     }
 }
+
+#[test]
+fn malformed_bytes_elements_are_bad_input_in_both_engines() {
+    for choice in [EngineChoice::Ort, EngineChoice::Tract] {
+        let model =
+            select::load_path("bytes", &common::fixture("dtype_BYTES.onnx"), &options(choice)).unwrap();
+        let not_utf8 =
+            Tensor::from_strings(vec![1, 3], vec![b"ok".to_vec(), vec![0xff, 0xfe], vec![]]).unwrap();
+        let err = model
+            .infer_blocking(vec![("x".into(), not_utf8)], None)
+            .unwrap()
+            .outputs
+            .unwrap_err();
+        assert!(matches!(err, EngineError::BadInput(_)), "{choice:?}: {err}");
+        assert!(
+            err.to_string().contains("element 1: BYTES element is not UTF-8"),
+            "{choice:?}: {err}"
+        );
+    }
+    let model = select::load_path(
+        "bytes",
+        &common::fixture("dtype_BYTES.onnx"),
+        &options(EngineChoice::Ort),
+    )
+    .unwrap();
+    let with_nul = Tensor::from_strings(vec![1, 3], vec![b"a\0b".to_vec(), vec![], vec![]]).unwrap();
+    let err = model
+        .infer_blocking(vec![("x".into(), with_nul)], None)
+        .unwrap()
+        .outputs
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("element 0: BYTES element contains NUL"),
+        "{err}"
+    );
+}

@@ -220,6 +220,24 @@ pub struct LoadedSessions {
     pub sessions: Vec<Box<dyn EngineSession>>,
 }
 
+/// Picks the requested outputs, in the order asked for, from an engine's results: `take`
+/// finds a raw output by name, `convert` turns it into a tensor.
+pub(crate) fn pick_outputs<V>(
+    engine: EngineKind,
+    requested: &[String],
+    mut take: impl FnMut(&str) -> Option<V>,
+    convert: impl Fn(&V) -> Result<Tensor, String>,
+) -> Result<Tensors, EngineError> {
+    let run_error = |reason: String| EngineError::Run { engine, reason };
+    requested
+        .iter()
+        .map(|name| {
+            let value = take(name).ok_or_else(|| run_error(format!("output '{name}' missing")))?;
+            Ok((name.clone(), convert(&value).map_err(run_error)?))
+        })
+        .collect()
+}
+
 /// Runs `f`, turning a panic inside an engine library into an error.
 pub(crate) fn catch_panic<T>(
     engine: EngineKind,

@@ -17,8 +17,8 @@ use ort::session::Session;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
 
 use super::{
-    catch_panic, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions, ModelFile, Provider,
-    ProviderAttempt, Tensors,
+    catch_panic, pick_outputs, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions,
+    ModelFile, Provider, ProviderAttempt, Tensors,
 };
 use crate::tensor::{DType, Tensor, TensorData};
 
@@ -292,24 +292,15 @@ struct OrtSession {
 impl EngineSession for OrtSession {
     fn run(&mut self, inputs: &Tensors, outputs: &[String]) -> Result<Tensors, EngineError> {
         catch_panic(EngineKind::Ort, "run", || {
-            let run_error = |reason: String| EngineError::Run {
-                engine: EngineKind::Ort,
-                reason,
-            };
             let values = inputs
                 .iter()
                 .map(|(name, t)| Ok((name.as_str(), to_ort(t)?)))
                 .collect::<Result<Vec<_>, EngineError>>()?;
-            let mut results = self.session.run(values).map_err(|e| run_error(e.to_string()))?;
-            outputs
-                .iter()
-                .map(|name| {
-                    let value = results
-                        .remove(name.as_str())
-                        .ok_or_else(|| run_error(format!("output '{name}' missing")))?;
-                    Ok((name.clone(), from_ort(&value).map_err(run_error)?))
-                })
-                .collect()
+            let mut results = self.session.run(values).map_err(|e| EngineError::Run {
+                engine: EngineKind::Ort,
+                reason: e.to_string(),
+            })?;
+            pick_outputs(EngineKind::Ort, outputs, |name| results.remove(name), from_ort)
         })
     }
 }
@@ -342,17 +333,16 @@ fn to_ort(tensor: &Tensor) -> Result<DynValue, EngineError> {
     let input_error = |reason: String| EngineError::BadInput(reason);
     let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
     match tensor.data() {
-        TensorData::Bytes(elements) => {
-            let strings = elements
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    String::from_utf8(e.clone())
-                        .ok()
-                        .filter(|s| !s.contains('\0'))
-                        .ok_or_else(|| input_error(format!("BYTES element {i} is not NUL-free UTF-8, which ONNX Runtime string tensors require")))
-                })
-                .collect::<Result<Vec<String>, _>>()?;
+        TensorData::Bytes(_) => {
+            let strings = tensor
+                .utf8_strings()
+                .expect("BYTES tensor")
+                .map_err(|e| input_error(e.to_string()))?;
+            if let Some(index) = strings.iter().position(|s| s.contains('\0')) {
+                return Err(input_error(format!(
+                    "element {index}: BYTES element contains NUL, which ONNX Runtime string tensors cannot hold"
+                )));
+            }
             ort::value::Tensor::from_string_array((shape, &strings[..]))
                 .map(|t| t.into_dyn())
                 .map_err(|e| input_error(e.to_string()))

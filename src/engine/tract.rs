@@ -15,7 +15,8 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_core::model::IntoRunnable;
 
 use super::{
-    catch_panic, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions, ModelFile, Tensors,
+    catch_panic, pick_outputs, EngineError, EngineKind, EngineOptions, EngineSession, LoadedSessions,
+    ModelFile, Tensors,
 };
 use crate::tensor::{DType, Dim, Tensor, TensorData};
 
@@ -130,29 +131,19 @@ struct TractSession {
 impl EngineSession for TractSession {
     fn run(&mut self, inputs: &Tensors, outputs: &[String]) -> Result<Tensors, EngineError> {
         catch_panic(EngineKind::Tract, "run", || {
-            let run_error = |reason: String| EngineError::Run {
-                engine: EngineKind::Tract,
-                reason,
-            };
             let values = inputs
                 .iter()
                 .map(|(_, t)| to_tract(t).map(IntoTValue::into_tvalue))
                 .collect::<Result<TVec<TValue>, _>>()?;
-            let results = self.plan.run(values).map_err(|e| run_error(format!("{e:#}")))?;
-            outputs
-                .iter()
-                .map(|name| {
-                    let index = self
-                        .outputs
-                        .iter()
-                        .position(|o| o == name)
-                        .ok_or_else(|| run_error(format!("output '{name}' missing")))?;
-                    let value = results
-                        .get(index)
-                        .ok_or_else(|| run_error(format!("output '{name}' missing")))?;
-                    Ok((name.clone(), from_tract(value).map_err(run_error)?))
-                })
-                .collect()
+            let results = self.plan.run(values).map_err(|e| EngineError::Run {
+                engine: EngineKind::Tract,
+                reason: format!("{e:#}"),
+            })?;
+            let by_name = |name: &str| {
+                let index = self.outputs.iter().position(|o| o == name)?;
+                results.get(index)
+            };
+            pick_outputs(EngineKind::Tract, outputs, by_name, |v| from_tract(v))
         })
     }
 }
@@ -160,18 +151,11 @@ impl EngineSession for TractSession {
 fn to_tract(tensor: &Tensor) -> Result<TractTensor, EngineError> {
     let bad = |reason: String| EngineError::BadInput(reason);
     match tensor.data() {
-        TensorData::Bytes(elements) => {
-            let strings = elements
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    String::from_utf8(e.clone()).map_err(|_| {
-                        bad(format!(
-                            "BYTES element {i} is not UTF-8, which tract string tensors require"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+        TensorData::Bytes(_) => {
+            let strings = tensor
+                .utf8_strings()
+                .expect("BYTES tensor")
+                .map_err(|e| bad(e.to_string()))?;
             tract_ndarray::ArrayD::from_shape_vec(tensor.shape(), strings)
                 .map(IntoTensor::into_tensor)
                 .map_err(|e| bad(e.to_string()))

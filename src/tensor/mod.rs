@@ -436,6 +436,24 @@ impl Tensor {
         }
     }
 
+    /// The `BYTES` elements as UTF-8 strings (what engines' string tensors hold), naming the
+    /// first element that is not; `None` for other dtypes.
+    pub fn utf8_strings(&self) -> Option<Result<Vec<String>, TensorError>> {
+        let elements = self.strings()?;
+        Some(
+            elements
+                .iter()
+                .enumerate()
+                .map(|(index, e)| {
+                    String::from_utf8(e.clone()).map_err(|_| TensorError::BadElement {
+                        index,
+                        problem: "BYTES element is not UTF-8, which engine string tensors require".into(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// Triton's binary wire form (see [`Tensor::from_wire`]).
     pub fn to_wire(&self) -> Vec<u8> {
         match &self.data {

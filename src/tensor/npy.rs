@@ -76,66 +76,54 @@ pub fn read_npy(reader: impl Read) -> Result<Tensor, TensorError> {
 /// Writes a tensor as a `.npy` file.
 pub fn write_npy(tensor: &Tensor) -> Result<Vec<u8>, TensorError> {
     let shape: Vec<u64> = tensor.shape().iter().map(|&d| d as u64).collect();
-    let mut out = Cursor::new(Vec::new());
-    let io = |e: std::io::Error| malformed(format!("writing .npy: {e}"));
-    macro_rules! write {
-        ($t:ty) => {{
-            let values = typed_values::<$t>(tensor);
-            let mut w = WriteOptions::<$t>::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(&mut out)
-                .begin_nd()
-                .map_err(io)?;
-            w.extend(values).map_err(io)?;
-            w.finish().map_err(io)?;
-        }};
-    }
     match tensor.dtype() {
         DType::Bool => {
-            let values: Vec<bool> = tensor
-                .raw_bytes()
-                .unwrap_or_default()
-                .iter()
-                .map(|&b| b != 0)
-                .collect();
-            let mut w = WriteOptions::<bool>::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(&mut out)
-                .begin_nd()
-                .map_err(io)?;
-            w.extend(values).map_err(io)?;
-            w.finish().map_err(io)?;
+            let bytes = tensor.raw_bytes().unwrap_or_default();
+            write_auto(&shape, bytes.iter().map(|&b| b != 0))
         }
-        DType::U8 => write!(u8),
-        DType::U16 => write!(u16),
-        DType::U32 => write!(u32),
-        DType::U64 => write!(u64),
-        DType::I8 => write!(i8),
-        DType::I16 => write!(i16),
-        DType::I32 => write!(i32),
-        DType::I64 => write!(i64),
-        DType::F16 => write!(half::f16),
-        DType::F32 => write!(f32),
-        DType::F64 => write!(f64),
-        DType::BF16 => return Err(unsupported("BF16 has no .npy dtype".into())),
+        DType::U8 => write_auto(&shape, typed_values::<u8>(tensor)),
+        DType::U16 => write_auto(&shape, typed_values::<u16>(tensor)),
+        DType::U32 => write_auto(&shape, typed_values::<u32>(tensor)),
+        DType::U64 => write_auto(&shape, typed_values::<u64>(tensor)),
+        DType::I8 => write_auto(&shape, typed_values::<i8>(tensor)),
+        DType::I16 => write_auto(&shape, typed_values::<i16>(tensor)),
+        DType::I32 => write_auto(&shape, typed_values::<i32>(tensor)),
+        DType::I64 => write_auto(&shape, typed_values::<i64>(tensor)),
+        DType::F16 => write_auto(&shape, typed_values::<half::f16>(tensor)),
+        DType::F32 => write_auto(&shape, typed_values::<f32>(tensor)),
+        DType::F64 => write_auto(&shape, typed_values::<f64>(tensor)),
+        DType::BF16 => Err(unsupported("BF16 has no .npy dtype".into())),
         DType::Bytes => {
             let elements = tensor.strings().unwrap_or_default();
             let width = elements.iter().map(Vec::len).max().unwrap_or(0).max(1);
             let dtype = NpyDType::Plain(format!("|S{width}").parse().expect("valid type string"));
-            let mut w = WriteOptions::<[u8]>::new()
-                .dtype(dtype)
-                .shape(&shape)
-                .writer(&mut out)
-                .begin_nd()
-                .map_err(io)?;
-            for e in elements {
-                w.push(e).map_err(io)?;
-            }
-            w.finish().map_err(io)?;
+            write_array::<[u8], &[u8]>(&shape, dtype, elements.iter().map(Vec::as_slice))
         }
     }
+}
+
+/// Writes `values` as an array of `shape` with the element type's default NumPy dtype.
+fn write_auto<T: npyz::AutoSerialize>(
+    shape: &[u64],
+    values: impl IntoIterator<Item = T>,
+) -> Result<Vec<u8>, TensorError> {
+    write_array::<T, T>(shape, T::default_dtype(), values)
+}
+
+/// Writes `values` as an array of `shape` and NumPy `dtype`.
+fn write_array<T: npyz::Serialize + ?Sized, V: std::borrow::Borrow<T>>(
+    shape: &[u64],
+    dtype: NpyDType,
+    values: impl IntoIterator<Item = V>,
+) -> Result<Vec<u8>, TensorError> {
+    let io = |e: std::io::Error| malformed(format!("writing .npy: {e}"));
+    let mut out = Cursor::new(Vec::new());
+    let options = WriteOptions::<T>::new().dtype(dtype);
+    let mut writer = options.shape(shape).writer(&mut out).begin_nd().map_err(io)?;
+    for value in values {
+        writer.push(value.borrow()).map_err(io)?;
+    }
+    writer.finish().map_err(io)?;
     Ok(out.into_inner())
 }
 
