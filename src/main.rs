@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use onnxd::commands::{bench, infer, inspect, run};
 use onnxd::config::Config;
-use onnxd::engine::{EngineChoice, EngineOptions};
+use onnxd::engine::{EngineChoice, EngineOptions, Provider};
 
 /// Serve ONNX models on edge machines (ONNX Runtime + tract).
 #[derive(Parser)]
@@ -29,6 +29,9 @@ struct EngineArgs {
     /// Intra-op threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// ONNX Runtime execution providers to try, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Provider::Tensorrt, Provider::Cuda, Provider::Cpu])]
+    providers: Vec<Provider>,
 }
 
 impl EngineArgs {
@@ -37,6 +40,7 @@ impl EngineArgs {
             choice: self.engine,
             ort_library: self.ort_library.clone(),
             intra_threads: self.threads,
+            providers: self.providers.clone(),
             instances,
             ..EngineOptions::default()
         }

@@ -115,7 +115,7 @@ pub enum EngineChoice {
 }
 
 /// ONNX Runtime execution providers, in the order a config lists them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// NVIDIA TensorRT (engine cache per model hash).
