@@ -191,7 +191,7 @@ pub fn bench(
                         _ => errors += 1,
                     }
                 }
-                (latencies, computes, errors)
+                (latencies, computes, errors, Instant::now())
             })
         })
         .collect();
@@ -208,15 +208,17 @@ pub fn bench(
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    let (mut latencies, mut computes, mut errors) = (Vec::new(), Vec::new(), 0);
+    let (mut latencies, mut computes, mut errors, mut finished) = (Vec::new(), Vec::new(), 0, started);
     for client in clients {
-        let (l, c, e) = client.join().expect("bench client thread");
+        let (l, c, e, end) = client.join().expect("bench client thread");
         latencies.extend(l);
         computes.extend(c);
         errors += e;
+        finished = finished.max(end);
     }
+    // Measured up to the last client's last reply, not to the progress loop's next tick.
+    let seconds = (finished - started).as_secs_f64();
     let requests = latencies.len() as u64;
     Ok(BenchReport {
         engine: model.engine.to_string(),
