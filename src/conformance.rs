@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::engine::{select, EngineChoice, EngineOptions, ModelFile};
 use crate::tensor::proto::decode_tensor_proto;
-use crate::tensor::{DType, Tensor, TensorError};
+use crate::tensor::{Tensor, TensorError};
 
 /// Relative tolerance of a passing output.
 pub const RTOL: f64 = 1e-3;
@@ -178,32 +178,7 @@ fn read_numbered(set: &Path, prefix: &str) -> Result<Vec<Tensor>, TensorError> {
     }
 }
 
-/// Compares an output with the expected tensor: same dtype and shape, floats within
-/// tolerance (NaN equals NaN), everything else exactly.
+/// Compares an output with the expected tensor at the suite's tolerances.
 pub fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
-    if got.dtype() != want.dtype() {
-        return Err(format!("dtype {} != expected {}", got.dtype(), want.dtype()));
-    }
-    if got.shape() != want.shape() {
-        return Err(format!("shape {:?} != expected {:?}", got.shape(), want.shape()));
-    }
-    let float = matches!(want.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64);
-    if !float {
-        return if got.data() == want.data() {
-            Ok(())
-        } else {
-            Err("values differ".into())
-        };
-    }
-    let (g, w) = (
-        got.to_f64_vec().unwrap_or_default(),
-        want.to_f64_vec().unwrap_or_default(),
-    );
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let same = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= ATOL + RTOL * b.abs();
-        if !same {
-            return Err(format!("element {i}: {a} != expected {b}"));
-        }
-    }
-    Ok(())
+    crate::tensor::approx_eq(got, want, RTOL, ATOL)
 }

@@ -9,6 +9,8 @@
 //! - [`engine`]: model files and signatures, ONNX Runtime and tract, engine selection,
 //!   inference threads.
 //! - [`conformance`]: the ONNX backend node-test runner behind `examples/conformance.rs`.
+//! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
+//! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
@@ -18,5 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod conformance;
 pub mod engine;
+pub mod repository;
+pub mod serving;
 pub mod telemetry;
 pub mod tensor;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use onnxd::commands::{bench, infer, inspect, run};
+use onnxd::commands::{bench, check, infer, inspect, run};
 use onnxd::config::Config;
 use onnxd::engine::{EngineChoice, EngineOptions, Provider};
 
@@ -51,6 +51,12 @@ impl EngineArgs {
 enum Command {
     /// Run the daemon.
     Run {
+        /// Config file (default: $ONNXD_CONFIG, /etc/onnxd/onnxd.toml, ./config/onnxd.toml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and load every model of the repository; exit 0 only if all are good.
+    Check {
         /// Config file (default: $ONNXD_CONFIG, /etc/onnxd/onnxd.toml, ./config/onnxd.toml).
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -122,6 +128,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&Config::locate(config.as_deref())?)?;
             onnxd::telemetry::init(&config.log);
             run::run(config)
+        }
+        Command::Check { config } => {
+            let config = Config::load(&Config::locate(config.as_deref())?)?;
+            onnxd::telemetry::init("error");
+            let reports = check::check(&config);
+            print!("{}", check::table(&config, &reports));
+            anyhow::ensure!(check::all_good(&reports), "some models failed their checks");
+            Ok(())
         }
         Command::Inspect { model, json, engine } => {
             onnxd::telemetry::init("warn");

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::infer::{read_inputs, InferError};
-use crate::engine::{select, EngineOptions, ModelInfo, Tensors};
-use crate::tensor::{DType, Dim, Tensor};
+use crate::engine::{select, EngineOptions};
 
 /// How much load to generate.
 #[derive(Clone, Debug)]
@@ -80,63 +79,6 @@ impl Percentiles {
     }
 }
 
-/// Deterministic inputs for a model: symbolic dimensions set to 1, floats in [-1, 1),
-/// integers small and non-negative, strings short.
-pub fn synthetic_inputs(info: &ModelInfo) -> Result<Tensors, InferError> {
-    info.inputs
-        .iter()
-        .map(|spec| {
-            let dtype = spec.dtype().ok_or_else(|| InferError::Input {
-                file: spec.name.clone(),
-                message: format!("cannot synthesise {}", spec.kind),
-            })?;
-            let shape: Vec<usize> = spec
-                .dims
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => *n as usize,
-                    Dim::Symbolic(_) => 1,
-                })
-                .collect();
-            let count: usize = shape.iter().product();
-            let tensor = synthetic_tensor(dtype, shape, count);
-            Ok((spec.name.clone(), tensor))
-        })
-        .collect()
-}
-
-fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
-    // A tiny LCG: reproducible without a dependency.
-    let mut state = 0x2545_f491_u64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as f64 / (1u64 << 31) as f64
-    };
-    let mut bytes = Vec::with_capacity(count * dtype.size().unwrap_or(0));
-    for _ in 0..count {
-        let x = next() * 2.0 - 1.0;
-        match dtype {
-            DType::F32 => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
-            DType::F64 => bytes.extend_from_slice(&x.to_le_bytes()),
-            DType::F16 => bytes.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
-            DType::BF16 => bytes.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
-            DType::Bool => bytes.push(u8::from(x > 0.0)),
-            DType::Bytes => {}
-            other => {
-                let size = other.size().expect("fixed size");
-                let v = ((x + 1.0) * 4.0) as u64;
-                bytes.extend_from_slice(&v.to_le_bytes()[..size]);
-            }
-        }
-    }
-    if dtype == DType::Bytes {
-        return Tensor::from_strings(shape, vec![b"onnxd".to_vec(); count]).expect("count matches shape");
-    }
-    Tensor::from_raw(dtype, shape, bytes).expect("count matches shape")
-}
-
 /// Loads the model and runs the plan against it.
 pub fn bench(
     model_path: &Path,
@@ -146,7 +88,7 @@ pub fn bench(
 ) -> Result<BenchReport, InferError> {
     let model = Arc::new(select::load_path("bench", model_path, options)?);
     let inputs = if input_args.is_empty() {
-        synthetic_inputs(&model.info)?
+        model.info.synthetic_inputs()?
     } else {
         let single = (model.info.inputs.len() == 1).then(|| model.info.inputs[0].name.as_str());
         read_inputs(input_args, single)?.tensors

@@ -109,15 +109,23 @@ pub struct ModelFile {
 impl ModelFile {
     /// Reads, hashes and decodes an ONNX file.
     pub fn open(path: &Path) -> Result<ModelFile, EngineError> {
+        let bytes = std::fs::read(path).map_err(|e| EngineError::InvalidModel {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        ModelFile::from_bytes(path, &bytes)
+    }
+
+    /// Hashes and decodes the bytes of an ONNX file already read from `path`.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<ModelFile, EngineError> {
         let invalid = |reason: String| EngineError::InvalidModel {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
         if bytes.is_empty() {
             return Err(invalid("the file is empty".into()));
         }
-        let proto = ModelProto::decode(&bytes[..]).map_err(|e| {
+        let proto = ModelProto::decode(bytes).map_err(|e| {
             invalid(format!(
                 "not an ONNX model (protobuf decode failed: {e}); truncated or corrupt?"
             ))
@@ -162,7 +170,7 @@ impl ModelFile {
                 .iter()
                 .map(|p| (p.key.clone(), p.value.clone()))
                 .collect(),
-            sha256: hex(&Sha256::digest(&bytes)),
+            sha256: hex(&Sha256::digest(bytes)),
             file_size: bytes.len() as u64,
         };
         Ok(ModelFile {
@@ -235,6 +243,30 @@ impl ModelInfo {
             .iter()
             .chain(&self.outputs)
             .all(TensorSpec::has_symbolic_batch)
+    }
+
+    /// Deterministic inputs for a model: symbolic dimensions set to 1, floats in [-1, 1),
+    /// integers small and non-negative, strings short.
+    pub fn synthetic_inputs(&self) -> Result<Vec<(String, Tensor)>, EngineError> {
+        self.inputs
+            .iter()
+            .map(|spec| {
+                let dtype = spec.dtype().ok_or_else(|| {
+                    EngineError::NotExpressible(format!("input '{}' is {}", spec.name, spec.kind))
+                })?;
+                let shape: Vec<usize> = spec
+                    .dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => *n as usize,
+                        Dim::Symbolic(_) => 1,
+                    })
+                    .collect();
+                let count: usize = shape.iter().product();
+                let tensor = synthetic_tensor(dtype, shape, count);
+                Ok((spec.name.clone(), tensor))
+            })
+            .collect()
     }
 
     /// Checks named inputs against the signature and returns them in graph order.
@@ -315,4 +347,36 @@ fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<(), EngineError> {
         )));
     }
     Ok(())
+}
+
+fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
+    // A tiny LCG: reproducible without a dependency.
+    let mut state = 0x2545_f491_u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut bytes = Vec::with_capacity(count * dtype.size().unwrap_or(0));
+    for _ in 0..count {
+        let x = next() * 2.0 - 1.0;
+        match dtype {
+            DType::F32 => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
+            DType::F64 => bytes.extend_from_slice(&x.to_le_bytes()),
+            DType::F16 => bytes.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
+            DType::BF16 => bytes.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
+            DType::Bool => bytes.push(u8::from(x > 0.0)),
+            DType::Bytes => {}
+            other => {
+                let size = other.size().expect("fixed size");
+                let v = ((x + 1.0) * 4.0) as u64;
+                bytes.extend_from_slice(&v.to_le_bytes()[..size]);
+            }
+        }
+    }
+    if dtype == DType::Bytes {
+        return Tensor::from_strings(shape, vec![b"onnxd".to_vec(); count]).expect("count matches shape");
+    }
+    Tensor::from_raw(dtype, shape, bytes).expect("count matches shape")
 }

@@ -489,6 +489,35 @@ impl Tensor {
     }
 }
 
+/// Compares a tensor with an expected one: same dtype and shape, floats within
+/// `|got - want| <= atol + rtol * |want|` (NaN equals NaN), everything else exactly.
+pub fn approx_eq(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), String> {
+    if got.dtype() != want.dtype() {
+        return Err(format!("dtype {} != expected {}", got.dtype(), want.dtype()));
+    }
+    if got.shape() != want.shape() {
+        return Err(format!("shape {:?} != expected {:?}", got.shape(), want.shape()));
+    }
+    if !matches!(want.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+        return if got.data() == want.data() {
+            Ok(())
+        } else {
+            Err("values differ".into())
+        };
+    }
+    let (g, w) = (
+        got.to_f64_vec().unwrap_or_default(),
+        want.to_f64_vec().unwrap_or_default(),
+    );
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let same = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+        if !same {
+            return Err(format!("element {i}: {a} != expected {b}"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads one little-endian element of a fixed-size type as `f64`.
 pub fn decode_f64(dtype: DType, c: &[u8]) -> f64 {
     match dtype {

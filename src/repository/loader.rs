@@ -1,0 +1,175 @@
+//! Loading one version of a model, with every check a reload must pass before the version may
+//! serve (SPEC §4 "the guarantee", step 2): the minisign signature when signatures are
+//! required, a valid ONNX file, an engine that loads it, one warm-up inference, and the golden
+//! sample of `[validate]` within its tolerances. Any failure is a [`LoadError`] naming the step.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use minisign_verify::{PublicKey, Signature};
+
+use super::layout::SIGNATURE_SUFFIX;
+use super::sidecar::{Sidecar, Validate};
+use crate::engine::{select, EngineOptions, ModelFile};
+use crate::serving::LoadedVersion;
+use crate::tensor::approx_eq;
+use crate::tensor::kserve::{InferRequestBody, InferResponseBody};
+
+/// Settings every load of this daemon shares.
+#[derive(Clone, Debug)]
+pub struct LoadSettings {
+    /// Engine settings from `[engine]` (a sidecar may override some).
+    pub engine: EngineOptions,
+    /// Refuse files without a valid signature.
+    pub require_signatures: bool,
+    /// Trusted minisign public keys (base64).
+    pub trusted_keys: Vec<String>,
+}
+
+/// Which check refused a version, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("version {version}: {step}: {message}")]
+pub struct LoadError {
+    /// Version that failed.
+    pub version: u64,
+    /// `signature`, `model`, `warmup` or `golden`.
+    pub step: &'static str,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// One version to load.
+pub struct VersionSource<'a> {
+    /// Model name.
+    pub name: &'a str,
+    /// Model directory.
+    pub dir: &'a Path,
+    /// Version number.
+    pub version: u64,
+    /// Its `model.onnx`.
+    pub file: &'a Path,
+    /// The model's sidecar.
+    pub sidecar: &'a Sidecar,
+}
+
+/// Loads, warms up and validates one version; it is ready to be swapped in.
+pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<LoadedVersion, LoadError> {
+    let fail = |step: &'static str, message: String| LoadError {
+        version: source.version,
+        step,
+        message,
+    };
+    let bytes = std::fs::read(source.file)
+        .map_err(|e| fail("model", format!("cannot read {}: {e}", source.file.display())))?;
+    if settings.require_signatures {
+        verify_signature(source.file, &bytes, &settings.trusted_keys).map_err(|m| fail("signature", m))?;
+    }
+    let file = ModelFile::from_bytes(source.file, &bytes).map_err(|e| fail("model", e.to_string()))?;
+    drop(bytes);
+    let options = engine_options(&settings.engine, source.sidecar);
+    let model = select::load(source.name, &file, &options).map_err(|e| fail("model", e.to_string()))?;
+    drop(file);
+    let warmup = model
+        .info
+        .synthetic_inputs()
+        .map_err(|e| fail("warmup", e.to_string()))?;
+    model
+        .infer_blocking(warmup, None)
+        .and_then(|r| r.outputs)
+        .map_err(|e| fail("warmup", e.to_string()))?;
+    if let Some(validate) = &source.sidecar.validate {
+        check_golden(&model, source.dir, validate).map_err(|m| fail("golden", m))?;
+    }
+    Ok(LoadedVersion {
+        version: source.version,
+        model,
+        file: source.file.to_path_buf(),
+        loaded_at: SystemTime::now(),
+        labels: super::layout::labels(source.dir),
+    })
+}
+
+/// The engine settings of a model: `[engine]` with the sidecar's overrides.
+pub fn engine_options(base: &EngineOptions, sidecar: &Sidecar) -> EngineOptions {
+    let mut options = base.clone();
+    if let Some(engine) = sidecar.engine {
+        options.choice = engine;
+    }
+    if let Some(providers) = &sidecar.providers {
+        options.providers = providers.clone();
+    }
+    if let Some(instances) = sidecar.instances {
+        options.instances = instances;
+    }
+    options
+}
+
+/// Checks `<file>.minisig` against the trusted keys.
+fn verify_signature(file: &Path, bytes: &[u8], trusted_keys: &[String]) -> Result<(), String> {
+    let sig_path = PathBuf::from(format!("{}{SIGNATURE_SUFFIX}", file.display()));
+    let text = std::fs::read_to_string(&sig_path).map_err(|e| {
+        format!(
+            "signatures are required and {} cannot be read: {e}",
+            sig_path.display()
+        )
+    })?;
+    let signature = Signature::decode(&text)
+        .map_err(|e| format!("{} is not a minisign signature: {e}", sig_path.display()))?;
+    let mut last_error = String::from("no trusted key configured");
+    for key in trusted_keys {
+        let key = PublicKey::from_base64(key.trim())
+            .map_err(|e| format!("trusted key {key:?} is not a minisign public key: {e}"))?;
+        match key.verify(bytes, &signature, false) {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(format!(
+        "{} does not verify with any trusted key: {last_error}",
+        sig_path.display()
+    ))
+}
+
+/// Runs the golden request and compares every expected output.
+fn check_golden(
+    model: &crate::engine::pool::LoadedModel,
+    dir: &Path,
+    validate: &Validate,
+) -> Result<(), String> {
+    let read = |p: &Path| -> Result<Vec<u8>, String> {
+        let path = dir.join(p);
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let request: InferRequestBody = serde_json::from_slice(&read(&validate.input)?)
+        .map_err(|e| format!("{}: {e}", validate.input.display()))?;
+    let expected: InferResponseBody = serde_json::from_value({
+        let mut v: serde_json::Value = serde_json::from_slice(&read(&validate.expected)?)
+            .map_err(|e| format!("{}: {e}", validate.expected.display()))?;
+        v.as_object_mut()
+            .map(|o| o.entry("model_name").or_insert_with(|| "golden".into()));
+        v
+    })
+    .map_err(|e| format!("{}: {e}", validate.expected.display()))?;
+    let inputs = request
+        .inputs
+        .iter()
+        .map(|i| {
+            i.to_tensor()
+                .map(|t| (i.name.clone(), t))
+                .map_err(|e| format!("golden input '{}': {e}", i.name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = expected.outputs.iter().map(|o| o.name.clone()).collect();
+    let outputs = model
+        .infer_blocking(inputs, Some(&names))
+        .and_then(|r| r.outputs)
+        .map_err(|e| e.to_string())?;
+    for ((name, got), want) in outputs.iter().zip(&expected.outputs) {
+        let want = want
+            .to_tensor()
+            .map_err(|e| format!("expected output '{name}': {e}"))?;
+        approx_eq(got, &want, validate.rtol, validate.atol)
+            .map_err(|why| format!("output '{name}' does not match the golden sample: {why}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `model.toml`, the optional sidecar of a model directory (SPEC §4): engine and instance
+//! settings, the version policy, image pre/post-processing and the golden sample. Parsed
+//! with unknown keys refused and then validated, so an error names the file, the key and
+//! what was expected. Everything absent comes from the ONNX file itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::{EngineChoice, Provider};
+
+/// File name of the sidecar inside a model directory.
+pub const FILE_NAME: &str = "model.toml";
+
+/// A sidecar that could not be read or is invalid.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct SidecarError {
+    /// The sidecar file.
+    pub file: PathBuf,
+    /// What was wrong, naming the key.
+    pub message: String,
+}
+
+/// Which versions of a model are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The highest N versions.
+    Latest(usize),
+    /// Every version present.
+    All,
+    /// Exactly these versions (those present).
+    Specific(Vec<u64>),
+}
+
+/// The parsed sidecar.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sidecar {
+    /// Engine for this model (overrides `[engine] default`).
+    pub engine: Option<EngineChoice>,
+    /// Providers for this model (overrides `[engine] providers`).
+    pub providers: Option<Vec<Provider>>,
+    /// Parallel sessions.
+    pub instances: Option<usize>,
+    /// Largest batch the model accepts.
+    pub max_batch_size: Option<u64>,
+    /// Dynamic batching settings.
+    pub batching: Option<Batching>,
+    /// `"latest"` (with `latest`), `"all"`, or a list of versions.
+    pub versions: Option<VersionsField>,
+    /// How many versions `"latest"` keeps (default 1).
+    pub latest: Option<usize>,
+    /// Image pre-processing.
+    pub input: Option<ImageInput>,
+    /// Post-processing.
+    pub output: Option<OutputProcessing>,
+    /// Golden sample a new version must reproduce.
+    pub validate: Option<Validate>,
+}
+
+/// `versions = "latest" | "all" | [1, 3]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum VersionsField {
+    /// `"latest"` or `"all"`.
+    Named(String),
+    /// An explicit list.
+    List(Vec<u64>),
+}
+
+/// `batching = { max_queue_delay_us = 500, preferred = [4, 8] }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batching {
+    /// Longest wait to fill a batch.
+    #[serde(default = "default_queue_delay")]
+    pub max_queue_delay_us: u64,
+    /// Preferred batch sizes.
+    #[serde(default)]
+    pub preferred: Vec<u64>,
+}
+
+fn default_queue_delay() -> u64 {
+    500
+}
+
+/// `[input]`: how an image becomes the model's input tensor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// Target width.
+    pub width: u32,
+    /// Target height.
+    pub height: u32,
+    /// `stretch`, `letterbox` or `center_crop`.
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    /// `rgb`, `bgr` or `gray`.
+    #[serde(default = "default_color")]
+    pub color: String,
+    /// `nchw` or `nhwc`.
+    #[serde(default = "default_layout")]
+    pub layout: String,
+    /// Tensor datatype (KServe name).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Multiplier applied to 0–255 pixel values.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Per-channel mean subtracted after scaling.
+    #[serde(default)]
+    pub mean: Vec<f64>,
+    /// Per-channel std dividing after the mean.
+    #[serde(default)]
+    pub std: Vec<f64>,
+    /// Letterbox fill, 0–255.
+    #[serde(default = "default_pad")]
+    pub pad: u8,
+}
+
+fn default_resize() -> String {
+    "stretch".into()
+}
+fn default_color() -> String {
+    "rgb".into()
+}
+fn default_layout() -> String {
+    "nchw".into()
+}
+fn default_dtype() -> String {
+    "FP32".into()
+}
+fn default_scale() -> f64 {
+    1.0 / 255.0
+}
+fn default_pad() -> u8 {
+    114
+}
+
+/// `[output]`: post-processing of the model's outputs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputProcessing {
+    /// `none`, `classify`, `yolo` or `ssd`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Classes reported by `classify`.
+    pub top_k: Option<usize>,
+    /// Minimum score kept.
+    pub score_threshold: Option<f64>,
+    /// NMS IoU threshold.
+    pub iou_threshold: Option<f64>,
+    /// Most detections reported.
+    pub max_detections: Option<usize>,
+    /// Labels file (relative to the model directory).
+    pub labels: Option<String>,
+}
+
+fn default_kind() -> String {
+    "none".into()
+}
+
+/// `[validate]`: the golden sample.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validate {
+    /// V2 request JSON (relative to the model directory).
+    pub input: PathBuf,
+    /// V2 response JSON with the expected outputs.
+    pub expected: PathBuf,
+    /// Relative tolerance.
+    #[serde(default = "default_rtol")]
+    pub rtol: f64,
+    /// Absolute tolerance.
+    #[serde(default = "default_atol")]
+    pub atol: f64,
+}
+
+fn default_rtol() -> f64 {
+    1e-3
+}
+fn default_atol() -> f64 {
+    1e-4
+}
+
+impl Sidecar {
+    /// Reads `<dir>/model.toml`; a missing file is the all-defaults sidecar.
+    pub fn load(dir: &Path) -> Result<Sidecar, SidecarError> {
+        let file = dir.join(FILE_NAME);
+        let fail = |message: String| SidecarError {
+            file: file.clone(),
+            message,
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Sidecar::default()),
+            Err(e) => return Err(fail(format!("cannot read: {e}"))),
+        };
+        let sidecar: Sidecar =
+            toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().to_string()))?;
+        sidecar.validate().map_err(fail)?;
+        Ok(sidecar)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.policy()?;
+        if self.instances == Some(0) {
+            return Err("instances: expected at least 1".into());
+        }
+        if let Some(input) = &self.input {
+            let one_of = |key: &str, value: &str, allowed: &[&str]| {
+                if allowed.contains(&value) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "input.{key}: expected one of {allowed:?}, got \"{value}\""
+                    ))
+                }
+            };
+            one_of("resize", &input.resize, &["stretch", "letterbox", "center_crop"])?;
+            one_of("color", &input.color, &["rgb", "bgr", "gray"])?;
+            one_of("layout", &input.layout, &["nchw", "nhwc"])?;
+            crate::tensor::DType::from_kserve_name(&input.dtype).map_err(|e| format!("input.dtype: {e}"))?;
+            if input.width == 0 || input.height == 0 {
+                return Err("input.width/height: expected positive sizes".into());
+            }
+        }
+        if let Some(output) = &self.output {
+            if !["none", "classify", "yolo", "ssd"].contains(&output.kind.as_str()) {
+                return Err(format!(
+                    "output.kind: expected one of \"none\", \"classify\", \"yolo\", \"ssd\", got \"{}\"",
+                    output.kind
+                ));
+            }
+        }
+        if let Some(v) = &self.validate {
+            if !(v.rtol >= 0.0 && v.atol >= 0.0) {
+                return Err("validate.rtol/atol: expected non-negative numbers".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The version policy (default: the latest version).
+    pub fn policy(&self) -> Result<VersionPolicy, String> {
+        let latest = self.latest.unwrap_or(1);
+        if latest == 0 {
+            return Err("latest: expected at least 1".into());
+        }
+        match &self.versions {
+            None => Ok(VersionPolicy::Latest(latest)),
+            Some(VersionsField::Named(name)) if name == "latest" => Ok(VersionPolicy::Latest(latest)),
+            Some(VersionsField::Named(name)) if name == "all" => Ok(VersionPolicy::All),
+            Some(VersionsField::Named(other)) => Err(format!(
+                "versions: expected \"latest\", \"all\" or a list of version numbers, got \"{other}\""
+            )),
+            Some(VersionsField::List(list)) if list.is_empty() => {
+                Err("versions: expected at least one version number".into())
+            }
+            Some(VersionsField::List(list)) => Ok(VersionPolicy::Specific(list.clone())),
+        }
+    }
+}
+
+impl VersionPolicy {
+    /// Chooses the served versions among those present (sorted ascending).
+    pub fn select(&self, present: &[u64]) -> Vec<u64> {
+        match self {
+            VersionPolicy::Latest(n) => present[present.len().saturating_sub(*n)..].to_vec(),
+            VersionPolicy::All => present.to_vec(),
+            VersionPolicy::Specific(wanted) => {
+                present.iter().copied().filter(|v| wanted.contains(v)).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(text: &str) -> Result<Sidecar, SidecarError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+        Sidecar::load(dir.path())
+    }
+
+    #[test]
+    fn missing_sidecar_means_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sidecar::load(dir.path()).unwrap();
+        assert_eq!(s.policy().unwrap(), VersionPolicy::Latest(1));
+    }
+
+    #[test]
+    fn version_policies_select_versions() {
+        assert_eq!(VersionPolicy::Latest(2).select(&[1, 2, 5]), vec![2, 5]);
+        assert_eq!(VersionPolicy::Latest(9).select(&[1, 2]), vec![1, 2]);
+        assert_eq!(VersionPolicy::All.select(&[1, 2]), vec![1, 2]);
+        assert_eq!(VersionPolicy::Specific(vec![1, 7]).select(&[1, 2, 3]), vec![1]);
+        assert_eq!(
+            sidecar("versions = \"all\"").unwrap().policy().unwrap(),
+            VersionPolicy::All
+        );
+        assert_eq!(
+            sidecar("versions = [3, 1]").unwrap().policy().unwrap(),
+            VersionPolicy::Specific(vec![3, 1])
+        );
+        assert_eq!(
+            sidecar("versions = \"latest\"\nlatest = 2")
+                .unwrap()
+                .policy()
+                .unwrap(),
+            VersionPolicy::Latest(2)
+        );
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let err = sidecar("instancs = 2").unwrap_err().to_string();
+        assert!(err.contains("model.toml") && err.contains("instancs"), "{err}");
+        let err = sidecar("versions = \"newest\"").unwrap_err().to_string();
+        assert!(err.contains("versions: expected \"latest\", \"all\""), "{err}");
+        let err = sidecar("[input]\nwidth = 8\nheight = 8\nresize = \"zoom\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input.resize: expected one of"), "{err}");
+        let err = sidecar("instances = \"two\"").unwrap_err().to_string();
+        assert!(err.contains("instances"), "{err}");
+        let err = sidecar("[output]\nkind = \"segment\"").unwrap_err().to_string();
+        assert!(err.contains("output.kind"), "{err}");
+    }
+
+    #[test]
+    fn example_model_sidecar_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+        let s = Sidecar::load(&dir).unwrap();
+        assert_eq!(s.input.unwrap().width, 8);
+        assert_eq!(s.output.unwrap().kind, "classify");
+    }
+}

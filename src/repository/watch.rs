@@ -1,0 +1,159 @@
+//! When to look at the repository again: inotify events (through `notify`), an optional
+//! periodic rescan, and explicit requests (SIGHUP, the load API). Events are mapped to the
+//! model directory they concern; a model is synced only after its files have been quiet for
+//! `settle` — an in-place writer keeps producing events while it writes, so a half-written
+//! file is not loaded while writes keep coming. The whole model directory is rescanned on
+//! any event below it (a file created right after its new directory can otherwise be missed).
+
+use std::collections::HashMap;
+use std::path::{Component, Path};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use super::Repository;
+
+/// What the repository thread is asked to do.
+#[derive(Debug)]
+pub enum RepoEvent {
+    /// Something changed below this model directory.
+    Changed(String),
+    /// Rescan every model now (SIGHUP, the repository API).
+    RescanAll,
+    /// Sync one model now, without settling (the load API); the report goes back.
+    SyncNow(String, Sender<super::SyncReport>),
+    /// Stop the thread.
+    Stop,
+}
+
+/// Starts an inotify watch of `root` that forwards changes as [`RepoEvent::Changed`].
+pub fn watch(root: &Path, events: Sender<RepoEvent>) -> notify::Result<RecommendedWatcher> {
+    let base = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let prefix = base.clone();
+    let mut watcher =
+        notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
+            Ok(event) => {
+                for path in &event.paths {
+                    match model_of(&prefix, path) {
+                        Some(name) => {
+                            let _ = events.send(RepoEvent::Changed(name));
+                        }
+                        None if path == &prefix => {
+                            let _ = events.send(RepoEvent::RescanAll);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "repository watch error"),
+        })?;
+    watcher.watch(&base, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+/// The model directory name of a path below the repository root.
+fn model_of(root: &Path, path: &Path) -> Option<String> {
+    match path.strip_prefix(root).ok()?.components().next()? {
+        Component::Normal(name) => name.to_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Timing of the repository thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Quiet time before a changed model is synced.
+    pub settle: Duration,
+    /// Periodic full rescan, if any.
+    pub poll: Option<Duration>,
+}
+
+/// Runs the repository thread: settles events, syncs models, rescans on schedule, and frees
+/// drained versions, until [`RepoEvent::Stop`] or every sender is gone.
+pub fn run(mut repo: Repository, events: Receiver<RepoEvent>, timing: Timing) {
+    let mut pending: HashMap<String, Instant> = HashMap::new();
+    let mut next_poll = timing.poll.map(|p| Instant::now() + p);
+    let tick = (timing.settle / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    loop {
+        match events.recv_timeout(tick) {
+            Ok(RepoEvent::Changed(name)) => {
+                pending.insert(name, Instant::now());
+            }
+            Ok(RepoEvent::RescanAll) => {
+                pending.clear();
+                repo.sync_all();
+            }
+            Ok(RepoEvent::SyncNow(name, reply)) => {
+                pending.remove(&name);
+                let _ = reply.send(repo.sync_model(&name));
+            }
+            Ok(RepoEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        let settled: Vec<String> = pending
+            .iter()
+            .filter(|(_, last)| now.duration_since(**last) >= timing.settle)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in settled {
+            pending.remove(&name);
+            repo.sync_model(&name);
+        }
+        if let (Some(poll), Some(at)) = (timing.poll, next_poll) {
+            if now >= at {
+                repo.sync_all();
+                next_poll = Some(now + poll);
+            }
+        }
+        repo.reap();
+    }
+}
+
+/// A running repository thread and its watch.
+pub struct RepositoryThread {
+    events: Sender<RepoEvent>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _watcher: Option<RecommendedWatcher>,
+}
+
+impl RepositoryThread {
+    /// Starts the thread for `repo` (already synced once), watching `root` when `watch` is set.
+    pub fn start(
+        repo: Repository,
+        root: &Path,
+        watch_files: bool,
+        timing: Timing,
+    ) -> notify::Result<RepositoryThread> {
+        let (events, receiver) = crossbeam_channel::unbounded();
+        let watcher = if watch_files {
+            Some(watch(root, events.clone())?)
+        } else {
+            None
+        };
+        let thread = std::thread::Builder::new()
+            .name("repository".into())
+            .spawn(move || run(repo, receiver, timing))
+            .expect("spawn repository thread");
+        Ok(RepositoryThread {
+            events,
+            thread: Some(thread),
+            _watcher: watcher,
+        })
+    }
+
+    /// A sender for events (SIGHUP handler, load API).
+    pub fn events(&self) -> Sender<RepoEvent> {
+        self.events.clone()
+    }
+}
+
+impl Drop for RepositoryThread {
+    fn drop(&mut self) {
+        let _ = self.events.send(RepoEvent::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

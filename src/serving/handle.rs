@@ -1,0 +1,177 @@
+//! [`ModelHandle`]: one model's loaded versions and state. Versions live in an `ArcSwap`, so
+//! a request takes an `Arc` of the version it runs on without blocking, a reload swaps the
+//! whole set atomically, and a replaced version is freed when its last request finishes.
+//! The state (`LOADING`, `READY`, `UNAVAILABLE` with the error, engine, provider, sha256,
+//! loaded_at) is what status topics, health and metrics report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{ModelStats, ServeError};
+use crate::engine::pool::LoadedModel;
+
+/// One version loaded and serving.
+pub struct LoadedVersion {
+    /// Version number.
+    pub version: u64,
+    /// The model in its engine, with its inference threads.
+    pub model: LoadedModel,
+    /// File it was loaded from.
+    pub file: PathBuf,
+    /// When it was swapped in.
+    pub loaded_at: SystemTime,
+    /// Class labels (`labels.txt`).
+    pub labels: Option<Vec<String>>,
+}
+
+/// Lifecycle state of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    /// Being loaded; nothing ready yet.
+    Loading,
+    /// At least one version serves.
+    Ready,
+    /// Nothing serves; `error` says why.
+    Unavailable,
+}
+
+/// What a model's status reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelState {
+    /// Lifecycle state.
+    pub state: State,
+    /// Highest ready version.
+    pub version: Option<u64>,
+    /// Engine of that version.
+    pub engine: Option<String>,
+    /// Provider of that version.
+    pub provider: Option<String>,
+    /// SHA-256 of its file.
+    pub sha256: Option<String>,
+    /// When it was loaded (seconds since the epoch).
+    pub loaded_at: Option<u64>,
+    /// The last load error (kept while an older version serves on).
+    pub error: Option<String>,
+}
+
+impl ModelState {
+    /// The state of a model being loaded for the first time.
+    pub fn loading() -> ModelState {
+        ModelState {
+            state: State::Loading,
+            version: None,
+            engine: None,
+            provider: None,
+            sha256: None,
+            loaded_at: None,
+            error: None,
+        }
+    }
+}
+
+/// Ready versions by number.
+pub type Versions = BTreeMap<u64, Arc<LoadedVersion>>;
+
+/// A model as the router sees it.
+pub struct ModelHandle {
+    /// Model name.
+    pub name: String,
+    /// Request counters.
+    pub stats: ModelStats,
+    versions: ArcSwap<Versions>,
+    state: ArcSwap<ModelState>,
+    changed: watch::Sender<u64>,
+}
+
+impl ModelHandle {
+    /// A model with nothing loaded yet (`LOADING`).
+    pub fn new(name: &str) -> ModelHandle {
+        ModelHandle {
+            name: name.to_string(),
+            stats: ModelStats::default(),
+            versions: ArcSwap::from_pointee(Versions::new()),
+            state: ArcSwap::from_pointee(ModelState::loading()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The version to run: `version`, or the highest ready one.
+    pub fn pick(&self, version: Option<u64>) -> Result<Arc<LoadedVersion>, ServeError> {
+        let versions = self.versions.load();
+        let found = match version {
+            Some(v) => versions.get(&v),
+            None => versions.values().next_back(),
+        };
+        match (found, version) {
+            (Some(v), _) => Ok(v.clone()),
+            (None, Some(v)) if !versions.is_empty() => Err(ServeError::UnknownVersion {
+                model: self.name.clone(),
+                version: v,
+                ready: versions.keys().copied().collect(),
+            }),
+            (None, _) => Err(ServeError::Unavailable {
+                model: self.name.clone(),
+                reason: self
+                    .state()
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no version is ready".into()),
+            }),
+        }
+    }
+
+    /// Ready versions.
+    pub fn versions(&self) -> Arc<Versions> {
+        self.versions.load_full()
+    }
+
+    /// Current state.
+    pub fn state(&self) -> Arc<ModelState> {
+        self.state.load_full()
+    }
+
+    /// Swaps in a new set of ready versions and the matching state; `error` is the last load
+    /// failure, if any. Returns the set it replaced.
+    pub fn publish(&self, versions: Versions, error: Option<String>) -> Arc<Versions> {
+        let newest = versions.values().next_back();
+        let state = ModelState {
+            state: match (newest, &error) {
+                (Some(_), _) => State::Ready,
+                (None, Some(_)) => State::Unavailable,
+                (None, None) => State::Loading,
+            },
+            version: newest.map(|v| v.version),
+            engine: newest.map(|v| v.model.engine.to_string()),
+            provider: newest.map(|v| v.model.provider.clone()),
+            sha256: newest.map(|v| v.model.info.sha256.clone()),
+            loaded_at: newest
+                .and_then(|v| v.loaded_at.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            error,
+        };
+        let old = self.versions.swap(Arc::new(versions));
+        self.state.store(Arc::new(state));
+        self.changed.send_modify(|n| *n += 1);
+        old
+    }
+
+    /// Marks the model as loading (a `replace` reload's gap); requests wait for the outcome.
+    pub fn set_loading(&self) {
+        let mut state = (*self.state()).clone();
+        state.state = State::Loading;
+        self.state.store(Arc::new(state));
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Notified on every change of versions or state.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
