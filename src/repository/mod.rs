@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::ReloadMode;
+use crate::serving::handle::Versions;
 use crate::serving::{LoadedVersion, ModelHandle, Router};
 use layout::Fingerprint;
 use loader::{load_version, LoadSettings, VersionSource};
@@ -132,12 +133,12 @@ impl Repository {
                 dir.display()
             ));
         }
-        let current = handle.versions();
-        let mut next: BTreeMap<u64, Arc<LoadedVersion>> = current
+        // Versions serving now but no longer wanted stay until every wanted version is ready.
+        let (mut next, mut outgoing): (Versions, Versions) = handle
+            .versions()
             .iter()
-            .filter(|(v, _)| wanted.contains(v))
             .map(|(v, m)| (*v, m.clone()))
-            .collect();
+            .partition(|(v, _)| wanted.contains(v));
         record.loaded.retain(|v, _| wanted.contains(v));
         record.failed.retain(|v, _| wanted.contains(v));
         let changed: Vec<(u64, PathBuf, Fingerprint)> = wanted
@@ -156,15 +157,12 @@ impl Repository {
                 // Drain and free what this version replaces before loading it (`next` already
                 // lacks the versions no longer wanted); requests wait while nothing serves.
                 next.remove(&version);
+                outgoing.clear();
                 let old = handle.publish(next.clone(), None);
                 if next.is_empty() {
                     handle.set_loading();
                 }
-                self.retired.extend(
-                    old.values()
-                        .filter(|o| !next.values().any(|n| Arc::ptr_eq(n, o)))
-                        .cloned(),
-                );
+                self.retire(old, &next);
                 self.drain_retired(DRAIN_TIMEOUT);
             }
             let source = VersionSource {
@@ -193,25 +191,19 @@ impl Repository {
                 }
             }
         }
+        if wanted.iter().any(|v| !next.contains_key(v)) {
+            next.extend(outgoing);
+        }
         self.records.insert(name.to_string(), record);
         self.finish(&handle, next, report)
     }
 
     /// Publishes the new set of versions and retires what it replaced.
-    fn finish(
-        &mut self,
-        handle: &ModelHandle,
-        next: BTreeMap<u64, Arc<LoadedVersion>>,
-        mut report: SyncReport,
-    ) -> SyncReport {
+    fn finish(&mut self, handle: &ModelHandle, next: Versions, mut report: SyncReport) -> SyncReport {
         report.serving = next.keys().copied().collect();
         let error = (!report.errors.is_empty()).then(|| report.errors.join("; "));
         let old = handle.publish(next.clone(), error);
-        self.retired.extend(
-            old.values()
-                .filter(|o| !next.values().any(|n| Arc::ptr_eq(n, o)))
-                .cloned(),
-        );
+        self.retire(old, &next);
         self.reap();
         report
     }
@@ -226,9 +218,16 @@ impl Repository {
             );
             handle.stats.reload("unloaded");
             let old = handle.publish(BTreeMap::new(), Some("model directory removed".into()));
-            self.retired.extend(old.values().cloned());
+            self.retire(old, &Versions::new());
         }
         self.reap();
+    }
+
+    /// Retires the versions of `old` that `next` no longer has; `old` itself is dropped here,
+    /// so the retired list holds the only other references.
+    fn retire(&mut self, old: Arc<Versions>, next: &Versions) {
+        let gone = old.values().filter(|o| !next.values().any(|n| Arc::ptr_eq(n, o)));
+        self.retired.extend(gone.cloned());
     }
 
     /// Frees retired versions whose last request has finished.

@@ -48,3 +48,90 @@ pub fn node_tests() -> PathBuf {
 pub fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
+
+/// A tiny ONNX model whose output is its input plus `value`: `y = x + value`, x FP32
+/// `[N, 1]`. With `padding` bytes of unused weights it can be made any size. Built in Rust
+/// (protobuf) so tests can write hundreds of versions quickly.
+pub fn value_model(value: f32, padding: usize) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{
+        tensor_shape_proto::{dimension, Dimension},
+        type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+        TypeProto, ValueInfoProto,
+    };
+    let tensor_type = |name: &str| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        Dimension {
+                            value: Some(dimension::Value::DimParam("N".into())),
+                            ..Default::default()
+                        },
+                        Dimension {
+                            value: Some(dimension::Value::DimValue(1)),
+                            ..Default::default()
+                        },
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut initializer = vec![TensorProto {
+        name: "c".into(),
+        dims: vec![1],
+        data_type: 1,
+        float_data: vec![value],
+        ..Default::default()
+    }];
+    if padding > 0 {
+        initializer.push(TensorProto {
+            name: "pad".into(),
+            dims: vec![padding as i64],
+            data_type: 2,
+            raw_data: vec![7; padding],
+            ..Default::default()
+        });
+    }
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        producer_name: "onnxd-tests".into(),
+        graph: Some(GraphProto {
+            name: "value".into(),
+            node: vec![NodeProto {
+                op_type: "Add".into(),
+                input: vec!["x".into(), "c".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            initializer,
+            input: vec![tensor_type("x")],
+            output: vec![tensor_type("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// A model using an op no engine has.
+pub fn unsupported_model() -> Vec<u8> {
+    use prost::Message;
+    let mut model = tract_onnx::pb::ModelProto::decode(&value_model(1.0, 0)[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    graph.node[0].op_type = "NoSuchOp".into();
+    graph.node[0].domain = "com.example".into();
+    model.opset_import.push(tract_onnx::pb::OperatorSetIdProto {
+        domain: "com.example".into(),
+        version: 1,
+    });
+    model.encode_to_vec()
+}

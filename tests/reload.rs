@@ -1,0 +1,558 @@
+//! Hot reload against real files, the real inotify watch and real inference threads
+//! (SPEC §4 "the guarantee"): swaps under load, half-written and renamed files, every kind of
+//! bad new version, deletion while requests are in flight, and memory across reloads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onnxd::config::ReloadMode;
+use onnxd::engine::EngineOptions;
+use onnxd::repository::loader::LoadSettings;
+use onnxd::repository::watch::{RepositoryThread, Timing};
+use onnxd::repository::Repository;
+use onnxd::serving::{InferRequest, ModelState, Router, ServeError, State};
+use onnxd::tensor::Tensor;
+
+const MODEL: &str = "m";
+
+struct Harness {
+    dir: tempfile::TempDir,
+    router: Arc<Router>,
+    thread: Option<RepositoryThread>,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn settings(require_signatures: bool, trusted_keys: Vec<String>) -> LoadSettings {
+    assert!(common::ort_library().exists());
+    LoadSettings {
+        engine: EngineOptions {
+            intra_threads: 1,
+            ..EngineOptions::default()
+        },
+        require_signatures,
+        trusted_keys,
+    }
+}
+
+impl Harness {
+    fn start(
+        settle_ms: u64,
+        mode: ReloadMode,
+        settings: LoadSettings,
+        prepare: impl FnOnce(&Path),
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
+        let router = Arc::new(Router::default());
+        let mut repo = Repository::new(dir.path(), settings, mode, router.clone());
+        repo.sync_all();
+        let timing = Timing {
+            settle: Duration::from_millis(settle_ms),
+            poll: None,
+        };
+        let thread = RepositoryThread::start(repo, dir.path(), true, timing).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Harness {
+            dir,
+            router,
+            thread: Some(thread),
+            runtime,
+        }
+    }
+
+    fn model_dir(&self) -> PathBuf {
+        self.dir.path().join(MODEL)
+    }
+
+    /// Runs `x = 0` and returns (version that answered, output value).
+    fn infer(&self) -> Result<(u64, f32), ServeError> {
+        infer(&self.router, &self.runtime)
+    }
+
+    fn state(&self) -> ModelState {
+        (*self.router.handle(MODEL).expect("model registered").state()).clone()
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Harness) -> bool) {
+        let until = Instant::now() + timeout;
+        while !done(self) {
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}; state {:?}",
+                self.router.handle(MODEL).map(|h| h.state())
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn wait_for_version(&self, version: u64) {
+        self.wait_for(&format!("version {version}"), Duration::from_secs(10), |h| {
+            h.router
+                .handle(MODEL)
+                .is_some_and(|m| m.state().version == Some(version))
+        });
+    }
+
+    fn reloads(&self, result: &str) -> u64 {
+        self.router
+            .handle(MODEL)
+            .unwrap()
+            .stats
+            .snapshot()
+            .reloads
+            .get(result)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.thread.take();
+    }
+}
+
+fn infer(router: &Router, runtime: &tokio::runtime::Runtime) -> Result<(u64, f32), ServeError> {
+    let x = Tensor::from_values(vec![1, 1], &[0.0f32]).unwrap();
+    let request = InferRequest {
+        model: MODEL.into(),
+        inputs: vec![("x".into(), x)],
+        ..Default::default()
+    };
+    let response = runtime.block_on(router.infer(request))?;
+    let value = response.outputs[0].1.to_f64_vec().unwrap()[0] as f32;
+    Ok((response.version, value))
+}
+
+/// Writes a version atomically: into `<v>.tmp/`, then renamed into place.
+fn put_version(model_dir: &Path, version: u64, bytes: &[u8]) {
+    let staging = model_dir.join(format!("{version}.tmp"));
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("model.onnx"), bytes).unwrap();
+    std::fs::rename(&staging, model_dir.join(version.to_string())).unwrap();
+}
+
+fn with_version_1(root: &Path) {
+    std::fs::create_dir_all(root.join(MODEL)).unwrap();
+    put_version(&root.join(MODEL), 1, &common::value_model(1.0, 0));
+}
+
+#[test]
+fn two_hundred_swaps_under_load_fail_no_request() {
+    let h = Harness::start(20, ReloadMode::Beside, settings(false, vec![]), with_version_1);
+    assert_eq!(h.infer().unwrap(), (1, 1.0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, mixed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = {
+        let (router, stop, ok, mixed) = (h.router.clone(), stop.clone(), ok.clone(), mixed.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match infer(&router, &runtime) {
+                    Ok((version, value)) if version as f32 == value => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => mixed.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        0
+                    }
+                };
+            }
+            failures
+        })
+    };
+    let mut swap_ms = Vec::new();
+    for version in 2..=201u64 {
+        let before = ok.load(Ordering::Relaxed);
+        let started = Instant::now();
+        put_version(&h.model_dir(), version, &common::value_model(version as f32, 0));
+        h.wait_for_version(version);
+        swap_ms.push(started.elapsed().as_millis());
+        // Let the client run on the new version before the next swap.
+        h.wait_for("requests on the new version", Duration::from_secs(5), |_| {
+            ok.load(Ordering::Relaxed) > before + 2
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert_eq!(mixed.load(Ordering::Relaxed), 0, "a response mixed versions");
+    assert!(ok.load(Ordering::Relaxed) > 600);
+    assert_eq!(h.reloads("ok"), 201);
+    swap_ms.sort();
+    eprintln!(
+        "swap visible after p50 {} ms, max {} ms",
+        swap_ms[swap_ms.len() / 2],
+        swap_ms.last().unwrap()
+    );
+    // Only the latest version is kept (default policy); replaced ones were freed.
+    assert_eq!(
+        h.router
+            .handle(MODEL)
+            .unwrap()
+            .versions()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![201]
+    );
+}
+
+#[test]
+fn half_written_files_load_only_when_complete_and_renames_are_picked_up() {
+    let settle = 150;
+    let h = Harness::start(
+        settle,
+        ReloadMode::Beside,
+        settings(false, vec![]),
+        with_version_1,
+    );
+    let write_in_chunks = |version: u64, gap: Duration| {
+        let bytes = common::value_model(version as f32, 4096);
+        let dir = h.model_dir().join(version.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::io::Write;
+        let mut file = std::fs::File::create(dir.join("model.onnx")).unwrap();
+        for chunk in bytes.chunks(bytes.len() / 3 + 1) {
+            file.write_all(chunk).unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(gap);
+        }
+    };
+    // Gaps shorter than settle_ms: loaded once, complete.
+    write_in_chunks(2, Duration::from_millis(30));
+    h.wait_for_version(2);
+    assert_eq!(h.infer().unwrap(), (2, 2.0));
+    assert_eq!(h.reloads("failed"), 0, "a partial file was loaded");
+
+    // A gap longer than settle_ms: the truncated file is refused, version 2 keeps serving,
+    // and the completed file loads when it lands.
+    let writer = {
+        let dir = h.model_dir();
+        std::thread::spawn(move || {
+            let bytes = common::value_model(3.0, 4096);
+            std::fs::create_dir_all(dir.join("3")).unwrap();
+            std::fs::write(dir.join("3/model.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+            std::thread::sleep(Duration::from_millis(settle * 4));
+            std::fs::write(dir.join("3/model.onnx"), &bytes).unwrap();
+        })
+    };
+    h.wait_for("the truncated file's refusal", Duration::from_secs(5), |h| {
+        h.reloads("failed") >= 1
+    });
+    assert_eq!(h.infer().unwrap(), (2, 2.0));
+    let state = h.state();
+    assert_eq!(state.state, State::Ready);
+    assert!(
+        state.error.as_deref().unwrap_or("").contains("version 3"),
+        "{state:?}"
+    );
+    writer.join().unwrap();
+    h.wait_for_version(3);
+    assert_eq!(h.infer().unwrap(), (3, 3.0));
+    assert_eq!(h.state().error, None);
+
+    // A rename into place.
+    put_version(&h.model_dir(), 4, &common::value_model(4.0, 0));
+    h.wait_for_version(4);
+    assert_eq!(h.infer().unwrap(), (4, 4.0));
+}
+
+/// Each bad new version: version 1 keeps serving, the state names the reason, the failure is
+/// counted, and fixing the files loads the new version.
+fn assert_refused_then_fixed(
+    h: &Harness,
+    version: u64,
+    write_bad: impl Fn(&Path),
+    reason: &str,
+    fix: impl Fn(&Path),
+) {
+    let failed_before = h.reloads("failed");
+    let dir = h.model_dir().join(version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    write_bad(&dir);
+    h.wait_for(&format!("refusal: {reason}"), Duration::from_secs(10), |h| {
+        h.reloads("failed") > failed_before
+    });
+    let state = h.state();
+    assert_eq!(
+        (state.state, state.version),
+        (State::Ready, Some(version - 1)),
+        "{state:?}"
+    );
+    assert!(
+        state.error.as_deref().unwrap_or("").contains(reason),
+        "expected '{reason}' in {state:?}"
+    );
+    assert_eq!(h.infer().unwrap().0, version - 1);
+    fix(&dir);
+    h.wait_for_version(version);
+    assert_eq!(h.infer().unwrap(), (version, version as f32));
+}
+
+#[test]
+fn bad_new_versions_are_refused_and_fixing_them_loads() {
+    let h = Harness::start(40, ReloadMode::Beside, settings(false, vec![]), with_version_1);
+    let good = |v: u64| {
+        move |dir: &Path| std::fs::write(dir.join("model.onnx"), common::value_model(v as f32, 0)).unwrap()
+    };
+    assert_refused_then_fixed(
+        &h,
+        2,
+        |d| std::fs::write(d.join("model.onnx"), b"\x08\x07garbage-not-onnx").unwrap(),
+        "not an ONNX model",
+        good(2),
+    );
+    assert_refused_then_fixed(
+        &h,
+        3,
+        |d| std::fs::write(d.join("model.onnx"), common::unsupported_model()).unwrap(),
+        "no engine can load the model",
+        good(3),
+    );
+    // Golden sample: the sidecar expects 99 for x = 0; version 4 answers 4.
+    let golden = |expected: f32| {
+        let model_dir = h.model_dir();
+        std::fs::write(
+            model_dir.join("golden-in.json"),
+            r#"{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[0]}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            model_dir.join("golden-out.json"),
+            format!(r#"{{"outputs":[{{"name":"y","shape":[1,1],"datatype":"FP32","data":[{expected}]}}]}}"#),
+        )
+        .unwrap();
+        std::fs::write(
+            model_dir.join("model.toml"),
+            "[validate]\ninput = \"golden-in.json\"\nexpected = \"golden-out.json\"\n",
+        )
+        .unwrap();
+    };
+    assert_refused_then_fixed(
+        &h,
+        4,
+        |d| {
+            golden(99.0);
+            good(4)(d)
+        },
+        "does not match the golden sample",
+        |_| golden(4.0),
+    );
+}
+
+fn keypair(dir: &Path) -> (PathBuf, String) {
+    let status = std::process::Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(dir.join("k.pub"))
+        .arg("-s")
+        .arg(dir.join("k.sec"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("minisign (Debian package) is installed by scripts/setup");
+    assert!(status.success());
+    let public = std::fs::read_to_string(dir.join("k.pub"))
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    (dir.join("k.sec"), public)
+}
+
+fn sign(secret: &Path, file: &Path) {
+    let status = std::process::Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(secret)
+        .arg("-m")
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn signatures_are_enforced_when_required() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(keys.path());
+    let other = keys.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_secret, _) = keypair(&other);
+    let h = Harness::start(40, ReloadMode::Beside, settings(true, vec![public]), |root| {
+        with_version_1(root);
+        sign(&secret, &root.join(MODEL).join("1/model.onnx"));
+    });
+    h.wait_for_version(1);
+    let model = |dir: &Path| dir.join("model.onnx");
+    // Missing signature.
+    assert_refused_then_fixed(
+        &h,
+        2,
+        |d| std::fs::write(model(d), common::value_model(2.0, 0)).unwrap(),
+        "signatures are required",
+        |d| sign(&secret, &model(d)),
+    );
+    // Signed by an untrusted key.
+    assert_refused_then_fixed(
+        &h,
+        3,
+        |d| {
+            std::fs::write(model(d), common::value_model(3.0, 0)).unwrap();
+            sign(&other_secret, &model(d));
+        },
+        "does not verify with any trusted key",
+        |d| sign(&secret, &model(d)),
+    );
+    // A valid signature of different bytes (file swapped after signing).
+    assert_refused_then_fixed(
+        &h,
+        4,
+        |d| {
+            std::fs::write(model(d), common::value_model(4.0, 0)).unwrap();
+            sign(&secret, &model(d));
+            std::fs::write(model(d), common::value_model(40.0, 0)).unwrap();
+        },
+        "does not verify",
+        |d| {
+            std::fs::write(model(d), common::value_model(4.0, 0)).unwrap();
+            sign(&secret, &model(d));
+        },
+    );
+}
+
+#[test]
+fn deleting_a_model_unloads_it_after_in_flight_requests() {
+    let h = Harness::start(40, ReloadMode::Beside, settings(false, vec![]), |root| {
+        std::fs::create_dir_all(root.join("cnn/1")).unwrap();
+        std::fs::copy(common::fixture("cnn.onnx"), root.join("cnn/1/model.onnx")).unwrap();
+    });
+    let handle = h.router.handle("cnn").unwrap();
+    h.wait_for("cnn ready", Duration::from_secs(10), |_| {
+        handle.state().state == State::Ready
+    });
+    // A slow request (batch 64) in flight while the directory is deleted.
+    let x = Tensor::from_values(vec![64, 3, 96, 96], &vec![0.5f32; 64 * 3 * 96 * 96]).unwrap();
+    let request = InferRequest {
+        model: "cnn".into(),
+        inputs: vec![("x".into(), x)],
+        ..Default::default()
+    };
+    let router = h.router.clone();
+    let in_flight = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(router.infer(request))
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::remove_dir_all(h.dir.path().join("cnn")).unwrap();
+    h.wait_for("cnn removed", Duration::from_secs(10), |h| {
+        h.router.handle("cnn").is_none()
+    });
+    let response = in_flight
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.outputs[0].1.shape(), &[64, 10]);
+    let x = Tensor::from_values(vec![1, 3, 96, 96], &vec![0.5f32; 3 * 96 * 96]).unwrap();
+    let after = h.runtime.block_on(h.router.infer(InferRequest {
+        model: "cnn".into(),
+        inputs: vec![("x".into(), x)],
+        ..Default::default()
+    }));
+    assert!(matches!(after, Err(ServeError::UnknownModel(_))), "{after:?}");
+}
+
+#[test]
+fn replace_mode_frees_the_old_version_first_and_requests_wait() {
+    let h = Harness::start(20, ReloadMode::Replace, settings(false, vec![]), with_version_1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (router, stop) = (h.router.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = infer(&router, &rt) {
+                    failures.push(e.to_string());
+                }
+            }
+            failures
+        })
+    };
+    for version in 2..=20u64 {
+        put_version(&h.model_dir(), version, &common::value_model(version as f32, 0));
+        h.wait_for_version(version);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn memory_does_not_grow_across_one_hundred_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join(MODEL);
+    std::fs::create_dir_all(model_dir.join("1")).unwrap();
+    let router = Arc::new(Router::default());
+    let mut repo = Repository::new(
+        dir.path(),
+        settings(false, vec![]),
+        ReloadMode::Beside,
+        router.clone(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let five_mb = 5 << 20;
+    let mut cycle = |i: u64| {
+        std::fs::write(
+            model_dir.join("1/model.onnx"),
+            common::value_model(i as f32, five_mb),
+        )
+        .unwrap();
+        let report = repo.sync_model(MODEL);
+        assert_eq!(report.loaded, vec![1], "{report:?}");
+        assert_eq!(infer(&router, &runtime).unwrap(), (1, i as f32));
+    };
+    for i in 0..10 {
+        cycle(i);
+    }
+    let before = rss_bytes();
+    for i in 10..110 {
+        cycle(i);
+    }
+    let growth = rss_bytes().saturating_sub(before);
+    eprintln!(
+        "RSS growth over 100 reloads of a 5 MB model: {} KiB",
+        growth / 1024
+    );
+    assert!(growth < 20 << 20, "RSS grew by {} MiB", growth >> 20);
+}
