@@ -409,15 +409,22 @@ fn config_errors_name_the_file_and_key() {
 }
 
 #[test]
-fn daemon_loads_the_example_repository_and_stops_on_sigterm() {
+fn daemon_loads_the_repository_rescans_on_sighup_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    std::fs::create_dir_all(repo.join("digits")).unwrap();
+    for file in ["model.onnx", "model.toml", "labels.txt"] {
+        std::fs::copy(
+            common::models().join("digits").join(file),
+            repo.join("digits").join(file),
+        )
+        .unwrap();
+    }
     let config = dir.path().join("onnxd.toml");
+    // No inotify watch: only SIGHUP makes the daemon look again.
     std::fs::write(
         &config,
-        format!(
-            "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"{}\"\n[mqtt]\nurl = \"\"\n",
-            common::models().display()
-        ),
+        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\nwatch = false\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
@@ -427,29 +434,89 @@ fn daemon_loads_the_example_repository_and_stops_on_sigterm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let stderr_pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut seen = String::new();
         for line in std::io::BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let mut seen = String::new();
+        while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(20)) {
             seen.push_str(&line);
             seen.push('\n');
-            if line.contains("onnxd ready") {
-                break;
+            if line.contains(needle) {
+                return seen;
             }
         }
-        seen
-    });
-    let seen = reader.join().unwrap();
+        panic!("no '{needle}' in the daemon's log:\n{seen}");
+    };
+    let seen = wait_for("onnxd ready");
     assert!(
-        seen.contains("engine selected") && seen.contains("digits") && seen.contains("CPUExecutionProvider"),
+        seen.contains("engine selected") && seen.contains("CPUExecutionProvider"),
         "{seen}"
     );
-    assert!(seen.contains("models=1"), "{seen}");
+    assert!(seen.contains("models=1 ready=1"), "{seen}");
+    std::fs::create_dir_all(repo.join("second/1")).unwrap();
+    std::fs::copy(
+        common::models().join("digits/model.onnx"),
+        repo.join("second/1/model.onnx"),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let seen = wait_for("version ready");
+    assert!(seen.contains("model=\"second\""), "{seen}");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn check_reports_good_and_broken_models_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    std::fs::create_dir_all(repo.join("good/1")).unwrap();
+    std::fs::create_dir_all(repo.join("broken/1")).unwrap();
+    std::fs::copy(
+        common::models().join("digits/model.onnx"),
+        repo.join("good/1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        common::fixture("truncated.onnx"),
+        repo.join("broken/1/model.onnx"),
+    )
+    .unwrap();
+    let config = dir.path().join("onnxd.toml");
+    std::fs::write(
+        &config,
+        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n",
+    )
+    .unwrap();
+    let out = onnxd(&["check", "-c", config.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{table}");
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {table}"))
+            .to_string()
+    };
+    assert!(line("good").contains("OK"), "{table}");
+    assert!(
+        line("broken").contains("FAILED") && line("broken").contains("truncated or corrupt"),
+        "{table}"
+    );
+    std::fs::remove_dir_all(repo.join("broken")).unwrap();
+    let out = onnxd(&["check", "-c", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

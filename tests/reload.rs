@@ -556,3 +556,47 @@ fn memory_does_not_grow_across_one_hundred_reloads() {
     );
     assert!(growth < 20 << 20, "RSS grew by {} MiB", growth >> 20);
 }
+
+#[test]
+fn version_policy_all_serves_every_version_and_requests_pick_one() {
+    let h = Harness::start(20, ReloadMode::Beside, settings(false, vec![]), |root| {
+        with_version_1(root);
+        put_version(&root.join(MODEL), 2, &common::value_model(2.0, 0));
+        std::fs::write(root.join(MODEL).join("model.toml"), "versions = \"all\"\n").unwrap();
+    });
+    assert_eq!(
+        h.router
+            .handle(MODEL)
+            .unwrap()
+            .versions()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(h.infer().unwrap(), (2, 2.0));
+    let pick = |version| {
+        let x = Tensor::from_values(vec![1, 1], &[0.0f32]).unwrap();
+        let request = InferRequest {
+            model: MODEL.into(),
+            version: Some(version),
+            inputs: vec![("x".into(), x)],
+            ..Default::default()
+        };
+        h.runtime.block_on(h.router.infer(request)).map(|r| r.version)
+    };
+    assert_eq!(pick(1).unwrap(), 1);
+    let err = pick(3).unwrap_err().to_string();
+    assert_eq!(err, "model 'm' has no ready version 3 (ready: [1, 2])");
+    // A broken sidecar is reported in the state; what serves keeps serving.
+    std::fs::write(h.model_dir().join("model.toml"), "versions = \"newest\"\n").unwrap();
+    h.wait_for("sidecar error", Duration::from_secs(5), |h| {
+        h.state().error.is_some()
+    });
+    assert!(
+        h.state().error.unwrap().contains("versions: expected"),
+        "{:?}",
+        h.state()
+    );
+    assert_eq!(h.infer().unwrap(), (2, 2.0));
+}
