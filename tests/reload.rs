@@ -200,6 +200,12 @@ fn two_hundred_swaps_under_load_fail_no_request() {
         swap_ms[swap_ms.len() / 2],
         swap_ms.last().unwrap()
     );
+    // Settle (20 ms) + load (a few ms) + the watch's tick: well under a second, every time.
+    assert!(
+        *swap_ms.last().unwrap() < 1000,
+        "slowest swap took {} ms",
+        swap_ms.last().unwrap()
+    );
     // Only the latest version is kept (default policy); replaced ones were freed.
     assert_eq!(
         h.router
@@ -599,4 +605,29 @@ fn version_policy_all_serves_every_version_and_requests_pick_one() {
         h.state()
     );
     assert_eq!(h.infer().unwrap(), (2, 2.0));
+}
+
+#[test]
+fn polling_finds_new_versions_without_the_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    with_version_1(dir.path());
+    let router = Arc::new(Router::default());
+    let mut repo = Repository::new(
+        dir.path(),
+        settings(false, vec![]),
+        ReloadMode::Beside,
+        router.clone(),
+    );
+    repo.sync_all();
+    let timing = Timing {
+        settle: Duration::from_millis(20),
+        poll: Some(Duration::from_millis(100)),
+    };
+    let _thread = RepositoryThread::start(repo, dir.path(), false, timing).unwrap();
+    put_version(&dir.path().join(MODEL), 2, &common::value_model(2.0, 0));
+    let until = Instant::now() + Duration::from_secs(5);
+    while router.handle(MODEL).unwrap().state().version != Some(2) {
+        assert!(Instant::now() < until, "polling never loaded version 2");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

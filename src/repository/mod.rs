@@ -250,14 +250,16 @@ impl Repository {
     }
 }
 
-/// Whether `MemAvailable` leaves room to load `file` beside what serves: the estimate is
-/// three times the file (weights, the engine's copy, arena and optimiser scratch).
+/// Whether `MemAvailable` leaves room to load `file` beside what serves.
 fn memory_admits(file: &Path) -> bool {
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-    match mem_available() {
-        Some(available) => size.saturating_mul(3) < available,
-        None => true,
-    }
+    admits(size, mem_available())
+}
+
+/// The admission rule: a model needs about three times its file size while it loads
+/// (weights, the engine's copy, arena and optimiser scratch); unknown memory admits.
+fn admits(file_size: u64, available: Option<u64>) -> bool {
+    available.is_none_or(|available| file_size.saturating_mul(3) < available)
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes.
@@ -266,4 +268,17 @@ fn mem_available() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_needs_three_times_the_file() {
+        assert!(admits(100, Some(301)));
+        assert!(!admits(100, Some(300)));
+        assert!(admits(u64::MAX, None));
+        assert!(mem_available().is_some_and(|m| m > 0));
+    }
 }
