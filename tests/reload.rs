@@ -406,11 +406,16 @@ fn signatures_are_enforced_when_required() {
     });
     h.wait_for_version(1);
     let model = |dir: &Path| dir.join("model.onnx");
+    let write = |dir: &Path, value: f32| std::fs::write(model(dir), common::value_model(value, 0)).unwrap();
+    let write_signed = |dir: &Path, value: f32, key: &Path| {
+        write(dir, value);
+        sign(key, &model(dir));
+    };
     // Missing signature.
     assert_refused_then_fixed(
         &h,
         2,
-        |d| std::fs::write(model(d), common::value_model(2.0, 0)).unwrap(),
+        |d| write(d, 2.0),
         "signatures are required",
         |d| sign(&secret, &model(d)),
     );
@@ -418,27 +423,20 @@ fn signatures_are_enforced_when_required() {
     assert_refused_then_fixed(
         &h,
         3,
-        |d| {
-            std::fs::write(model(d), common::value_model(3.0, 0)).unwrap();
-            sign(&other_secret, &model(d));
-        },
+        |d| write_signed(d, 3.0, &other_secret),
         "does not verify with any trusted key",
         |d| sign(&secret, &model(d)),
     );
-    // A valid signature of different bytes (file swapped after signing).
+    // A valid signature of other bytes (the file was swapped after signing).
     assert_refused_then_fixed(
         &h,
         4,
         |d| {
-            std::fs::write(model(d), common::value_model(4.0, 0)).unwrap();
-            sign(&secret, &model(d));
-            std::fs::write(model(d), common::value_model(40.0, 0)).unwrap();
+            write_signed(d, 4.0, &secret);
+            write(d, 40.0);
         },
         "does not verify",
-        |d| {
-            std::fs::write(model(d), common::value_model(4.0, 0)).unwrap();
-            sign(&secret, &model(d));
-        },
+        |d| write_signed(d, 4.0, &secret),
     );
 }
 
