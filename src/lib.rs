@@ -9,6 +9,7 @@
 //! - [`engine`]: model files and signatures, ONNX Runtime and tract, engine selection,
 //!   inference threads.
 //! - [`conformance`]: the ONNX backend node-test runner behind `examples/conformance.rs`.
+//! - [`http`]: the KServe V2 / Triton-compatible HTTP API.
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`config`]: the typed configuration file.
@@ -20,6 +21,7 @@ pub mod commands;
 pub mod config;
 pub mod conformance;
 pub mod engine;
+pub mod http;
 pub mod repository;
 pub mod serving;
 pub mod telemetry;

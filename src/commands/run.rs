@@ -1,11 +1,16 @@
 //! `onnxd run`: the daemon. Loads the repository (every model READY or UNAVAILABLE with its
 //! error), then keeps it in sync — inotify with settle time, optional polling, SIGHUP rescan —
-//! until SIGINT or SIGTERM. The protocol layers (HTTP, MQTT, cameras) attach to the router.
+//! until SIGINT or SIGTERM, serving the HTTP API on `http.listen`. MQTT and cameras attach
+//! to the same router in later stages.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::config::Config;
+use crate::http::{self, HttpState};
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
 use crate::repository::Repository;
@@ -29,20 +34,45 @@ pub fn repository(config: &Config) -> Repository {
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)?;
+    let token = read_token(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Bind first: a port in use is a start-up error, not a late surprise.
+    let listener = match config.http.listen.as_str() {
+        "" => None,
+        address => Some(
+            runtime
+                .block_on(tokio::net::TcpListener::bind(address))
+                .with_context(|| format!("http.listen: cannot listen on {address}"))?,
+        ),
+    };
     let mut repo = repository(&config);
     let router = repo.router().clone();
+    let ready = Arc::new(AtomicBool::new(false));
     let reports = repo.sync_all();
-    let ready = reports.iter().filter(|r| !r.serving.is_empty()).count();
-    tracing::info!(models = reports.len(), ready, node_id = %config.node_id, "onnxd ready");
     let timing = Timing {
         settle: Duration::from_millis(config.repository.settle_ms),
         poll: (config.repository.poll_secs > 0).then(|| Duration::from_secs(config.repository.poll_secs)),
     };
     let thread = RepositoryThread::start(repo, &config.repository.path, config.repository.watch, timing)?;
     let events = thread.events();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    if let Some(listener) = listener {
+        let state = Arc::new(HttpState {
+            router: router.clone(),
+            repository: Some(events.clone()),
+            ready: ready.clone(),
+            token,
+        });
+        let app = http::app(state, config.http.max_body_bytes as usize);
+        tracing::info!(address = %listener.local_addr()?, "HTTP listening");
+        runtime.spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    ready.store(true, Ordering::Release);
+    let serving = reports.iter().filter(|r| !r.serving.is_empty()).count();
+    tracing::info!(models = reports.len(), ready = serving, node_id = %config.node_id, "onnxd ready");
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -60,7 +90,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     tracing::info!("stopping");
+    ready.store(false, Ordering::Release);
     drop(thread);
+    runtime.shutdown_timeout(Duration::from_secs(config.drain_secs));
     drop(router);
     Ok(())
+}
+
+/// The bearer token of `http.token_file`, if one is configured.
+fn read_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let file = &config.http.token_file;
+    if file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let token =
+        std::fs::read_to_string(file).with_context(|| format!("http.token_file {}", file.display()))?;
+    let token = token.trim().to_string();
+    anyhow::ensure!(!token.is_empty(), "http.token_file {} is empty", file.display());
+    Ok(Some(token))
 }

@@ -16,7 +16,7 @@ pub mod loader;
 pub mod sidecar;
 pub mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +61,8 @@ pub struct Repository {
     router: Arc<Router>,
     records: HashMap<String, ModelRecord>,
     retired: Vec<Arc<LoadedVersion>>,
+    /// Models unloaded through the API: left alone until loaded through the API again.
+    held: HashSet<String>,
 }
 
 impl Repository {
@@ -73,6 +75,7 @@ impl Repository {
             router,
             records: HashMap::new(),
             retired: Vec::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -100,6 +103,18 @@ impl Repository {
         names.iter().map(|name| self.sync_model(name)).collect()
     }
 
+    /// Loads (or reloads) a model on request, also one unloaded through the API before.
+    pub fn load_requested(&mut self, name: &str) -> SyncReport {
+        self.held.remove(name);
+        self.sync_model(name)
+    }
+
+    /// Unloads a model on request; file changes leave it alone until [`Self::load_requested`].
+    pub fn unload_requested(&mut self, name: &str) {
+        self.unload(name);
+        self.held.insert(name.to_string());
+    }
+
     /// Brings one model's served versions in line with its directory.
     pub fn sync_model(&mut self, name: &str) -> SyncReport {
         let dir = self.root.join(name);
@@ -109,6 +124,12 @@ impl Repository {
             loaded: Vec::new(),
             errors: Vec::new(),
         };
+        if self.held.contains(name) {
+            report
+                .errors
+                .push("unloaded through the API; load it to serve it again".into());
+            return report;
+        }
         if !dir.is_dir() || !layout::is_model_name(name) {
             self.unload(name);
             return report;
@@ -217,7 +238,7 @@ impl Repository {
                 "model directory removed: unloading after in-flight requests"
             );
             handle.stats.reload("unloaded");
-            let old = handle.publish(BTreeMap::new(), Some("model directory removed".into()));
+            let old = handle.publish(BTreeMap::new(), Some("unloaded".into()));
             self.retire(old, &Versions::new());
         }
         self.reap();

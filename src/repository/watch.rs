@@ -23,6 +23,8 @@ pub enum RepoEvent {
     RescanAll,
     /// Sync one model now, without settling (the load API); the report goes back.
     SyncNow(String, Sender<super::SyncReport>),
+    /// Unload a model until it is loaded again through the API (the unload API).
+    Unload(String, Sender<()>),
     /// Stop the thread.
     Stop,
 }
@@ -86,7 +88,12 @@ pub fn run(mut repo: Repository, events: Receiver<RepoEvent>, timing: Timing) {
             }
             Ok(RepoEvent::SyncNow(name, reply)) => {
                 pending.remove(&name);
-                let _ = reply.send(repo.sync_model(&name));
+                let _ = reply.send(repo.load_requested(&name));
+            }
+            Ok(RepoEvent::Unload(name, reply)) => {
+                pending.remove(&name);
+                repo.unload_requested(&name);
+                let _ = reply.send(());
             }
             Ok(RepoEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}

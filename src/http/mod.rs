@@ -1,0 +1,159 @@
+//! The HTTP API (SPEC §7): KServe V2 / Triton-compatible routes on axum. [`v2`] holds health,
+//! metadata, config, statistics and inference; [`repository`] the repository extension;
+//! [`binary`] the binary tensor framing; [`metrics`] the Prometheus exposition. Protocol code here only converts: requests go to the
+//! serving core's [`Router`] and never touch an engine.
+//!
+//! Every non-200 answer is `{"error": "..."}` with Triton's status mapping. Request bodies may
+//! be gzip/deflate (decoded) and are bounded by `max_body_bytes`; responses are compressed
+//! when the client accepts it. With a token file, every route but health needs
+//! `Authorization: Bearer <token>`.
+
+pub mod binary;
+pub mod metrics;
+pub mod repository;
+pub mod v2;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use crossbeam_channel::Sender;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::engine::EngineError;
+use crate::repository::watch::RepoEvent;
+use crate::serving::{Router, ServeError};
+
+/// What every handler shares.
+pub struct HttpState {
+    /// The serving core.
+    pub router: Arc<Router>,
+    /// The repository thread (load/unload/index), when the daemon runs one.
+    pub repository: Option<Sender<RepoEvent>>,
+    /// Set once the initial repository scan has finished (SPEC §9).
+    pub ready: Arc<AtomicBool>,
+    /// Bearer token required on every route but health.
+    pub token: Option<String>,
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// A 404 with a message.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> ApiError {
+        let status = match &e {
+            ServeError::UnknownModel(_) | ServeError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            ServeError::Unavailable { .. } | ServeError::Expired => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Engine(EngineError::Overloaded(_) | EngineError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServeError::Engine(EngineError::BadInput(_)) => StatusCode::BAD_REQUEST,
+            ServeError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The axum application.
+pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
+    let protected = axum::Router::new()
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/models/stats", get(v2::all_stats))
+        .route("/v2/models/{model}", get(v2::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(v2::model_metadata))
+        .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(v2::model_ready),
+        )
+        .route("/v2/models/{model}/config", get(v2::model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(v2::model_config),
+        )
+        .route("/v2/models/{model}/stats", get(v2::model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(v2::model_stats),
+        )
+        .route("/v2/models/{model}/infer", post(v2::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(v2::infer))
+        .route("/v2/repository/index", post(repository::index))
+        .route("/v2/repository/models/{model}/load", post(repository::load))
+        .route("/v2/repository/models/{model}/unload", post(repository::unload))
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    axum::Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(v2::server_ready))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(CompressionLayer::new())
+        .layer(RequestDecompressionLayer::new())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or wrong bearer token".into(),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+impl HttpState {
+    /// Whether the daemon is ready (initial scan done).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,265 @@
+//! KServe V2 routes: health, server and model metadata, readiness, model config (what
+//! perf_analyzer reads), statistics, and inference — JSON, binary and raw bodies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::binary::{decode_request, encode_response, wants_binary};
+use super::{ApiError, HttpState};
+use crate::engine::{EngineKind, TensorSpec};
+use crate::serving::{InferRequest, LoadedVersion, ModelHandle};
+
+/// The request header that splits a JSON header from binary tensor data.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Extensions onnxd implements (advertised by `GET /v2`).
+pub const EXTENSIONS: [&str; 5] = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+];
+
+pub(super) async fn server_ready(State(state): State<Arc<HttpState>>) -> StatusCode {
+    if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+pub(super) async fn server_metadata() -> Json<Value> {
+    Json(json!({ "name": "onnxd", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS }))
+}
+
+/// The model and version named by the path (`version` absent = the highest ready).
+fn resolve(
+    state: &HttpState,
+    params: &HashMap<String, String>,
+) -> Result<(Arc<ModelHandle>, Arc<LoadedVersion>), ApiError> {
+    let name = &params["model"];
+    let handle = state
+        .router
+        .handle(name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}'")))?;
+    let version = parse_version(params)?;
+    let loaded = handle.pick(version)?;
+    Ok((handle, loaded))
+}
+
+fn parse_version(params: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    params
+        .get("version")
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("version '{v}' is not a number")))
+        })
+        .transpose()
+}
+
+fn platform(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Ort => "onnxruntime_onnx",
+        EngineKind::Tract => "tract_onnx",
+    }
+}
+
+fn spec_json(spec: &TensorSpec) -> Value {
+    json!({
+        "name": spec.name,
+        "datatype": spec.dtype().map_or("", |d| d.kserve_name()),
+        "shape": spec.dims.iter().map(|d| d.kserve()).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) async fn model_metadata(
+    State(state): State<Arc<HttpState>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let (handle, loaded) = resolve(&state, &params)?;
+    let versions: Vec<String> = match parse_version(&params)? {
+        Some(v) => vec![v.to_string()],
+        None => handle.versions().keys().map(u64::to_string).collect(),
+    };
+    let info = &loaded.model.info;
+    Ok(Json(json!({
+        "name": handle.name,
+        "versions": versions,
+        "platform": platform(loaded.model.engine),
+        "inputs": info.inputs.iter().map(spec_json).collect::<Vec<_>>(),
+        "outputs": info.outputs.iter().map(spec_json).collect::<Vec<_>>(),
+        "parameters": { "engine": loaded.model.engine.to_string(), "provider": loaded.model.provider },
+    })))
+}
+
+pub(super) async fn model_ready(
+    State(state): State<Arc<HttpState>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Response {
+    match resolve(&state, &params) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => ApiError::bad_request(format!("model version not ready: {}", e.message)).into_response(),
+    }
+}
+
+/// Triton's `TYPE_*` name of a datatype.
+fn config_type(spec: &TensorSpec) -> String {
+    let name = spec.dtype().map_or("INVALID", |d| match d.kserve_name() {
+        "BYTES" => "STRING",
+        other => other,
+    });
+    format!("TYPE_{name}")
+}
+
+pub(super) async fn model_config(
+    State(state): State<Arc<HttpState>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let (handle, loaded) = resolve(&state, &params)?;
+    let info = &loaded.model.info;
+    // Batchable models report a batch size limit and dims without the batch dimension.
+    let max_batch = if info.batchable() { 64 } else { 0 };
+    let dims = |spec: &TensorSpec| -> Vec<i64> {
+        let skip = usize::from(max_batch > 0);
+        spec.dims.iter().skip(skip).map(|d| d.kserve()).collect()
+    };
+    let io = |specs: &[TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| json!({ "name": s.name, "data_type": config_type(s), "dims": dims(s) }))
+            .collect()
+    };
+    Ok(Json(json!({
+        "name": handle.name,
+        "platform": platform(loaded.model.engine),
+        "backend": loaded.model.engine.to_string(),
+        "max_batch_size": max_batch,
+        "input": io(&info.inputs),
+        "output": io(&info.outputs),
+        "instance_group": [{ "count": 1, "kind": if loaded.model.provider.starts_with("CUDA") || loaded.model.provider.starts_with("Tensorrt") { "KIND_GPU" } else { "KIND_CPU" } }],
+        "version_policy": { "latest": { "num_versions": handle.versions().len() } },
+    })))
+}
+
+fn stats_json(handle: &ModelHandle, version: Option<u64>) -> Value {
+    let s = handle.stats.snapshot();
+    let fail: u64 = s.failures.values().sum();
+    let pair = |count: u64, ns: u64| json!({ "count": count, "ns": ns });
+    json!({
+        "name": handle.name,
+        "version": version.map(|v| v.to_string()).unwrap_or_default(),
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.success,
+        "execution_count": s.success,
+        "inference_stats": {
+            "success": pair(s.success, s.queue_ns + s.compute_ns),
+            "fail": pair(fail, 0),
+            "queue": pair(s.success, s.queue_ns),
+            "compute_input": pair(s.success, 0),
+            "compute_infer": pair(s.success, s.compute_ns),
+            "compute_output": pair(s.success, 0),
+        },
+        "batch_stats": [],
+    })
+}
+
+pub(super) async fn model_stats(
+    State(state): State<Arc<HttpState>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let name = &params["model"];
+    let handle = state
+        .router
+        .handle(name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}'")))?;
+    Ok(Json(
+        json!({ "model_stats": [stats_json(&handle, parse_version(&params)?)] }),
+    ))
+}
+
+pub(super) async fn all_stats(State(state): State<Arc<HttpState>>) -> Json<Value> {
+    let stats: Vec<Value> = state
+        .router
+        .models()
+        .iter()
+        .map(|h| stats_json(h, None))
+        .collect();
+    Json(json!({ "model_stats": stats }))
+}
+
+pub(super) async fn infer(
+    State(state): State<Arc<HttpState>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError {
+        status: r.status(),
+        message: format!("cannot read the request body: {}", r.body_text()),
+    })?;
+    let (handle, loaded) = resolve(&state, &params)?;
+    let header_length = headers
+        .get(HEADER_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
+        .map(|v| v.ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not a number")))
+        .transpose()?;
+    let mut decoded = decode_request(&body, header_length, &loaded.model.info).map_err(|e| {
+        handle.stats.failure("bad_input");
+        ApiError::bad_request(e)
+    })?;
+    drop(loaded);
+    let timeout_us = decoded
+        .body
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("timeout"))
+        .and_then(Value::as_u64);
+    let request = InferRequest {
+        model: handle.name.clone(),
+        version: parse_version(&params)?,
+        id: decoded.body.id.clone(),
+        inputs: std::mem::take(&mut decoded.inputs),
+        outputs: decoded
+            .body
+            .outputs
+            .as_ref()
+            .map(|o| o.iter().map(|o| o.name.clone()).collect()),
+        deadline: timeout_us.map(|us| Instant::now() + Duration::from_micros(us)),
+    };
+    let response = state.router.infer(request).await?;
+    let mut header_json = Map::new();
+    header_json.insert("model_name".into(), response.model.clone().into());
+    header_json.insert("model_version".into(), response.version.to_string().into());
+    if let Some(id) = &response.id {
+        header_json.insert("id".into(), id.clone().into());
+    }
+    header_json.insert(
+        "parameters".into(),
+        json!({ "engine": response.engine.to_string(), "provider": response.provider, "inference_us": response.compute_time.as_micros() as u64 }),
+    );
+    let (bytes, json_length) = encode_response(header_json, &response.outputs, |name| {
+        wants_binary(&decoded, name)
+    });
+    Ok(match json_length {
+        Some(length) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::HeaderName::from_static(HEADER_LENGTH), length.to_string()),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+    })
+}

@@ -1,0 +1,597 @@
+//! The HTTP API over a real socket: a repository served by the real repository thread, the
+//! axum app on 127.0.0.1:0, and requests from an HTTP client — JSON, binary and raw inference,
+//! metadata, config, statistics, the repository extension, compression, the token, and every
+//! bad input named by the HTTP issue.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use onnxd::config::ReloadMode;
+use onnxd::engine::EngineOptions;
+use onnxd::http::{self, HttpState};
+use onnxd::repository::loader::LoadSettings;
+use onnxd::repository::watch::{RepositoryThread, Timing};
+use onnxd::repository::Repository;
+use onnxd::serving::Router;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "s3cret";
+const MAX_BODY: usize = 1 << 20;
+
+struct Server {
+    address: SocketAddr,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+    _repository: RepositoryThread,
+    _dir: tempfile::TempDir,
+}
+
+fn copy_model(root: &Path, name: &str, file: &Path) {
+    std::fs::create_dir_all(root.join(name).join("1")).unwrap();
+    std::fs::copy(file, root.join(name).join("1/model.onnx")).unwrap();
+}
+
+fn start(token: Option<&str>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path(), "digits", &common::models().join("digits/model.onnx"));
+    for dtype in ["FP32", "BYTES", "BOOL", "INT64", "FP16"] {
+        copy_model(
+            dir.path(),
+            &dtype.to_lowercase(),
+            &common::fixture(&format!("dtype_{dtype}.onnx")),
+        );
+    }
+    let router = Arc::new(Router::default());
+    let settings = LoadSettings {
+        engine: EngineOptions {
+            ort_library: Some(common::ort_library()),
+            intra_threads: 1,
+            ..EngineOptions::default()
+        },
+        require_signatures: false,
+        trusted_keys: Vec::new(),
+    };
+    let mut repo = Repository::new(dir.path(), settings, ReloadMode::Beside, router.clone());
+    repo.sync_all();
+    let timing = Timing {
+        settle: Duration::from_millis(50),
+        poll: None,
+    };
+    let repository = RepositoryThread::start(repo, dir.path(), true, timing).unwrap();
+    let state = Arc::new(HttpState {
+        router,
+        repository: Some(repository.events()),
+        ready: Arc::new(AtomicBool::new(true)),
+        token: token.map(str::to_string),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, http::app(state, MAX_BODY)).await.unwrap() });
+    Server {
+        address,
+        client: reqwest::Client::new(),
+        runtime,
+        _repository: repository,
+        _dir: dir,
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `{"error"}` of a non-200 reply.
+    fn error(&self) -> String {
+        assert_ne!(self.status, 200, "expected an error");
+        self.json()["error"]
+            .as_str()
+            .expect("every non-200 carries {\"error\"}")
+            .to_string()
+    }
+}
+
+impl Server {
+    fn send(&self, method: reqwest::Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("http://{}{path}", self.address))
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        self.runtime.block_on(async {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            Reply {
+                status,
+                headers,
+                body: response.bytes().await.unwrap().to_vec(),
+            }
+        })
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, &[], Vec::new())
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(reqwest::Method::POST, path, &[], body.to_string().into_bytes())
+    }
+
+    /// Posts a binary-framed request: JSON header, then `binary`.
+    fn post_binary(&self, path: &str, header: &Value, binary: &[u8]) -> Reply {
+        let mut body = header.to_string().into_bytes();
+        let length = body.len().to_string();
+        body.extend_from_slice(binary);
+        self.send(
+            reqwest::Method::POST,
+            path,
+            &[("Inference-Header-Content-Length", &length)],
+            body,
+        )
+    }
+}
+
+/// Splits a binary response into its JSON header and the bytes of each output.
+fn split_binary(reply: &Reply) -> (Value, Vec<Vec<u8>>) {
+    let length: usize = reply.headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let header: Value = serde_json::from_slice(&reply.body[..length]).unwrap();
+    let mut rest = &reply.body[length..];
+    let mut parts = Vec::new();
+    for output in header["outputs"].as_array().unwrap() {
+        let size = output["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+        parts.push(rest[..size].to_vec());
+        rest = &rest[size..];
+    }
+    assert!(rest.is_empty());
+    (header, parts)
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn health_metadata_config_and_stats() {
+    let s = start(None);
+    assert_eq!(s.get("/v2/health/live").status, 200);
+    assert_eq!(s.get("/v2/health/ready").status, 200);
+    let meta = s.get("/v2").json();
+    assert_eq!(meta["name"], "onnxd");
+    assert!(meta["extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("binary_tensor_data")));
+    let model = s.get("/v2/models/digits").json();
+    assert_eq!(model["versions"], json!(["1"]));
+    assert_eq!(model["platform"], "onnxruntime_onnx");
+    assert_eq!(
+        model["inputs"][0],
+        json!({"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]})
+    );
+    assert_eq!(
+        s.get("/v2/models/digits/versions/1").json()["versions"],
+        json!(["1"])
+    );
+    assert_eq!(s.get("/v2/models/digits/ready").status, 200);
+    assert_eq!(s.get("/v2/models/digits/versions/1/ready").status, 200);
+    assert_eq!(s.get("/v2/models/digits/versions/2/ready").status, 400);
+    let config = s.get("/v2/models/digits/config").json();
+    assert_eq!(config["max_batch_size"], 64);
+    assert_eq!(
+        config["input"][0],
+        json!({"name": "image", "data_type": "TYPE_FP32", "dims": [1, 8, 8]})
+    );
+    assert_eq!(
+        s.get("/v2/models/bytes/config").json()["input"][0]["data_type"],
+        "TYPE_STRING"
+    );
+    let request = serde_json::from_slice::<Value>(
+        &std::fs::read(common::models().join("digits/sample-request.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s.post_json("/v2/models/digits/infer", &request).status, 200);
+    let stats = s.get("/v2/models/digits/stats").json();
+    assert_eq!(stats["model_stats"][0]["inference_stats"]["success"]["count"], 1);
+    assert_eq!(
+        s.get("/v2/models/stats").json()["model_stats"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+}
+
+#[test]
+fn json_binary_and_raw_inference_agree() {
+    let s = start(None);
+    let request: Value =
+        serde_json::from_slice(&std::fs::read(common::models().join("digits/sample-request.json")).unwrap())
+            .unwrap();
+    let reply = s.post_json("/v2/models/digits/infer", &request);
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let json_reply = reply.json();
+    assert_eq!(json_reply["model_name"], "digits");
+    assert_eq!(json_reply["model_version"], "1");
+    assert_eq!(json_reply["id"], request["id"]);
+    let probabilities: Vec<f32> = json_reply["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+
+    let pixels: Vec<f32> = request["inputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let header = json!({
+        "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": 256}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let reply = s.post_binary("/v2/models/digits/infer", &header, &f32_bytes(&pixels));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.headers["content-type"], "application/octet-stream");
+    let (header, parts) = split_binary(&reply);
+    assert_eq!(header["outputs"][0]["shape"], json!([1, 10]));
+    assert_eq!(parts[0], f32_bytes(&probabilities));
+
+    let reply = s.send(
+        reqwest::Method::POST,
+        "/v2/models/digits/infer",
+        &[("Inference-Header-Content-Length", "0")],
+        f32_bytes(&pixels),
+    );
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(split_binary(&reply).1[0], f32_bytes(&probabilities));
+
+    // Requested outputs: one binary, one JSON.
+    let header = json!({
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}],
+        "outputs": [{"name": "z", "parameters": {"binary_data": true}}, {"name": "y"}]
+    });
+    let reply = s.post_json("/v2/models/int64/infer", &header);
+    let length: usize = reply.headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let out: Value = serde_json::from_slice(&reply.body[..length]).unwrap();
+    assert_eq!(out["outputs"][0]["name"], "z");
+    assert_eq!(out["outputs"][1]["data"], json!([1, 2, 3, 4, 5, 6]));
+    let z: Vec<i64> = reply.body[length..]
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(z, vec![1, 4, 2, 5, 3, 6]);
+}
+
+#[test]
+fn bytes_bool_and_fp16_travel_binary() {
+    let s = start(None);
+    let mut wire = Vec::new();
+    for element in ["a", "", "ünï", "d", "e", "f"] {
+        wire.extend_from_slice(&(element.len() as u32).to_le_bytes());
+        wire.extend_from_slice(element.as_bytes());
+    }
+    let header = json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "BYTES", "parameters": {"binary_data_size": wire.len()}}],
+                        "outputs": [{"name": "y", "parameters": {"binary_data": true}}]});
+    let reply = s.post_binary("/v2/models/bytes/infer", &header, &wire);
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(split_binary(&reply).1[0], wire);
+    let header = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}],
+                        "parameters": {"binary_data_output": true}});
+    assert_eq!(
+        split_binary(&s.post_binary("/v2/models/bool/infer", &header, &[1, 0, 1])).1[0],
+        vec![1, 0, 1]
+    );
+    let halves: Vec<u8> = [1.5f32, -2.0, 0.25]
+        .iter()
+        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP16", "parameters": {"binary_data_size": 6}}],
+                        "parameters": {"binary_data_output": true}});
+    assert_eq!(
+        split_binary(&s.post_binary("/v2/models/fp16/infer", &header, &halves)).1[0],
+        halves
+    );
+}
+
+#[test]
+fn compressed_bodies_in_and_out() {
+    let s = start(None);
+    let request = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(request.to_string().as_bytes()).unwrap();
+    let reply = s.send(
+        reqwest::Method::POST,
+        "/v2/models/fp32/infer",
+        &[("Content-Encoding", "gzip")],
+        gz.finish().unwrap(),
+    );
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(request.to_string().as_bytes()).unwrap();
+    let reply = s.send(
+        reqwest::Method::POST,
+        "/v2/models/fp32/infer",
+        &[("Content-Encoding", "deflate"), ("Accept-Encoding", "gzip")],
+        zlib.finish().unwrap(),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-encoding"], "gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&reply.body[..]), &mut text).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["outputs"][0]["data"],
+        json!([1.0, 2.0, 3.0])
+    );
+}
+
+#[test]
+fn every_bad_input_gets_a_json_error() {
+    let s = start(Some(TOKEN));
+    let auth = [("Authorization", "Bearer s3cret")];
+    let post = |path: &str, headers: &[(&str, &str)], body: Vec<u8>| {
+        let mut all = auth.to_vec();
+        all.extend_from_slice(headers);
+        s.send(reqwest::Method::POST, path, &all, body)
+    };
+    let framed = |header: &Value, binary: &[u8], declared: Option<usize>| {
+        let mut body = header.to_string().into_bytes();
+        let length = declared.unwrap_or(body.len()).to_string();
+        body.extend_from_slice(binary);
+        post(
+            "/v2/models/fp32/infer",
+            &[("Inference-Header-Content-Length", &length)],
+            body,
+        )
+    };
+    let binary_input = |size: usize| json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "parameters": {"binary_data_size": size}}]});
+    let cases: Vec<(&str, Reply, u16, &str)> = vec![
+        ("no token", s.get("/v2/models/fp32"), 401, "bearer token"),
+        (
+            "wrong token",
+            s.send(
+                reqwest::Method::GET,
+                "/v2/models/fp32",
+                &[("Authorization", "Bearer nope")],
+                Vec::new(),
+            ),
+            401,
+            "bearer token",
+        ),
+        (
+            "missing binary section",
+            framed(&binary_input(12), &[], None),
+            400,
+            "binary_data_size is 12 but only 0 bytes",
+        ),
+        (
+            "short binary section",
+            framed(&binary_input(12), &[0; 8], None),
+            400,
+            "only 8 bytes",
+        ),
+        (
+            "header length > body",
+            framed(&binary_input(12), &[0; 12], Some(100_000)),
+            400,
+            "Inference-Header-Content-Length is 100000",
+        ),
+        (
+            "bad header length",
+            post(
+                "/v2/models/fp32/infer",
+                &[("Inference-Header-Content-Length", "x")],
+                b"{}".to_vec(),
+            ),
+            400,
+            "not a number",
+        ),
+        (
+            "binary size ≠ shape",
+            framed(&binary_input(8), &[0; 8], None),
+            400,
+            "raw buffer has 8 bytes but shape [1, 3] of FP32 needs 12 bytes",
+        ),
+        (
+            "unknown datatype",
+            post(
+                "/v2/models/fp32/infer",
+                &[],
+                json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FLOAT32", "data": [1, 2, 3]}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            400,
+            "unknown datatype 'FLOAT32'",
+        ),
+        (
+            "shape/data mismatch",
+            post(
+                "/v2/models/fp32/infer",
+                &[],
+                json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            400,
+            "data has 3 elements but shape [2, 3]",
+        ),
+        (
+            "wrong shape for the model",
+            post(
+                "/v2/models/fp32/infer",
+                &[],
+                json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            400,
+            "input 'x' has shape [1, 2] but the model expects [N, 3]",
+        ),
+        (
+            "malformed JSON",
+            post("/v2/models/fp32/infer", &[], b"{\"inputs\": [".to_vec()),
+            400,
+            "malformed inference request JSON",
+        ),
+        (
+            "unknown model",
+            post("/v2/models/nope/infer", &[], b"{}".to_vec()),
+            404,
+            "unknown model 'nope'",
+        ),
+        (
+            "unknown version",
+            post("/v2/models/fp32/versions/9/infer", &[], b"{}".to_vec()),
+            404,
+            "no ready version 9",
+        ),
+        (
+            "body over limit",
+            post("/v2/models/fp32/infer", &[], vec![b' '; MAX_BODY + 1]),
+            413,
+            "cannot read the request body",
+        ),
+        (
+            "invalid gzip",
+            post(
+                "/v2/models/fp32/infer",
+                &[("Content-Encoding", "gzip")],
+                b"definitely not gzip".to_vec(),
+            ),
+            400,
+            "cannot read the request body",
+        ),
+        ("unknown route", s.get("/v3/things"), 404, "no such endpoint"),
+    ];
+    for (what, reply, status, message) in cases {
+        assert_eq!(
+            reply.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let error = reply.error();
+        assert!(error.contains(message), "{what}: {error}");
+    }
+    // Health needs no token; everything else works with it.
+    assert_eq!(s.get("/v2/health/ready").status, 200);
+    let ok = post(
+        "/v2/models/fp32/infer",
+        &[],
+        json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(ok.status, 200);
+    let failures = s
+        .send(reqwest::Method::GET, "/v2/models/fp32/stats", &auth, Vec::new())
+        .json();
+    assert!(
+        failures["model_stats"][0]["inference_stats"]["fail"]["count"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+}
+
+#[test]
+fn repository_index_load_and_unload() {
+    let s = start(None);
+    let index = s.send(reqwest::Method::POST, "/v2/repository/index", &[], Vec::new());
+    assert_eq!(index.status, 200);
+    let names: Vec<String> = index
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"digits".to_string()), "{names:?}");
+    assert_eq!(index.json()[0]["state"], "READY");
+    let unload = s.post_json(
+        "/v2/repository/models/digits/unload",
+        &json!({"parameters": {"unload_dependents": false}}),
+    );
+    assert_eq!(unload.status, 200, "{}", String::from_utf8_lossy(&unload.body));
+    assert_eq!(s.get("/v2/models/digits/ready").status, 400);
+    assert_eq!(s.get("/v2/models/digits").error(), "unknown model 'digits'");
+    let load = s.post_json("/v2/repository/models/digits/load", &json!({}));
+    assert_eq!(load.status, 200, "{}", String::from_utf8_lossy(&load.body));
+    assert_eq!(s.get("/v2/models/digits/ready").status, 200);
+    let missing = s.post_json("/v2/repository/models/nothere/load", &json!({}));
+    assert_eq!(missing.status, 400);
+    assert!(missing.error().contains("failed to load 'nothere'"));
+}
+
+#[test]
+fn metrics_follow_prometheus_conventions() {
+    let s = start(None);
+    let request = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    assert_eq!(s.post_json("/v2/models/fp32/infer", &request).status, 200);
+    assert_eq!(
+        s.post_json("/v2/models/fp32/infer", &json!({"inputs": []}))
+            .status,
+        400
+    );
+    let reply = s.get("/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(reply.body).unwrap();
+    for needle in [
+        "onnxd_inference_request_success_total{model=\"fp32\"} 1",
+        "onnxd_inference_request_failure_total{model=\"fp32\",reason=\"bad_input\"} 1",
+        "onnxd_model_state{model=\"fp32\",state=\"READY\"} 1",
+        "onnxd_model_info{engine=\"onnxruntime\",model=\"fp32\",provider=\"CPUExecutionProvider\",version=\"1\"} 1",
+        "onnxd_model_reloads_total{model=\"fp32\",result=\"ok\"} 1",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    // Every metric family has help text and a type.
+    for name in text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+    {
+        assert!(
+            text.contains(&format!("# HELP {name} "))
+                || text.contains(&format!("# HELP {} ", name.trim_end_matches("_total"))),
+            "{name} has no help"
+        );
+    }
+}
