@@ -513,54 +513,6 @@ fn replace_mode_frees_the_old_version_first_and_requests_wait() {
     assert!(failures.is_empty(), "{failures:?}");
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
-#[test]
-fn memory_does_not_grow_across_one_hundred_reloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join(MODEL);
-    std::fs::create_dir_all(model_dir.join("1")).unwrap();
-    let router = Arc::new(Router::default());
-    let mut repo = Repository::new(
-        dir.path(),
-        settings(false, vec![]),
-        ReloadMode::Beside,
-        router.clone(),
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let five_mb = 5 << 20;
-    let mut cycle = |i: u64| {
-        std::fs::write(
-            model_dir.join("1/model.onnx"),
-            common::value_model(i as f32, five_mb),
-        )
-        .unwrap();
-        let report = repo.sync_model(MODEL);
-        assert_eq!(report.loaded, vec![1], "{report:?}");
-        assert_eq!(infer(&router, &runtime).unwrap(), (1, i as f32));
-    };
-    for i in 0..10 {
-        cycle(i);
-    }
-    let before = rss_bytes();
-    for i in 10..110 {
-        cycle(i);
-    }
-    let growth = rss_bytes().saturating_sub(before);
-    eprintln!(
-        "RSS growth over 100 reloads of a 5 MB model: {} KiB",
-        growth / 1024
-    );
-    assert!(growth < 20 << 20, "RSS grew by {} MiB", growth >> 20);
-}
-
 #[test]
 fn version_policy_all_serves_every_version_and_requests_pick_one() {
     let h = Harness::start(20, ReloadMode::Beside, settings(false, vec![]), |root| {

@@ -156,8 +156,10 @@ impl ModelHandle {
                 .map(|d| d.as_secs()),
             error,
         };
-        let old = self.versions.swap(Arc::new(versions));
+        // State first: a reader that finds no version checks the state, which must already
+        // say LOADING (replace gap) rather than the READY of the set being replaced.
         self.state.store(Arc::new(state));
+        let old = self.versions.swap(Arc::new(versions));
         self.changed.send_modify(|n| *n += 1);
         old
     }
