@@ -582,6 +582,22 @@ fn metrics_follow_prometheus_conventions() {
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    // promtool (Debian's prometheus package, installed by scripts/setup) lints the exposition.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by scripts/setup");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     // Every metric family has help text and a type.
     for name in text
         .lines()

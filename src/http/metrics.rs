@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::HttpState;
 use crate::serving::State as ModelState;
@@ -64,7 +64,7 @@ pub fn render(state: &HttpState) -> String {
         "Requests queued for an inference thread.",
         &["model"],
     );
-    let seconds = GaugeVec::new(
+    let seconds = CounterVec::new(
         Opts::new(
             "onnxd_inference_duration_seconds_total",
             "Cumulative time of successful requests, by phase (queue, compute_infer).",
@@ -107,10 +107,10 @@ pub fn render(state: &HttpState) -> String {
         }
         seconds
             .with_label_values(&[name, "queue"])
-            .set(stats.queue_ns as f64 / 1e9);
+            .inc_by(stats.queue_ns as f64 / 1e9);
         seconds
             .with_label_values(&[name, "compute_infer"])
-            .set(stats.compute_ns as f64 / 1e9);
+            .inc_by(stats.compute_ns as f64 / 1e9);
         let versions = handle.versions();
         pending
             .with_label_values(&[name])

@@ -152,13 +152,26 @@ pub(super) async fn model_config(
     })))
 }
 
-fn stats_json(handle: &ModelHandle, version: Option<u64>) -> Value {
+/// Statistics entries of a model: one per version asked for, or per ready version. The
+/// counters are the model's (all versions); perf_analyzer needs a numeric version in each.
+fn stats_json(handle: &ModelHandle, version: Option<u64>) -> Vec<Value> {
+    let versions: Vec<u64> = match version {
+        Some(v) => vec![v],
+        None => handle.versions().keys().copied().collect(),
+    };
+    versions
+        .into_iter()
+        .map(|v| version_stats_json(handle, v))
+        .collect()
+}
+
+fn version_stats_json(handle: &ModelHandle, version: u64) -> Value {
     let s = handle.stats.snapshot();
     let fail: u64 = s.failures.values().sum();
     let pair = |count: u64, ns: u64| json!({ "count": count, "ns": ns });
     json!({
         "name": handle.name,
-        "version": version.map(|v| v.to_string()).unwrap_or_default(),
+        "version": version.to_string(),
         "last_inference": s.last_inference_ms,
         "inference_count": s.success,
         "execution_count": s.success,
@@ -169,6 +182,8 @@ fn stats_json(handle: &ModelHandle, version: Option<u64>) -> Value {
             "compute_input": pair(s.success, 0),
             "compute_infer": pair(s.success, s.compute_ns),
             "compute_output": pair(s.success, 0),
+            "cache_hit": pair(0, 0),
+            "cache_miss": pair(0, 0),
         },
         "batch_stats": [],
     })
@@ -184,7 +199,7 @@ pub(super) async fn model_stats(
         .handle(name)
         .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}'")))?;
     Ok(Json(
-        json!({ "model_stats": [stats_json(&handle, parse_version(&params)?)] }),
+        json!({ "model_stats": stats_json(&handle, parse_version(&params)?) }),
     ))
 }
 
@@ -193,7 +208,7 @@ pub(super) async fn all_stats(State(state): State<Arc<HttpState>>) -> Json<Value
         .router
         .models()
         .iter()
-        .map(|h| stats_json(h, None))
+        .flat_map(|h| stats_json(h, None))
         .collect();
     Json(json!({ "model_stats": stats }))
 }
