@@ -100,6 +100,16 @@ impl Harness {
         });
     }
 
+    fn serving_versions(&self) -> Vec<u64> {
+        self.router
+            .handle(MODEL)
+            .unwrap()
+            .versions()
+            .keys()
+            .copied()
+            .collect()
+    }
+
     fn reloads(&self, result: &str) -> u64 {
         self.router
             .handle(MODEL)
@@ -207,16 +217,7 @@ fn two_hundred_swaps_under_load_fail_no_request() {
         swap_ms.last().unwrap()
     );
     // Only the latest version is kept (default policy); replaced ones were freed.
-    assert_eq!(
-        h.router
-            .handle(MODEL)
-            .unwrap()
-            .versions()
-            .keys()
-            .copied()
-            .collect::<Vec<_>>(),
-        vec![201]
-    );
+    assert_eq!(h.serving_versions(), vec![201]);
 }
 
 #[test]
@@ -520,16 +521,7 @@ fn version_policy_all_serves_every_version_and_requests_pick_one() {
         put_version(&root.join(MODEL), 2, &common::value_model(2.0, 0));
         std::fs::write(root.join(MODEL).join("model.toml"), "versions = \"all\"\n").unwrap();
     });
-    assert_eq!(
-        h.router
-            .handle(MODEL)
-            .unwrap()
-            .versions()
-            .keys()
-            .copied()
-            .collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(h.serving_versions(), vec![1, 2]);
     assert_eq!(h.infer().unwrap(), (2, 2.0));
     let pick = |version| {
         let x = Tensor::from_values(vec![1, 1], &[0.0f32]).unwrap();
