@@ -256,11 +256,6 @@ impl Repository {
         self.retired.retain(|v| Arc::strong_count(v) > 1);
     }
 
-    /// Versions retired but still running requests.
-    pub fn draining(&self) -> usize {
-        self.retired.len()
-    }
-
     fn drain_retired(&mut self, timeout: Duration) {
         let until = Instant::now() + timeout;
         while !self.retired.is_empty() && Instant::now() < until {
