@@ -106,6 +106,13 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Send the requests over HTTP to a running server at HOST:PORT instead (the local
+        /// file still provides the inputs' signature).
+        #[arg(long)]
+        http: Option<String>,
+        /// Model name on the HTTP server (default: the file's stem).
+        #[arg(long)]
+        model_name: Option<String>,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -166,6 +173,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             count,
             warmup,
             json,
+            http,
+            model_name,
             engine,
         } => {
             onnxd::telemetry::init("warn");
@@ -176,7 +185,20 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 warmup,
                 progress: !json,
             };
-            let report = bench::bench(&model, &inputs, &engine.options(instances), &plan)?;
+            let target = match http {
+                Some(address) => bench::Target::Http {
+                    address,
+                    model: model_name.unwrap_or_else(|| {
+                        model
+                            .file_stem()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned()
+                    }),
+                },
+                None => bench::Target::InProcess,
+            };
+            let report = bench::bench(&model, &inputs, &engine.options(instances), &plan, &target)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
