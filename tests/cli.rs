@@ -520,3 +520,93 @@ fn check_reports_good_and_broken_models_and_fails() {
     let out = onnxd(&["check", "-c", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn https_serves_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    let config = dir.path().join("onnxd.toml");
+    std::fs::write(
+        &config,
+        format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", common::ort_library())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/v2/health/ready");
+    let mut code = String::new();
+    for _ in 0..100 {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .unwrap();
+        code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "200" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Plain HTTP on the TLS port is refused.
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url.replace("https", "http"),
+        ])
+        .output()
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(code, "200");
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    // A certificate that cannot be read is a start-up error naming the keys.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("cert.pem", "missing.pem");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onnxd"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("http.tls_cert") && stderr(&out).contains("missing.pem"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,6 +1,7 @@
 //! `onnxd run`: the daemon. Loads the repository (every model READY or UNAVAILABLE with its
 //! error), then keeps it in sync — inotify with settle time, optional polling, SIGHUP rescan —
-//! until SIGINT or SIGTERM, serving the HTTP API on `http.listen`. MQTT and cameras attach
+//! until SIGINT or SIGTERM, serving the HTTP API on `http.listen` (HTTPS with rustls when
+//! `tls_cert`/`tls_key` are set). MQTT and cameras attach
 //! to the same router in later stages.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,12 +64,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             token,
         });
         let app = http::app(state, config.http.max_body_bytes as usize);
-        tracing::info!(address = %listener.local_addr()?, "HTTP listening");
-        runtime.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
+        let address = listener.local_addr()?;
+        if config.http.tls_cert.as_os_str().is_empty() {
+            tracing::info!(%address, "HTTP listening");
+            runtime.spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
+        } else {
+            let (cert, key) = (&config.http.tls_cert, &config.http.tls_key);
+            let tls = runtime
+                .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key))
+                .with_context(|| {
+                    format!(
+                        "http.tls_cert {} / http.tls_key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let server = {
+                let _context = runtime.enter(); // the listener registers with this runtime
+                axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+            };
+            tracing::info!(%address, "HTTPS listening");
+            runtime.spawn(async move {
+                if let Err(e) = server.serve(app.into_make_service()).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+            });
+        }
     }
     ready.store(true, Ordering::Release);
     let serving = reports.iter().filter(|r| !r.serving.is_empty()).count();
