@@ -521,6 +521,106 @@ fn check_reports_good_and_broken_models_and_fails() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// Starts `onnxd run -c config` with its log discarded.
+fn spawn_daemon(config: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_onnxd"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", common::ort_library())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls a readiness URL with curl (TLS unverified) for up to 10 s; returns the last status.
+fn wait_until_ready(url: &str) -> String {
+    let mut code = String::new();
+    for _ in 0..100 {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url])
+            .output()
+            .unwrap();
+        code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "200" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    code
+}
+
+#[test]
+fn bench_drives_a_running_daemon_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models/digits/1")).unwrap();
+    std::fs::copy(
+        common::models().join("digits/model.onnx"),
+        dir.path().join("models/digits/1/model.onnx"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("onnxd.toml");
+    std::fs::write(&config, format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let mut child = spawn_daemon(&config);
+    assert_eq!(
+        wait_until_ready(&format!("http://127.0.0.1:{port}/v2/health/ready")),
+        "200"
+    );
+    let model = common::models().join("digits/model.onnx");
+    let address = format!("127.0.0.1:{port}");
+    let out = onnxd(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--http",
+        &address,
+        "--model-name",
+        "digits",
+        "--count",
+        "50",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    let wrong = onnxd(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--http",
+        &address,
+        "--model-name",
+        "nope",
+        "--count",
+        "5",
+        "--json",
+    ]);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["requests"].as_u64(), report["errors"].as_u64()),
+        (Some(50), Some(0)),
+        "{report}"
+    );
+    assert_eq!(report["engine"], format!("http://{address}"));
+    assert!(
+        report["compute_us"]["p50"].as_f64().unwrap() > 0.0,
+        "server compute time comes back: {report}"
+    );
+    // The warm-up surfaces the server's error instead of counting silent failures.
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("unknown model 'nope'"),
+        "{}",
+        stderr(&wrong)
+    );
+}
+
 #[test]
 fn https_serves_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -556,25 +656,9 @@ fn https_serves_with_the_configured_certificate() {
         format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("ORT_DYLIB_PATH", common::ort_library())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_daemon(&config);
     let url = format!("https://127.0.0.1:{port}/v2/health/ready");
-    let mut code = String::new();
-    for _ in 0..100 {
-        let out = Command::new("curl")
-            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
-            .unwrap();
-        code = String::from_utf8_lossy(&out.stdout).into_owned();
-        if code == "200" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let code = wait_until_ready(&url);
     // Plain HTTP on the TLS port is refused.
     let plain = Command::new("curl")
         .args([

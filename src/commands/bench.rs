@@ -102,19 +102,20 @@ type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
 
 /// The binary-framed request body for `inputs`, and its JSON header length.
 fn binary_request(inputs: &Tensors) -> (Vec<u8>, usize) {
+    let wires: Vec<Vec<u8>> = inputs.iter().map(|(_, t)| t.to_wire()).collect();
     let header = serde_json::json!({
-        "inputs": inputs.iter().map(|(name, t)| serde_json::json!({
+        "inputs": inputs.iter().zip(&wires).map(|((name, t), wire)| serde_json::json!({
             "name": name,
             "shape": t.shape(),
             "datatype": t.dtype().kserve_name(),
-            "parameters": { "binary_data_size": t.to_wire().len() },
+            "parameters": { "binary_data_size": wire.len() },
         })).collect::<Vec<_>>(),
         "parameters": { "binary_data_output": true },
     });
     let mut body = serde_json::to_vec(&header).expect("header serialises");
     let length = body.len();
-    for (_, t) in inputs {
-        body.extend_from_slice(&t.to_wire());
+    for wire in wires {
+        body.extend_from_slice(&wire);
     }
     (body, length)
 }

@@ -59,12 +59,7 @@ pub fn read_inputs(args: &[String], single_input: Option<&str>) -> Result<InferI
             }
             let body: InferRequestBody =
                 serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a KServe V2 request: {e}")))?;
-            for input in &body.inputs {
-                let tensor = input
-                    .to_tensor()
-                    .map_err(|e| fail(format!("input '{}': {e}", input.name)))?;
-                inputs.tensors.push((input.name.clone(), tensor));
-            }
+            inputs.tensors.extend(body.tensors().map_err(fail)?);
             if let Some(outputs) = body.outputs {
                 inputs.outputs = Some(outputs.into_iter().map(|o| o.name).collect());
             }

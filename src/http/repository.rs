@@ -82,9 +82,7 @@ pub(super) async fn unload(
     State(state): State<Arc<HttpState>>,
     Path(model): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.router.handle(&model).is_none() {
-        return Err(ApiError::not_found(format!("unknown model '{model}'")));
-    }
+    state.router.get(&model)?;
     ask(&state, |reply| RepoEvent::Unload(model.clone(), reply)).await?;
     Ok(StatusCode::OK)
 }

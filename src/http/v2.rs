@@ -47,11 +47,7 @@ fn resolve(
     state: &HttpState,
     params: &HashMap<String, String>,
 ) -> Result<(Arc<ModelHandle>, Arc<LoadedVersion>), ApiError> {
-    let name = &params["model"];
-    let handle = state
-        .router
-        .handle(name)
-        .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}'")))?;
+    let handle = state.router.get(&params["model"])?;
     let version = parse_version(params)?;
     let loaded = handle.pick(version)?;
     Ok((handle, loaded))
@@ -193,11 +189,7 @@ pub(super) async fn model_stats(
     State(state): State<Arc<HttpState>>,
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = &params["model"];
-    let handle = state
-        .router
-        .handle(name)
-        .ok_or_else(|| ApiError::not_found(format!("unknown model '{name}'")))?;
+    let handle = state.router.get(&params["model"])?;
     Ok(Json(
         json!({ "model_stats": stats_json(&handle, parse_version(&params)?) }),
     ))

@@ -150,15 +150,7 @@ fn check_golden(
         v
     })
     .map_err(|e| format!("{}: {e}", validate.expected.display()))?;
-    let inputs = request
-        .inputs
-        .iter()
-        .map(|i| {
-            i.to_tensor()
-                .map(|t| (i.name.clone(), t))
-                .map_err(|e| format!("golden input '{}': {e}", i.name))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = request.tensors().map_err(|e| format!("golden {e}"))?;
     let names: Vec<String> = expected.outputs.iter().map(|o| o.name.clone()).collect();
     let outputs = model
         .infer_blocking(inputs, Some(&names))

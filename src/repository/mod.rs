@@ -179,10 +179,8 @@ impl Repository {
                 // lacks the versions no longer wanted); requests wait while nothing serves.
                 next.remove(&version);
                 outgoing.clear();
+                // An empty set without error publishes LOADING: requests wait for the new one.
                 let old = handle.publish(next.clone(), None);
-                if next.is_empty() {
-                    handle.set_loading();
-                }
                 self.retire(old, &next);
                 self.drain_retired(DRAIN_TIMEOUT);
             }

@@ -164,14 +164,6 @@ impl ModelHandle {
         old
     }
 
-    /// Marks the model as loading (a `replace` reload's gap); requests wait for the outcome.
-    pub fn set_loading(&self) {
-        let mut state = (*self.state()).clone();
-        state.state = State::Loading;
-        self.state.store(Arc::new(state));
-        self.changed.send_modify(|n| *n += 1);
-    }
-
     /// Notified on every change of versions or state.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -33,6 +33,12 @@ impl Router {
             .cloned()
     }
 
+    /// A model's handle, or [`ServeError::UnknownModel`].
+    pub fn get(&self, name: &str) -> Result<Arc<ModelHandle>, ServeError> {
+        self.handle(name)
+            .ok_or_else(|| ServeError::UnknownModel(name.to_string()))
+    }
+
     /// The handle of `name`, created (`LOADING`) if the router has none.
     pub fn handle_or_insert(&self, name: &str) -> Arc<ModelHandle> {
         let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
@@ -62,9 +68,7 @@ impl Router {
 
     /// Runs a request on the model's chosen version.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, ServeError> {
-        let handle = self
-            .handle(&request.model)
-            .ok_or_else(|| ServeError::UnknownModel(request.model.clone()))?;
+        let handle = self.get(&request.model)?;
         let result = self.infer_on(&handle, request).await;
         if let Err(e) = &result {
             handle.stats.failure(e.reason());

@@ -86,6 +86,20 @@ pub struct OutputTensor {
     pub data: Option<Value>,
 }
 
+impl InferRequestBody {
+    /// The JSON `data` of every input as named tensors; an error names the input.
+    pub fn tensors(&self) -> Result<Vec<(String, Tensor)>, String> {
+        self.inputs
+            .iter()
+            .map(|i| {
+                i.to_tensor()
+                    .map(|t| (i.name.clone(), t))
+                    .map_err(|e| format!("input '{}': {e}", i.name))
+            })
+            .collect()
+    }
+}
+
 impl InputTensor {
     /// Converts the JSON `data` of this input to a tensor.
     pub fn to_tensor(&self) -> Result<Tensor, TensorError> {
