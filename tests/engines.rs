@@ -88,7 +88,7 @@ fn instances_run_in_parallel_threads_and_a_full_queue_is_overloaded() {
     let mut accepted = Vec::new();
     let mut overloaded = 0;
     for _ in 0..2000 {
-        match model.submit(vec![("x".into(), x.clone())], None) {
+        match model.submit(vec![("x".into(), x.clone())], None, None) {
             Ok(rx) => accepted.push(rx),
             Err(EngineError::Overloaded(name)) => {
                 assert_eq!(name, "cnn");
@@ -101,6 +101,21 @@ fn instances_run_in_parallel_threads_and_a_full_queue_is_overloaded() {
     assert!(accepted
         .into_iter()
         .all(|rx| rx.blocking_recv().unwrap().outputs.is_ok()));
+    // A job whose deadline passes while it is queued is not run.
+    let expired = model
+        .submit(
+            vec![("x".into(), x.clone())],
+            None,
+            Some(std::time::Instant::now()),
+        )
+        .unwrap()
+        .blocking_recv()
+        .unwrap();
+    assert!(
+        matches!(expired.outputs, Err(EngineError::Expired)),
+        "{:?}",
+        expired.outputs.err()
+    );
 }
 
 /// The whole ONNX backend node suite (it runs in seconds): ONNX Runtime 1.31.1's own Python

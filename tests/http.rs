@@ -565,6 +565,15 @@ fn metrics_follow_prometheus_conventions() {
             .status,
         400
     );
+    let expiring = json!({"parameters": {"timeout": 1},
+        "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let expired = s.post_json("/v2/models/fp32/infer", &expiring);
+    assert_eq!(expired.status, 503);
+    assert!(expired.error().contains("expired"), "{}", expired.error());
+    assert_eq!(
+        s.post_json("/v2/models/fp32/versions/7/infer", &request).status,
+        404
+    );
     let reply = s.get("/metrics");
     assert_eq!(reply.status, 200);
     assert!(reply.headers["content-type"]
@@ -573,8 +582,13 @@ fn metrics_follow_prometheus_conventions() {
         .starts_with("text/plain; version=0.0.4"));
     let text = String::from_utf8(reply.body).unwrap();
     for needle in [
-        "onnxd_inference_request_success_total{model=\"fp32\"} 1",
-        "onnxd_inference_request_failure_total{model=\"fp32\",reason=\"bad_input\"} 1",
+        "onnxd_inference_request_success_total{model=\"fp32\",version=\"1\"} 1",
+        "onnxd_inference_request_failure_total{model=\"fp32\",reason=\"bad_input\",version=\"1\"} 1",
+        "onnxd_inference_request_failure_total{model=\"fp32\",reason=\"expired\",version=\"1\"} 1",
+        "onnxd_inference_request_failure_total{model=\"fp32\",reason=\"unknown_model\",version=\"\"} 1",
+        "onnxd_inference_duration_seconds_total{model=\"fp32\",phase=\"request\",version=\"1\"}",
+        "onnxd_model_load_duration_seconds{model=\"fp32\",version=\"1\"}",
+        "onnxd_inference_pending_requests{model=\"fp32\",version=\"1\"} 0",
         "onnxd_model_state{model=\"fp32\",state=\"READY\"} 1",
         "onnxd_model_info{engine=\"onnxruntime\",model=\"fp32\",provider=\"CPUExecutionProvider\",version=\"1\"} 1",
         "onnxd_model_reloads_total{model=\"fp32\",result=\"ok\"} 1",

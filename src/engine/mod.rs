@@ -62,6 +62,9 @@ pub enum EngineError {
     /// The model's instances have stopped (unloaded or crashed).
     #[error("model '{0}' is not serving")]
     Unavailable(String),
+    /// The request's deadline passed while it waited in the queue; it was not run.
+    #[error("request expired while queued")]
+    Expired,
 }
 
 impl EngineError {
@@ -76,6 +79,7 @@ impl EngineError {
             EngineError::Run { .. } => "engine",
             EngineError::Overloaded(_) => "overloaded",
             EngineError::Unavailable(_) => "unavailable",
+            EngineError::Expired => "expired",
         }
     }
 }

@@ -30,6 +30,7 @@ struct Job {
     inputs: Tensors,
     outputs: Vec<String>,
     enqueued: Instant,
+    deadline: Option<Instant>,
     reply: oneshot::Sender<JobResult>,
 }
 
@@ -54,7 +55,11 @@ impl InstancePool {
                     .spawn(move || {
                         while let Some(job) = next_job(&queue) {
                             let started = Instant::now();
-                            let outputs = session.run(&job.inputs, &job.outputs);
+                            let outputs = if job.deadline.is_some_and(|d| started >= d) {
+                                Err(EngineError::Expired)
+                            } else {
+                                session.run(&job.inputs, &job.outputs)
+                            };
                             // The requester may have gone away; its result is then dropped.
                             let _ = job.reply.send(JobResult {
                                 outputs,
@@ -73,17 +78,20 @@ impl InstancePool {
         }
     }
 
-    /// Queues a job; a full queue is an explicit [`EngineError::Overloaded`].
+    /// Queues a job; a full queue is an explicit [`EngineError::Overloaded`]. A job still
+    /// queued at its `deadline` is not run: it fails with [`EngineError::Expired`].
     pub fn submit(
         &self,
         inputs: Tensors,
         outputs: Vec<String>,
+        deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<JobResult>, EngineError> {
         let (reply, result) = oneshot::channel();
         let job = Job {
             inputs,
             outputs,
             enqueued: Instant::now(),
+            deadline,
             reply,
         };
         let jobs = self.jobs.as_ref().expect("queue open until drop");
@@ -161,15 +169,16 @@ impl LoadedModel {
         }
     }
 
-    /// Validates a request against the signature and queues it.
+    /// Validates a request against the signature and queues it (see [`InstancePool::submit`]).
     pub fn submit(
         &self,
         inputs: Tensors,
         outputs: Option<&[String]>,
+        deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<JobResult>, EngineError> {
         let inputs = self.info.order_inputs(inputs)?;
         let outputs = self.info.select_outputs(outputs)?;
-        self.pool.submit(inputs, outputs)
+        self.pool.submit(inputs, outputs, deadline)
     }
 
     /// Runs a request and waits for it (for callers outside an async runtime).
@@ -178,7 +187,7 @@ impl LoadedModel {
         inputs: Tensors,
         outputs: Option<&[String]>,
     ) -> Result<JobResult, EngineError> {
-        let mut result = self.submit(inputs, outputs)?;
+        let mut result = self.submit(inputs, outputs, None)?;
         // Poll briefly before sleeping, for the same reason the inference threads do.
         let started = Instant::now();
         while started.elapsed() < SPIN_BEFORE_SLEEP {

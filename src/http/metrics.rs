@@ -1,16 +1,16 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4, what `promtool check metrics`
 //! lints), written by the `prometheus` crate. The figures are read from the serving core at
-//! scrape time — per-model request counters with Triton's meaning (successes, failures by
-//! reason, inferences, executions, pending requests, queue and compute seconds), model state,
-//! an info metric with engine and provider, reloads by result — plus the process's resident
-//! memory and CPU time.
+//! scrape time — per-model, per-version request counters with Triton's meaning (successes,
+//! failures by reason, inferences, executions, pending requests, request/queue/compute
+//! seconds), model state, an info metric with engine and provider, load duration, reloads by
+//! result — plus the process's resident memory and CPU time.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use prometheus::{CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::HttpState;
 use crate::serving::State as ModelState;
@@ -34,46 +34,59 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 /// Renders every metric.
 pub fn render(state: &HttpState) -> String {
     let registry = Registry::new();
+    let per_version = ["model", "version"];
     let success = counter(
         &registry,
         "onnxd_inference_request_success_total",
         "Successful inference requests.",
-        &["model"],
+        &per_version,
     );
     let failure = counter(
         &registry,
         "onnxd_inference_request_failure_total",
-        "Failed inference requests, by reason.",
-        &["model", "reason"],
+        "Failed inference requests, by reason (version is empty when none was chosen).",
+        &["model", "version", "reason"],
     );
     let inferences = counter(
         &registry,
         "onnxd_inference_count_total",
         "Inferences performed (a batch of n counts n).",
-        &["model"],
+        &per_version,
     );
     let executions = counter(
         &registry,
         "onnxd_inference_exec_count_total",
         "Model executions (batches).",
-        &["model"],
+        &per_version,
     );
     let pending = gauge(
         &registry,
         "onnxd_inference_pending_requests",
         "Requests queued for an inference thread.",
-        &["model"],
+        &per_version,
     );
     let seconds = CounterVec::new(
         Opts::new(
             "onnxd_inference_duration_seconds_total",
-            "Cumulative time of successful requests, by phase (queue, compute_infer).",
+            "Cumulative time of successful requests, by phase: request (arrival to result), \
+             queue, compute_infer (includes input and output conversion).",
         ),
-        &["model", "phase"],
+        &["model", "version", "phase"],
     )
     .expect("valid metric");
     registry
         .register(Box::new(seconds.clone()))
+        .expect("unique metric");
+    let load_seconds = GaugeVec::new(
+        Opts::new(
+            "onnxd_model_load_duration_seconds",
+            "How long loading, warming up and validating each serving version took.",
+        ),
+        &per_version,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(load_seconds.clone()))
         .expect("unique metric");
     let model_state = gauge(
         &registry,
@@ -84,7 +97,7 @@ pub fn render(state: &HttpState) -> String {
     let info = gauge(
         &registry,
         "onnxd_model_info",
-        "The version serving and the engine and provider it really uses.",
+        "Each serving version and the engine and provider it really uses.",
         &["model", "version", "engine", "provider"],
     );
     let reloads = counter(
@@ -96,25 +109,43 @@ pub fn render(state: &HttpState) -> String {
     for handle in state.router.models() {
         let name = handle.name.as_str();
         let stats = handle.stats.snapshot();
-        success.with_label_values(&[name]).inc_by(stats.success);
-        inferences.with_label_values(&[name]).inc_by(stats.success);
-        executions.with_label_values(&[name]).inc_by(stats.success);
-        for (reason, count) in &stats.failures {
-            failure.with_label_values(&[name, reason]).inc_by(*count);
+        for (version, s) in &stats.versions {
+            let version = version.to_string();
+            let labels = [name, version.as_str()];
+            success.with_label_values(&labels).inc_by(s.success);
+            inferences.with_label_values(&labels).inc_by(s.success);
+            executions.with_label_values(&labels).inc_by(s.success);
+            for (reason, count) in &s.failures {
+                failure
+                    .with_label_values(&[name, &version, reason])
+                    .inc_by(*count);
+            }
+            for (phase, ns) in [
+                ("request", s.request_ns),
+                ("queue", s.queue_ns),
+                ("compute_infer", s.compute_ns),
+            ] {
+                seconds
+                    .with_label_values(&[name, &version, phase])
+                    .inc_by(ns as f64 / 1e9);
+            }
+        }
+        for (reason, count) in &stats.unversioned_failures {
+            failure.with_label_values(&[name, "", reason]).inc_by(*count);
         }
         for (result, count) in &stats.reloads {
             reloads.with_label_values(&[name, result]).inc_by(*count);
         }
-        seconds
-            .with_label_values(&[name, "queue"])
-            .inc_by(stats.queue_ns as f64 / 1e9);
-        seconds
-            .with_label_values(&[name, "compute_infer"])
-            .inc_by(stats.compute_ns as f64 / 1e9);
-        let versions = handle.versions();
-        pending
-            .with_label_values(&[name])
-            .set(versions.values().map(|v| v.model.queued() as i64).sum());
+        for v in handle.versions().values() {
+            let version = v.version.to_string();
+            let labels = [name, version.as_str()];
+            pending.with_label_values(&labels).set(v.model.queued() as i64);
+            load_seconds
+                .with_label_values(&labels)
+                .set(v.load_time.as_secs_f64());
+            info.with_label_values(&[name, &version, &v.model.engine.to_string(), &v.model.provider])
+                .set(1);
+        }
         let current = handle.state();
         for s in [ModelState::Loading, ModelState::Ready, ModelState::Unavailable] {
             let label = serde_json::to_value(s)
@@ -124,11 +155,6 @@ pub fn render(state: &HttpState) -> String {
             model_state
                 .with_label_values(&[name, &label])
                 .set(i64::from(current.state == s));
-        }
-        if let Some(v) = versions.values().next_back() {
-            let version = v.version.to_string();
-            info.with_label_values(&[name, &version, &v.model.engine.to_string(), &v.model.provider])
-                .set(1);
         }
     }
     registry

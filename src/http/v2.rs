@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use super::binary::{decode_request, encode_response, wants_binary};
 use super::{ApiError, HttpState};
 use crate::engine::{EngineKind, TensorSpec};
+use crate::serving::stats::VersionSnapshot;
 use crate::serving::{InferRequest, LoadedVersion, ModelHandle};
 
 /// The request header that splits a JSON header from binary tensor data.
@@ -148,31 +149,33 @@ pub(super) async fn model_config(
     })))
 }
 
-/// Statistics entries of a model: one per version asked for, or per ready version. The
-/// counters are the model's (all versions); perf_analyzer needs a numeric version in each.
+/// Statistics entries of a model: one per version asked for, or per ready version.
 fn stats_json(handle: &ModelHandle, version: Option<u64>) -> Vec<Value> {
     let versions: Vec<u64> = match version {
         Some(v) => vec![v],
         None => handle.versions().keys().copied().collect(),
     };
+    let stats = handle.stats.snapshot();
     versions
         .into_iter()
-        .map(|v| version_stats_json(handle, v))
+        .map(|v| version_stats_json(&handle.name, v, &stats.version(v)))
         .collect()
 }
 
-fn version_stats_json(handle: &ModelHandle, version: u64) -> Value {
-    let s = handle.stats.snapshot();
+/// Triton's statistics entry of one version. Compute time includes converting the inputs
+/// and outputs (the engines do not time those apart), so `compute_input`/`compute_output`
+/// count requests with zero time.
+fn version_stats_json(model: &str, version: u64, s: &VersionSnapshot) -> Value {
     let fail: u64 = s.failures.values().sum();
     let pair = |count: u64, ns: u64| json!({ "count": count, "ns": ns });
     json!({
-        "name": handle.name,
+        "name": model,
         "version": version.to_string(),
         "last_inference": s.last_inference_ms,
         "inference_count": s.success,
         "execution_count": s.success,
         "inference_stats": {
-            "success": pair(s.success, s.queue_ns + s.compute_ns),
+            "success": pair(s.success, s.request_ns),
             "fail": pair(fail, 0),
             "queue": pair(s.success, s.queue_ns),
             "compute_input": pair(s.success, 0),
@@ -215,14 +218,15 @@ pub(super) async fn infer(
         status: r.status(),
         message: format!("cannot read the request body: {}", r.body_text()),
     })?;
-    let (handle, loaded) = resolve(&state, &params)?;
+    let handle = state.router.get(&params["model"])?;
+    let loaded = state.router.pick(&handle, parse_version(&params)?, None).await?;
     let header_length = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
         .map(|v| v.ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not a number")))
         .transpose()?;
     let mut decoded = decode_request(&body, header_length, &loaded.model.info).map_err(|e| {
-        handle.stats.failure("bad_input");
+        handle.stats.failure(Some(loaded.version), "bad_input");
         ApiError::bad_request(e)
     })?;
     drop(loaded);

@@ -4,7 +4,7 @@
 //! sample of `[validate]` within its tolerances. Any failure is a [`LoadError`] naming the step.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use minisign_verify::{PublicKey, Signature};
 
@@ -54,6 +54,7 @@ pub struct VersionSource<'a> {
 
 /// Loads, warms up and validates one version; it is ready to be swapped in.
 pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<LoadedVersion, LoadError> {
+    let started = Instant::now();
     let fail = |step: &'static str, message: String| LoadError {
         version: source.version,
         step,
@@ -85,6 +86,7 @@ pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Resu
         model,
         file: source.file.to_path_buf(),
         loaded_at: SystemTime::now(),
+        load_time: started.elapsed(),
         labels: super::layout::labels(source.dir),
     })
 }

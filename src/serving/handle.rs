@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -26,6 +26,8 @@ pub struct LoadedVersion {
     pub file: PathBuf,
     /// When it was swapped in.
     pub loaded_at: SystemTime,
+    /// How long loading, warming up and validating it took.
+    pub load_time: Duration,
     /// Class labels (`labels.txt`).
     pub labels: Option<Vec<String>>,
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{InferRequest, InferResponse, ModelHandle, ServeError, State};
+use super::{InferRequest, InferResponse, LoadedVersion, ModelHandle, ServeError, State};
 use crate::engine::EngineError;
 
 /// Longest wait for a `LOADING` model before the request fails as unavailable.
@@ -66,43 +66,36 @@ impl Router {
             .collect()
     }
 
-    /// Runs a request on the model's chosen version.
+    /// Runs a request on the model's chosen version, counting the outcome on that version
+    /// (or on the model when no version could be chosen).
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, ServeError> {
+        let arrived = Instant::now();
         let handle = self.get(&request.model)?;
-        let result = self.infer_on(&handle, request).await;
-        if let Err(e) = &result {
-            handle.stats.failure(e.reason());
+        let version = self.pick(&handle, request.version, request.deadline).await?;
+        let stats = handle.stats.version(version.version);
+        let result = run_on(&handle.name, &version, request).await;
+        match &result {
+            Ok(r) => stats.success(arrived.elapsed(), r.queue_time, r.compute_time),
+            Err(e) => stats.failure(e.reason()),
         }
         result
     }
 
-    async fn infer_on(
+    /// The version a request for `version` (or the highest ready one) runs on, waiting
+    /// (bounded by `deadline` or [`LOADING_WAIT`]) while the model is `LOADING`. A failure is
+    /// counted on the model — not on the version asked for, so that requests for unknown
+    /// versions cannot grow the counters without bound.
+    pub async fn pick(
         &self,
         handle: &ModelHandle,
-        request: InferRequest,
-    ) -> Result<InferResponse, ServeError> {
-        let version = self
-            .wait_for_version(handle, request.version, request.deadline)
-            .await?;
-        if request.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(ServeError::Expired);
+        version: Option<u64>,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<LoadedVersion>, ServeError> {
+        let picked = self.wait_for_version(handle, version, deadline).await;
+        if let Err(e) = &picked {
+            handle.stats.failure(None, e.reason());
         }
-        let reply = version.model.submit(request.inputs, request.outputs.as_deref())?;
-        let result = reply
-            .await
-            .map_err(|_| EngineError::Unavailable(handle.name.clone()))?;
-        let outputs = result.outputs?;
-        handle.stats.success(result.queue_time, result.compute_time);
-        Ok(InferResponse {
-            model: handle.name.clone(),
-            version: version.version,
-            id: request.id,
-            outputs,
-            engine: version.model.engine,
-            provider: version.model.provider.clone(),
-            queue_time: result.queue_time,
-            compute_time: result.compute_time,
-        })
+        picked
     }
 
     async fn wait_for_version(
@@ -110,7 +103,7 @@ impl Router {
         handle: &ModelHandle,
         version: Option<u64>,
         deadline: Option<Instant>,
-    ) -> Result<Arc<super::LoadedVersion>, ServeError> {
+    ) -> Result<Arc<LoadedVersion>, ServeError> {
         let mut changes = handle.subscribe();
         let until = deadline.unwrap_or_else(|| Instant::now() + LOADING_WAIT);
         loop {
@@ -135,4 +128,36 @@ impl Router {
             }
         }
     }
+}
+
+/// Runs a request on one version; a deadline is checked before queueing and again by the
+/// inference thread when the request leaves the queue.
+async fn run_on(
+    model: &str,
+    version: &LoadedVersion,
+    request: InferRequest,
+) -> Result<InferResponse, ServeError> {
+    if request.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(ServeError::Expired);
+    }
+    let reply = version
+        .model
+        .submit(request.inputs, request.outputs.as_deref(), request.deadline)?;
+    let result = reply
+        .await
+        .map_err(|_| EngineError::Unavailable(model.to_string()))?;
+    let outputs = result.outputs.map_err(|e| match e {
+        EngineError::Expired => ServeError::Expired,
+        e => ServeError::Engine(e),
+    })?;
+    Ok(InferResponse {
+        model: model.to_string(),
+        version: version.version,
+        id: request.id,
+        outputs,
+        engine: version.model.engine,
+        provider: version.model.provider.clone(),
+        queue_time: result.queue_time,
+        compute_time: result.compute_time,
+    })
 }
