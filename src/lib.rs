@@ -11,6 +11,8 @@
 //! - [`conformance`]: the ONNX backend node-test runner behind `examples/conformance.rs`.
 //! - [`http`]: the KServe V2 / Triton-compatible HTTP API.
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
+//! - [`mqtt`]: MQTT requests and responses with at-least-once delivery, status, the durable
+//!   outbox.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod conformance;
 pub mod engine;
 pub mod http;
+pub mod mqtt;
 pub mod repository;
 pub mod serving;
 pub mod telemetry;

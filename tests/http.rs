@@ -69,6 +69,7 @@ fn start(token: Option<&str>) -> Server {
         repository: Some(repository.events()),
         ready: Arc::new(AtomicBool::new(true)),
         token: token.map(str::to_string),
+        mqtt: None,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -596,22 +597,7 @@ fn metrics_follow_prometheus_conventions() {
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
-    // promtool (Debian's prometheus package, installed by scripts/setup) lints the exposition.
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by scripts/setup");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let lint = promtool.wait_with_output().unwrap();
-    assert!(
-        lint.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    common::promtool_check(&text);
     // Every metric family has help text and a type.
     for name in text
         .lines()

@@ -1,8 +1,8 @@
 //! `onnxd run`: the daemon. Loads the repository (every model READY or UNAVAILABLE with its
 //! error), then keeps it in sync — inotify with settle time, optional polling, SIGHUP rescan —
 //! until SIGINT or SIGTERM, serving the HTTP API on `http.listen` (HTTPS with rustls when
-//! `tls_cert`/`tls_key` are set). MQTT and cameras attach
-//! to the same router in later stages.
+//! `tls_cert`/`tls_key` are set) and MQTT (when `mqtt.url` is set; a missing broker is
+//! retried in the background). Cameras attach to the same router in a later stage.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::http::{self, HttpState};
+use crate::mqtt::Mqtt;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
 use crate::repository::Repository;
@@ -56,12 +57,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let thread = RepositoryThread::start(repo, &config.repository.path, config.repository.watch, timing)?;
     let events = thread.events();
+    let mqtt = {
+        let _context = runtime.enter();
+        Mqtt::start(&config, router.clone())?
+    };
     if let Some(listener) = listener {
         let state = Arc::new(HttpState {
             router: router.clone(),
             repository: Some(events.clone()),
             ready: ready.clone(),
             token,
+            mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
         });
         let app = http::app(state, config.http.max_body_bytes as usize);
         let address = listener.local_addr()?;
@@ -116,6 +122,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopping");
     ready.store(false, Ordering::Release);
+    if let Some(mqtt) = mqtt {
+        runtime.block_on(mqtt.stop(Duration::from_secs(5)));
+    }
     drop(thread);
     runtime.shutdown_timeout(Duration::from_secs(config.drain_secs));
     drop(router);

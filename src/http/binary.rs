@@ -4,9 +4,12 @@
 //! (header length 0: the whole body is the single input's bytes). Outputs are binary when the
 //! request asks (`binary_data_output`, or `binary_data` per output) or was raw.
 
-use serde_json::{Map, Value};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
 
 use crate::engine::{ModelInfo, Tensors};
+use crate::serving::{InferRequest, InferResponse, Router, ServeError};
 use crate::tensor::kserve::{InferRequestBody, OutputTensor};
 use crate::tensor::{shape_from_i64, DType, Dim, Tensor};
 
@@ -19,6 +22,96 @@ pub struct DecodedRequest {
     pub inputs: Tensors,
     /// Whether every output goes back binary by default.
     pub binary_default: bool,
+}
+
+impl DecodedRequest {
+    /// The serving-core request; the KServe `timeout` parameter (µs) counts from `arrived`
+    /// and is capped by `deadline` (e.g. an MQTT message expiry).
+    pub fn take_request(
+        &mut self,
+        model: &str,
+        version: Option<u64>,
+        arrived: Instant,
+        deadline: Option<Instant>,
+    ) -> InferRequest {
+        let timeout = self
+            .body
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("timeout"))
+            .and_then(Value::as_u64)
+            .map(|us| arrived + Duration::from_micros(us));
+        InferRequest {
+            model: model.to_string(),
+            version,
+            id: self.body.id.clone(),
+            inputs: std::mem::take(&mut self.inputs),
+            outputs: self
+                .body
+                .outputs
+                .as_ref()
+                .map(|o| o.iter().map(|o| o.name.clone()).collect()),
+            deadline: timeout.into_iter().chain(deadline).min(),
+        }
+    }
+
+    /// Encodes `response` as the reply to this request (see [`encode_response`]); `extra`
+    /// fields join the JSON header.
+    pub fn encode_reply(
+        &self,
+        response: &InferResponse,
+        extra: Map<String, Value>,
+    ) -> (Vec<u8>, Option<usize>) {
+        let mut header = Map::new();
+        header.insert("model_name".into(), response.model.clone().into());
+        header.insert("model_version".into(), response.version.to_string().into());
+        if let Some(id) = &response.id {
+            header.insert("id".into(), id.clone().into());
+        }
+        header.insert(
+            "parameters".into(),
+            json!({ "engine": response.engine.to_string(), "provider": response.provider, "inference_us": response.compute_time.as_micros() as u64 }),
+        );
+        header.extend(extra);
+        encode_response(header, &response.outputs, |name| wants_binary(self, name))
+    }
+}
+
+/// Name of the header (HTTP) or user property (MQTT 5) holding the JSON header's length.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Why an encoded request got no outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The body could not be decoded against the model's signature.
+    #[error("{0}")]
+    BadInput(String),
+    /// The serving core refused or failed it.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Decodes an encoded request against the version it will run on (waiting while the model is
+/// `LOADING`), then runs it. A body that does not decode is counted as `bad_input`.
+pub async fn run_encoded(
+    router: &Router,
+    model: &str,
+    version: Option<u64>,
+    body: &[u8],
+    header_length: Option<usize>,
+    arrived: Instant,
+    deadline: Option<Instant>,
+) -> Result<(DecodedRequest, InferResponse), RequestError> {
+    let handle = router.get(model)?;
+    let loaded = router.pick(&handle, version, deadline).await?;
+    let mut decoded = decode_request(body, header_length, &loaded.model.info).map_err(|e| {
+        handle.stats.failure(Some(loaded.version), "bad_input");
+        RequestError::BadInput(e)
+    })?;
+    drop(loaded);
+    let request = decoded.take_request(model, version, arrived, deadline);
+    let response = router.infer(request).await?;
+    Ok((decoded, response))
 }
 
 /// Decodes a request body; `header_length` is `Inference-Header-Content-Length`.
@@ -159,7 +252,7 @@ fn flag(parameters: Option<&Map<String, Value>>, key: &str) -> bool {
 }
 
 /// Whether the output `name` goes back binary.
-pub fn wants_binary(request: &DecodedRequest, name: &str) -> bool {
+fn wants_binary(request: &DecodedRequest, name: &str) -> bool {
     let explicit = request.body.outputs.iter().flatten().find(|o| o.name == name);
     match explicit
         .and_then(|o| o.parameters.as_ref())
@@ -173,7 +266,7 @@ pub fn wants_binary(request: &DecodedRequest, name: &str) -> bool {
 
 /// Encodes the response: JSON alone, or JSON followed by binary outputs. Returns the body and,
 /// when binary outputs follow, the JSON header's length.
-pub fn encode_response(
+fn encode_response(
     mut header: Map<String, Value>,
     outputs: &Tensors,
     binary: impl Fn(&str) -> bool,

@@ -3,7 +3,8 @@
 //! scrape time — per-model, per-version request counters with Triton's meaning (successes,
 //! failures by reason, inferences, executions, pending requests, request/queue/compute
 //! seconds), model state, an info metric with engine and provider, load duration, reloads by
-//! result — plus the process's resident memory and CPU time.
+//! result — MQTT connection, requests, delivery and outbox counters when MQTT is on, plus the
+//! process's resident memory and CPU time.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use axum::response::IntoResponse;
 use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::HttpState;
+use crate::mqtt::stats::MqttSnapshot;
 use crate::serving::State as ModelState;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -157,6 +159,9 @@ pub fn render(state: &HttpState) -> String {
                 .set(i64::from(current.state == s));
         }
     }
+    if let Some(mqtt) = &state.mqtt {
+        mqtt_metrics(&registry, &mqtt.snapshot());
+    }
     registry
         .register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -167,6 +172,111 @@ pub fn render(state: &HttpState) -> String {
         .encode(&registry.gather(), &mut out)
         .expect("text encoding");
     String::from_utf8(out).expect("UTF-8 exposition")
+}
+
+fn mqtt_metrics(registry: &Registry, m: &MqttSnapshot) {
+    let plain_counter = |name: &str, help: &str, value: u64| {
+        counter(registry, name, help, &[])
+            .with_label_values(&[] as &[&str])
+            .inc_by(value);
+    };
+    let plain_gauge = |name: &str, help: &str, value: u64| {
+        gauge(registry, name, help, &[])
+            .with_label_values(&[] as &[&str])
+            .set(value as i64);
+    };
+    plain_gauge(
+        "onnxd_mqtt_connected",
+        "1 while the broker connection is up.",
+        u64::from(m.connected),
+    );
+    plain_counter(
+        "onnxd_mqtt_connections_total",
+        "Successful broker connections (CONNACK).",
+        m.connections,
+    );
+    plain_counter(
+        "onnxd_mqtt_connection_errors_total",
+        "Failed connection attempts and dropped connections.",
+        m.connection_errors,
+    );
+    let requests = counter(
+        registry,
+        "onnxd_mqtt_requests_total",
+        "MQTT requests by outcome (ok or the error reason).",
+        &["outcome"],
+    );
+    for (outcome, count) in &m.requests {
+        requests.with_label_values(&[outcome]).inc_by(*count);
+    }
+    plain_counter(
+        "onnxd_mqtt_duplicate_requests_total",
+        "Requests the broker redelivered (answered again).",
+        m.duplicates,
+    );
+    plain_counter(
+        "onnxd_mqtt_retained_ignored_total",
+        "Retained messages on request topics, ignored.",
+        m.retained_ignored,
+    );
+    plain_counter(
+        "onnxd_mqtt_published_total",
+        "Messages acknowledged by the broker.",
+        m.published,
+    );
+    plain_counter(
+        "onnxd_mqtt_publish_refused_total",
+        "Messages the broker refused in its PUBACK.",
+        m.publish_refused,
+    );
+    plain_counter(
+        "onnxd_mqtt_publish_timeouts_total",
+        "Messages not acknowledged in time (moved to the outbox).",
+        m.publish_timeouts,
+    );
+    plain_gauge(
+        "onnxd_mqtt_outbox_records",
+        "Undelivered messages in the outbox.",
+        m.outbox_records,
+    );
+    plain_gauge(
+        "onnxd_mqtt_outbox_bytes",
+        "Bytes of undelivered messages in the outbox.",
+        m.outbox_bytes,
+    );
+    plain_counter(
+        "onnxd_mqtt_outbox_appended_total",
+        "Messages written to the outbox.",
+        m.outbox.appended,
+    );
+    let dropped = counter(
+        registry,
+        "onnxd_mqtt_outbox_dropped_total",
+        "Outbox messages dropped, by cause (ttl, full, corrupt) - the only way a result is lost.",
+        &["cause"],
+    );
+    for (cause, count) in [
+        ("ttl", m.outbox.dropped_ttl),
+        ("full", m.outbox.dropped_full),
+        ("corrupt", m.outbox.dropped_corrupt),
+    ] {
+        dropped.with_label_values(&[cause]).inc_by(count);
+    }
+    let errors = counter(
+        registry,
+        "onnxd_mqtt_outbox_errors_total",
+        "Outbox operations that failed, by kind (disk_full, io).",
+        &["kind"],
+    );
+    errors
+        .with_label_values(&["disk_full"])
+        .inc_by(m.outbox_disk_full);
+    errors.with_label_values(&["io"]).inc_by(m.outbox_errors);
+    plain_counter(
+        "onnxd_mqtt_outbox_torn_bytes_total",
+        "Bytes of torn outbox tail cut off at start.",
+        m.outbox.torn_bytes_cut,
+    );
 }
 
 pub(super) async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

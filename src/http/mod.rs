@@ -39,6 +39,8 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// Bearer token required on every route but health.
     pub token: Option<String>,
+    /// MQTT counters, when MQTT is enabled.
+    pub mqtt: Option<Arc<crate::mqtt::stats::MqttStats>>,
 }
 
 /// An error answer: a status and `{"error": message}`.

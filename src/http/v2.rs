@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,14 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::binary::{decode_request, encode_response, wants_binary};
+use super::binary::{run_encoded, RequestError, HEADER_LENGTH};
 use super::{ApiError, HttpState};
 use crate::engine::{EngineKind, TensorSpec};
 use crate::serving::stats::VersionSnapshot;
-use crate::serving::{InferRequest, LoadedVersion, ModelHandle};
-
-/// The request header that splits a JSON header from binary tensor data.
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
+use crate::serving::{LoadedVersion, ModelHandle};
 
 /// Extensions onnxd implements (advertised by `GET /v2`).
 pub const EXTENSIONS: [&str; 5] = [
@@ -214,54 +211,31 @@ pub(super) async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     let body = body.map_err(|r| ApiError {
         status: r.status(),
         message: format!("cannot read the request body: {}", r.body_text()),
     })?;
-    let handle = state.router.get(&params["model"])?;
-    let loaded = state.router.pick(&handle, parse_version(&params)?, None).await?;
     let header_length = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
         .map(|v| v.ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not a number")))
         .transpose()?;
-    let mut decoded = decode_request(&body, header_length, &loaded.model.info).map_err(|e| {
-        handle.stats.failure(Some(loaded.version), "bad_input");
-        ApiError::bad_request(e)
+    let (decoded, response) = run_encoded(
+        &state.router,
+        &params["model"],
+        parse_version(&params)?,
+        &body,
+        header_length,
+        arrived,
+        None,
+    )
+    .await
+    .map_err(|e| match e {
+        RequestError::BadInput(message) => ApiError::bad_request(message),
+        RequestError::Serve(e) => e.into(),
     })?;
-    drop(loaded);
-    let timeout_us = decoded
-        .body
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("timeout"))
-        .and_then(Value::as_u64);
-    let request = InferRequest {
-        model: handle.name.clone(),
-        version: parse_version(&params)?,
-        id: decoded.body.id.clone(),
-        inputs: std::mem::take(&mut decoded.inputs),
-        outputs: decoded
-            .body
-            .outputs
-            .as_ref()
-            .map(|o| o.iter().map(|o| o.name.clone()).collect()),
-        deadline: timeout_us.map(|us| Instant::now() + Duration::from_micros(us)),
-    };
-    let response = state.router.infer(request).await?;
-    let mut header_json = Map::new();
-    header_json.insert("model_name".into(), response.model.clone().into());
-    header_json.insert("model_version".into(), response.version.to_string().into());
-    if let Some(id) = &response.id {
-        header_json.insert("id".into(), id.clone().into());
-    }
-    header_json.insert(
-        "parameters".into(),
-        json!({ "engine": response.engine.to_string(), "provider": response.provider, "inference_us": response.compute_time.as_micros() as u64 }),
-    );
-    let (bytes, json_length) = encode_response(header_json, &response.outputs, |name| {
-        wants_binary(&decoded, name)
-    });
+    let (bytes, json_length) = decoded.encode_reply(&response, Map::new());
     Ok(match json_length {
         Some(length) => (
             [

@@ -135,3 +135,24 @@ pub fn unsupported_model() -> Vec<u8> {
     });
     model.encode_to_vec()
 }
+
+/// Lints a metrics exposition with `promtool check metrics` (Debian's prometheus package,
+/// installed by scripts/setup); any problem fails the test.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by scripts/setup");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}

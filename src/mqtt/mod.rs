@@ -1,0 +1,139 @@
+//! MQTT (SPEC §6): requests in on `P/models/<m>/infer` (and the fleet's pool topic through a
+//! shared subscription), responses out with at-least-once delivery, node and model status.
+//!
+//! - [`topics`]: the topic layout.
+//! - [`client`]: connection options (TLS, credentials, session, Last Will) and the task that
+//!   polls the event loop, reconnecting with backoff.
+//! - [`requests`]: one request in, one reply out (JSON, binary framing, errors).
+//! - [`publisher`]: the thread that delivers replies and status, tracks PUBACKs, acknowledges
+//!   requests once their response is safe, and owns the [`outbox`].
+//! - [`outbox`]: the durable, checksummed queue of what the broker could not take yet.
+//! - [`stats`]: counters for `/metrics`.
+//!
+//! The daemon runs without a broker: the connection keeps retrying with backoff, results wait
+//! in the outbox, HTTP and cameras are unaffected.
+
+pub mod client;
+pub mod outbox;
+pub mod publisher;
+pub mod requests;
+pub mod stats;
+pub mod topics;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use rumqttc::v5::AsyncClient;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::serving::Router;
+use client::EventLoopTask;
+use outbox::{Outbox, OutboxLimits};
+use publisher::Command;
+use requests::Handler;
+use stats::MqttStats;
+use topics::Topics;
+
+/// Why MQTT could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `[mqtt]` is wrong (unreadable file, bad URL).
+    #[error(transparent)]
+    Config(#[from] client::ConfigError),
+    /// The outbox in `state_dir` cannot be opened.
+    #[error("MQTT outbox: {0}")]
+    Outbox(#[from] outbox::OutboxError),
+}
+
+/// The running MQTT side of the daemon.
+pub struct Mqtt {
+    /// Counters for `/metrics`.
+    pub stats: Arc<MqttStats>,
+    publisher: Sender<Command>,
+    publisher_thread: JoinHandle<()>,
+    event_loop: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Mqtt {
+    /// Connects (in the background) as configured; `None` when `mqtt.url` is empty. Must be
+    /// called inside the tokio runtime.
+    pub fn start(config: &Config, router: Arc<Router>) -> Result<Option<Mqtt>, StartError> {
+        let mqtt = &config.mqtt;
+        if mqtt.url.is_empty() {
+            return Ok(None);
+        }
+        let topics = Topics::new(&mqtt.topic_prefix, &config.node_id, &mqtt.share_group);
+        let client_id = match mqtt.client_id.as_str() {
+            "" => format!("onnxd-{}", config.node_id),
+            id => id.to_string(),
+        };
+        let options = client::options(mqtt, &client_id, &topics)?;
+        let outbox = Outbox::open(
+            &config.state_dir.join("outbox"),
+            OutboxLimits {
+                max_bytes: mqtt.outbox_max_bytes,
+                ttl: Duration::from_secs(mqtt.outbox_ttl_secs),
+                ..OutboxLimits::default()
+            },
+        )?;
+        if !outbox.is_empty() {
+            tracing::info!(
+                records = outbox.len(),
+                bytes = outbox.bytes(),
+                "MQTT outbox holds undelivered messages"
+            );
+        }
+        let stats = Arc::new(MqttStats::default());
+        let (client, eventloop) = AsyncClient::new(options, client::CLIENT_QUEUE);
+        let (publisher, publisher_thread) = publisher::spawn(
+            client.clone(),
+            outbox,
+            router.clone(),
+            topics.clone(),
+            stats.clone(),
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = EventLoopTask {
+            eventloop,
+            client,
+            topics: topics.clone(),
+            publisher: publisher.clone(),
+            handler: Arc::new(Handler {
+                router,
+                topics,
+                max_payload_bytes: usize::try_from(mqtt.max_payload_bytes).unwrap_or(usize::MAX),
+                stats: stats.clone(),
+            }),
+            stop: stopped,
+        };
+        tracing::info!(url = %mqtt.url, %client_id, "MQTT starting");
+        Ok(Some(Mqtt {
+            stats,
+            publisher,
+            publisher_thread,
+            event_loop: tokio::spawn(task.run()),
+            stop,
+        }))
+    }
+
+    /// Clean exit: `stopped` published (retained), undelivered responses kept in the outbox,
+    /// DISCONNECT (so the broker does not publish the Last Will). Waits at most `wait`.
+    pub async fn stop(self, wait: Duration) {
+        let _ = self.publisher.send(Command::Stop);
+        let thread = self.publisher_thread;
+        let _ = tokio::time::timeout(wait, tokio::task::spawn_blocking(move || thread.join())).await;
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(wait, self.event_loop).await;
+    }
+}
+
+/// Wall-clock milliseconds since the epoch (outbox TTL).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,475 @@
+//! The delivery side of MQTT: one thread that owns the durable [`Outbox`] and knows, for every
+//! QoS 1 message onnxd publishes, whether the broker has acknowledged it.
+//!
+//! `rumqttc`'s `publish()` only queues; the broker's PUBACK is what makes a message safe. The
+//! event-loop task reports, in order, each `Outgoing::Publish(pkid)` (a queued message went on
+//! the wire with that packet id) and each PUBACK; because this thread is the only one that
+//! queues publishes, the n-th `Outgoing::Publish` belongs to the n-th message it queued, so
+//! queued messages wait in `unsent` until their packet id is known, then in `inflight` until
+//! acknowledged. When the connection drops, the event loop's own retransmission list is
+//! emptied (see `client.rs`): every message not acknowledged is this thread's to re-deliver, so
+//! nothing is sent twice behind its back and nothing is forgotten.
+//!
+//! Delivery rules (SPEC §6):
+//! - A request is acknowledged to the broker only after its response was acknowledged by the
+//!   broker, or written and synced to the outbox — and only on the connection it arrived on
+//!   (after a reconnect the broker redelivers it instead).
+//! - While disconnected, when the send window is full, or while the outbox still holds older
+//!   messages, responses are appended to the outbox (order is kept), synced once per batch
+//!   (group commit), and replayed in order after reconnect.
+//! - Status messages (`online`, model states) are never outboxed: they are re-published on
+//!   every connect. `stopped` is published on a clean exit.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+
+use super::outbox::{Entry, Outbox, Seq};
+use super::stats::MqttStats;
+use super::topics::Topics;
+use crate::serving::Router;
+
+/// Most messages queued to the client or awaiting PUBACK; past it responses go to the outbox.
+const WINDOW: usize = 256;
+/// A message not acknowledged this long after it went out is written to the outbox.
+const PUBACK_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often model states are compared with what was last published.
+const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// How long a clean exit waits for `stopped` to be acknowledged.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// A request to acknowledge once its response is safe.
+#[derive(Debug)]
+pub struct RequestAck {
+    /// The request (payload dropped): its QoS and packet id.
+    pub publish: Publish,
+    /// The connection it arrived on (counted by both sides from 1).
+    pub epoch: u64,
+}
+
+/// What the event-loop task saw on the connection, in order.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A CONNACK: a new connection (epoch) starts.
+    Connected,
+    /// The next queued QoS 1 message went out with this packet id.
+    Sent(u16),
+    /// A PUBACK; `accepted` is false when the broker refused the message.
+    Acked {
+        /// Packet id.
+        pkid: u16,
+        /// Whether the broker accepted it.
+        accepted: bool,
+    },
+    /// The connection dropped; `unprocessed` queued messages never reached the wire before
+    /// the event loop discarded them.
+    Disconnected {
+        /// Messages discarded from the event loop's queue.
+        unprocessed: usize,
+    },
+}
+
+/// A response or event to deliver, and the request to acknowledge once it is safe.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message.
+    pub entry: Entry,
+    /// The request it answers.
+    pub ack: Option<RequestAck>,
+}
+
+/// Input of the publisher thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Deliver a message.
+    Deliver(Box<Delivery>),
+    /// A connection event.
+    Link(LinkEvent),
+    /// Publish `stopped`, disconnect, sync the outbox and exit.
+    Stop,
+}
+
+/// What a queued message is, so its fate can be decided when its PUBACK comes or does not.
+enum Origin {
+    /// A fresh response; kept so it can go to the outbox if it is not acknowledged.
+    Live(Box<Delivery>),
+    /// A message replayed from the outbox.
+    Replay(Seq),
+    /// A status message (re-published on every connect anyway).
+    Status,
+}
+
+struct Token {
+    origin: Origin,
+    sent: Instant,
+}
+
+/// Starts the publisher thread.
+pub fn spawn(
+    client: AsyncClient,
+    outbox: Outbox,
+    router: Arc<Router>,
+    topics: Topics,
+    stats: Arc<MqttStats>,
+) -> (Sender<Command>, JoinHandle<()>) {
+    let (commands, inbox) = crossbeam_channel::unbounded();
+    let publisher = Publisher {
+        client,
+        outbox,
+        router,
+        topics,
+        stats,
+        epoch: 0,
+        connected: false,
+        unsent: VecDeque::new(),
+        inflight: HashMap::new(),
+        synced_acks: Vec::new(),
+        published_states: BTreeMap::new(),
+        outbox_dirty: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("mqtt-publisher".into())
+        .spawn(move || publisher.run(inbox))
+        .expect("spawn the MQTT publisher thread");
+    (commands, thread)
+}
+
+struct Publisher {
+    client: AsyncClient,
+    outbox: Outbox,
+    router: Arc<Router>,
+    topics: Topics,
+    stats: Arc<MqttStats>,
+    epoch: u64,
+    connected: bool,
+    /// Queued to the client, packet id not known yet (in queue order).
+    unsent: VecDeque<Token>,
+    /// On the wire, awaiting PUBACK.
+    inflight: HashMap<u16, Token>,
+    /// Requests to acknowledge once the outbox is synced.
+    synced_acks: Vec<RequestAck>,
+    /// Model state JSON last published, by model.
+    published_states: BTreeMap<String, String>,
+    outbox_dirty: bool,
+}
+
+impl Publisher {
+    fn run(mut self, inbox: Receiver<Command>) {
+        let mut last_status = Instant::now() - STATUS_EVERY;
+        loop {
+            match inbox.recv_timeout(STATUS_EVERY / 2) {
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(command) => {
+                    if self.handle(command).is_break() {
+                        break;
+                    }
+                    // Group commit: take whatever else is ready before syncing once.
+                    for command in inbox.try_iter().take(1024) {
+                        if self.handle(command).is_break() {
+                            return self.stop(&inbox);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if last_status.elapsed() >= STATUS_EVERY {
+                last_status = Instant::now();
+                self.publish_model_states();
+                self.expire_inflight();
+            }
+            self.replay();
+            self.sync();
+        }
+        self.stop(&inbox);
+    }
+
+    fn handle(&mut self, command: Command) -> std::ops::ControlFlow<()> {
+        match command {
+            Command::Stop => return std::ops::ControlFlow::Break(()),
+            Command::Deliver(delivery) => self.deliver(delivery),
+            Command::Link(event) => self.link(event),
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn deliver(&mut self, delivery: Box<Delivery>) {
+        let direct = self.connected && self.outbox.is_empty() && self.window_left() > 0;
+        if direct && self.try_publish(&delivery.entry) {
+            self.track(Origin::Live(delivery));
+        } else {
+            self.keep(*delivery);
+        }
+    }
+
+    fn window_left(&self) -> usize {
+        WINDOW.saturating_sub(self.unsent.len() + self.inflight.len())
+    }
+
+    /// Queues a message to the client (QoS 1); false when the client's queue is full.
+    fn try_publish(&self, entry: &Entry) -> bool {
+        let properties = PublishProperties {
+            content_type: entry.content_type.clone(),
+            correlation_data: entry.correlation_data.clone().map(Into::into),
+            user_properties: entry.user_properties.clone(),
+            ..Default::default()
+        };
+        self.client
+            .try_publish_with_properties(
+                entry.topic.clone(),
+                QoS::AtLeastOnce,
+                entry.retain,
+                entry.payload.clone(),
+                properties,
+            )
+            .is_ok()
+    }
+
+    /// Remembers a queued message until its PUBACK.
+    fn track(&mut self, origin: Origin) {
+        self.unsent.push_back(Token {
+            origin,
+            sent: Instant::now(),
+        });
+    }
+
+    /// Queues a replayed or status message (the entry itself is not kept).
+    fn queue_entry(&mut self, entry: &Entry, origin: Origin) -> bool {
+        let queued = self.try_publish(entry);
+        if queued {
+            self.track(origin);
+        }
+        queued
+    }
+
+    /// Appends to the outbox; the request is acknowledged once the outbox is synced.
+    fn keep(&mut self, Delivery { entry, ack }: Delivery) {
+        match self.outbox.append(&entry) {
+            Ok(_) => {
+                self.outbox_dirty = true;
+                self.synced_acks.extend(ack);
+            }
+            Err(e) => {
+                // The request stays unacknowledged: the broker redelivers it, so the response
+                // is produced again rather than lost.
+                self.stats.outbox_error(&e);
+                tracing::error!(error = %e, topic = %entry.topic, "cannot write to the MQTT outbox");
+            }
+        }
+    }
+
+    fn link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected => {
+                self.epoch += 1;
+                self.connected = true;
+                self.outbox.rewind();
+                self.published_states.clear();
+                let online = status_entry(self.topics.status(), b"online".to_vec());
+                self.queue_entry(&online, Origin::Status);
+                self.publish_model_states();
+            }
+            LinkEvent::Sent(pkid) => match self.unsent.pop_front() {
+                Some(token) => {
+                    self.inflight.insert(pkid, token);
+                }
+                None => tracing::warn!(pkid, "MQTT publish sent that onnxd did not queue"),
+            },
+            LinkEvent::Acked { pkid, accepted } => {
+                if let Some(token) = self.inflight.remove(&pkid) {
+                    if !accepted {
+                        self.stats.publish_refused();
+                    }
+                    self.delivered(token.origin);
+                }
+            }
+            LinkEvent::Disconnected { unprocessed } => {
+                self.connected = false;
+                let lost = unprocessed.min(self.unsent.len());
+                let mut failed: Vec<Token> = self.unsent.drain(..lost).collect();
+                failed.extend(self.inflight.drain().map(|(_, token)| token));
+                // Requests answered by these are not acknowledged (this connection is gone);
+                // their responses wait in the outbox.
+                for token in failed {
+                    if let Origin::Live(delivery) = token.origin {
+                        self.keep(Delivery { ack: None, ..*delivery });
+                    }
+                }
+                self.outbox.rewind();
+            }
+        }
+    }
+
+    fn delivered(&mut self, origin: Origin) {
+        match origin {
+            Origin::Live(delivery) => {
+                self.stats.published();
+                if let Some(ack) = delivery.ack {
+                    self.ack_request(ack);
+                }
+            }
+            Origin::Replay(seq) => {
+                self.stats.published();
+                self.outbox.ack(seq);
+                self.outbox_dirty = true;
+            }
+            Origin::Status => {}
+        }
+    }
+
+    fn ack_request(&self, ack: RequestAck) {
+        if self.connected && ack.epoch == self.epoch {
+            if let Err(e) = self.client.try_ack(&ack.publish) {
+                tracing::warn!(error = %e, "cannot queue an MQTT acknowledgement; the broker will redeliver");
+            }
+        }
+    }
+
+    /// Sends outbox records, oldest first, while connected and the window allows.
+    fn replay(&mut self) {
+        while self.connected && self.window_left() > 0 && !self.outbox.is_empty() {
+            let batch = match self.outbox.pending(self.window_left()) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.stats.outbox_error(&e);
+                    tracing::error!(error = %e, "cannot read the MQTT outbox");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            for (seq, entry) in batch {
+                if !self.queue_entry(&entry, Origin::Replay(seq)) {
+                    // The client's queue is full: hand the rest out again later.
+                    self.outbox.rewind();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        if self.outbox_dirty {
+            self.outbox_dirty = false;
+            if let Err(e) = self.outbox.sync() {
+                self.stats.outbox_error(&e);
+                tracing::error!(error = %e, "cannot sync the MQTT outbox");
+                // Not durable: do not acknowledge the requests; the broker redelivers them.
+                self.synced_acks.clear();
+            }
+        }
+        for ack in std::mem::take(&mut self.synced_acks) {
+            self.ack_request(ack);
+        }
+        self.stats
+            .set_outbox(self.outbox.len(), self.outbox.bytes(), self.outbox.stats());
+    }
+
+    /// Messages on the wire without a PUBACK for too long are treated as undelivered.
+    fn expire_inflight(&mut self) {
+        let late: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, token)| token.sent.elapsed() > PUBACK_TIMEOUT)
+            .map(|(pkid, _)| *pkid)
+            .collect();
+        for pkid in late {
+            let Some(token) = self.inflight.remove(&pkid) else {
+                continue;
+            };
+            self.stats.publish_timeout();
+            match token.origin {
+                Origin::Live(delivery) => self.keep(*delivery),
+                Origin::Replay(_) => self.outbox.rewind(),
+                Origin::Status => {}
+            }
+        }
+    }
+
+    /// Publishes each model's state (retained) when it changed; a removed model's retained
+    /// state is cleared.
+    fn publish_model_states(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let mut current = BTreeMap::new();
+        for handle in self.router.models() {
+            let state = serde_json::to_string(handle.state().as_ref()).unwrap_or_default();
+            current.insert(handle.name.clone(), state);
+        }
+        let removed: Vec<String> = self
+            .published_states
+            .keys()
+            .filter(|m| !current.contains_key(*m))
+            .cloned()
+            .collect();
+        for model in removed {
+            let clear = status_entry(self.topics.model_status(&model), Vec::new());
+            if self.queue_entry(&clear, Origin::Status) {
+                self.published_states.remove(&model);
+            }
+        }
+        for (model, state) in current {
+            if self.published_states.get(&model) == Some(&state) {
+                continue;
+            }
+            let mut entry = status_entry(self.topics.model_status(&model), state.clone().into_bytes());
+            entry.content_type = Some("application/json".into());
+            if self.queue_entry(&entry, Origin::Status) {
+                self.published_states.insert(model, state);
+            }
+        }
+    }
+
+    /// Clean exit: `stopped` (retained) acknowledged or given up on after [`STOP_WAIT`],
+    /// responses still in flight saved to the outbox, then DISCONNECT.
+    fn stop(mut self, inbox: &Receiver<Command>) {
+        if self.connected {
+            let stopped = status_entry(self.topics.status(), b"stopped".to_vec());
+            self.queue_entry(&stopped, Origin::Status);
+            let until = Instant::now() + STOP_WAIT;
+            while !self.unsent.is_empty() || !self.inflight.is_empty() {
+                let Some(left) = until.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                match inbox.recv_timeout(left) {
+                    Ok(Command::Link(event)) => self.link(event),
+                    Ok(Command::Deliver(delivery)) => self.keep(*delivery),
+                    Ok(Command::Stop) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let pending: Vec<Token> = self
+            .unsent
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, t)| t))
+            .collect();
+        for token in pending {
+            if let Origin::Live(delivery) = token.origin {
+                self.keep(Delivery { ack: None, ..*delivery });
+            }
+        }
+        self.synced_acks.clear();
+        self.sync();
+        let _ = self.client.try_disconnect();
+    }
+}
+
+fn status_entry(topic: String, payload: Vec<u8>) -> Entry {
+    Entry {
+        created_ms: super::now_ms(),
+        topic,
+        payload,
+        retain: true,
+        content_type: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    }
+}

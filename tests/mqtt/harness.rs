@@ -1,0 +1,366 @@
+//! Real parts for the MQTT tests: a `mosquitto` the test starts on a free port (persistence
+//! in a directory the `mosquitto` user can write, so a restart keeps sessions), the `onnxd`
+//! binary run as a daemon on a generated config, and an MQTT 5 test client.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+use crate::common;
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `check` holds or panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mosquitto process.
+pub struct Broker {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts mosquitto with persistence (`max_queued_messages 0` = unlimited) and `extra`
+    /// config lines; `listener` replaces the plain listener line when given.
+    pub fn start(dir: &Path, extra: &str) -> Broker {
+        let port = free_port();
+        let dir = dir.join("broker");
+        std::fs::create_dir_all(&dir).unwrap();
+        // mosquitto started as root drops to the `mosquitto` user: it must be able to write here.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(dir.parent().unwrap())
+            .status();
+        let config = dir.join("mosquitto.conf");
+        let listener = if extra.contains("listener ") {
+            String::new()
+        } else {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n")
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "{listener}{}persistence true\npersistence_location {}/\nautosave_interval 1\n\
+                 max_queued_messages 0\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                extra.replace("{port}", &port.to_string()),
+                dir.display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut broker = Broker {
+            port,
+            dir,
+            config,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts the (stopped) broker again on the same port and persistence.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed by scripts/setup");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// SIGTERM (mosquitto saves its persistence) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// The broker's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, name: &str) {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// An `onnxd run` process.
+pub struct Daemon {
+    child: Option<Child>,
+    config: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+/// Copies the example digits model and the identity fixtures (FP32, INT64, BOOL, FP16, BYTES)
+/// into a repository at `repo`.
+pub fn repository(repo: &Path) {
+    std::fs::create_dir_all(repo.join("digits/1")).unwrap();
+    std::fs::copy(
+        common::models().join("digits/model.onnx"),
+        repo.join("digits/1/model.onnx"),
+    )
+    .unwrap();
+    for dtype in ["FP32", "INT64", "BOOL", "FP16", "BYTES"] {
+        let dir = repo.join(dtype.to_lowercase()).join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            common::fixture(&format!("dtype_{dtype}.onnx")),
+            dir.join("model.onnx"),
+        )
+        .unwrap();
+    }
+}
+
+impl Daemon {
+    /// Writes `<dir>/<node>.toml` (repository `<dir>/models`, state `<dir>/state-<node>`) with
+    /// `mqtt` lines added to `[mqtt]`, and starts the daemon; waits for "onnxd ready".
+    pub fn start(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) -> Daemon {
+        let config = dir.join(format!("{node}.toml"));
+        let listen = http_port.map_or(String::new(), |p| format!("127.0.0.1:{p}"));
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{node}\"\nstate_dir = \"state-{node}\"\n[engine]\nintra_threads = 1\n\
+                 [repository]\npath = \"models\"\n[http]\nlisten = \"{listen}\"\n[mqtt]\n{mqtt}\n"
+            ),
+        )
+        .unwrap();
+        let mut daemon = Daemon {
+            child: None,
+            config,
+            log: Arc::default(),
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// Starts the (stopped) daemon again on the same config.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("ORT_DYLIB_PATH", common::ort_library())
+            .env("RUST_LOG", "info,onnxd=debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        let (started, ready) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("onnxd ready") {
+                    let _ = started.send(());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("daemon not ready:\n{}", self.log()));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; returns whether it exited with status 0.
+    pub fn terminate(&mut self) -> bool {
+        let mut child = self.child.take().expect("daemon running");
+        signal(child.id(), "TERM");
+        child.wait().unwrap().success()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An MQTT 5 test client with a persistent session; every message it receives lands in
+/// `messages`. It reconnects by itself (250 ms pause) when the broker goes away.
+pub struct Client {
+    /// The client.
+    pub client: AsyncClient,
+    /// Received messages.
+    pub messages: Receiver<Publish>,
+    /// The runtime its event loop runs on.
+    pub runtime: tokio::runtime::Runtime,
+    skipped: std::cell::RefCell<Vec<Publish>>,
+}
+
+impl Client {
+    /// Connects as `id` to the broker on `port` and subscribes to `filters` (QoS 1).
+    pub fn connect(port: u16, id: &str, filters: &[&str]) -> Client {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(3600))
+            .set_max_packet_size(Some(64 << 20))
+            .set_keep_alive(Duration::from_secs(10));
+        Client::with_options(options, filters)
+    }
+
+    /// Connects with `options`, subscribes to `filters` (QoS 1).
+    pub fn with_options(options: MqttOptions, filters: &[&str]) -> Client {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (client, mut eventloop) = AsyncClient::new(options, 100_000);
+        let (sender, messages) = channel();
+        let (connected_tx, connected) = channel();
+        let resubscribe = client.clone();
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        runtime.spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for filter in &filters {
+                            resubscribe
+                                .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                                .unwrap();
+                        }
+                        if filters.is_empty() {
+                            let _ = connected_tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = connected_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = sender.send(p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        });
+        connected
+            .recv_timeout(Duration::from_secs(10))
+            .expect("test client connected");
+        Client {
+            client,
+            messages,
+            runtime,
+            skipped: Default::default(),
+        }
+    }
+
+    /// Publishes at QoS 1 (queued; the client retries after reconnects).
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, properties: PublishProperties) {
+        let client = self.client.clone();
+        let (topic, payload) = (topic.to_string(), payload.into());
+        self.runtime
+            .block_on(client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties))
+            .unwrap();
+    }
+
+    /// The next message on `topic`; messages on other topics are kept for later calls.
+    pub fn next_on(&self, topic: &str, timeout: Duration) -> Publish {
+        let mut skipped = self.skipped.borrow_mut();
+        if let Some(i) = skipped.iter().position(|m| m.topic == topic.as_bytes()) {
+            return skipped.remove(i);
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let message = self
+                .messages
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no message on {topic}"));
+            if message.topic == topic.as_bytes() {
+                return message;
+            }
+            skipped.push(message);
+        }
+    }
+}
+
+/// A JSON request's response: the payload parsed.
+pub fn json(message: &Publish) -> serde_json::Value {
+    serde_json::from_slice(&message.payload)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&message.payload)))
+}
+
+/// Counts responses by request id until every id in `0..n` has one, or the timeout.
+pub fn collect_ids(client: &Client, n: usize, timeout: Duration) -> HashMap<usize, usize> {
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let until = Instant::now() + timeout;
+    while seen.len() < n {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(message) = client.messages.recv_timeout(left) else {
+            break;
+        };
+        let body = json(&message);
+        assert!(body.get("error").is_none(), "error response: {body}");
+        let id: usize = body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("numeric id");
+        *seen.entry(id).or_default() += 1;
+    }
+    seen
+}

@@ -1,0 +1,303 @@
+//! MQTT end to end: a real mosquitto started by the test on a free port, the real `onnxd`
+//! daemon, real models — request/response (MQTT 5 correlation, MQTT 3.1.1 `id` + `reply_to`,
+//! binary framing), every bad input named by the MQTT issue, node and model status, broker
+//! restarts, daemon crashes, the outbox, shared subscriptions and TLS.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde_json::{json, Value};
+
+use harness::{json, Broker, Client, Daemon};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn with_reply(topic: &str, correlation: &[u8]) -> PublishProperties {
+    PublishProperties {
+        response_topic: Some(topic.into()),
+        correlation_data: Some(Bytes::copy_from_slice(correlation)),
+        ..Default::default()
+    }
+}
+
+/// One binary-framed request: JSON header + the raw bytes of `x`, outputs asked binary.
+fn binary_request(dtype: &str, raw: &[u8]) -> (Vec<u8>, PublishProperties) {
+    let header = json!({
+        "id": dtype,
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": dtype, "parameters": {"binary_data_size": raw.len()}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let mut payload = header.clone().into_bytes();
+    payload.extend_from_slice(raw);
+    let mut properties = with_reply("client/binary", dtype.as_bytes());
+    properties.user_properties = vec![("Inference-Header-Content-Length".into(), header.len().to_string())];
+    (payload, properties)
+}
+
+fn raw_values(dtype: &str) -> Vec<u8> {
+    match dtype {
+        "FP32" => [1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        "INT64" => [1i64, -2, 3, i64::MAX, 0, -9]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        "BOOL" => vec![1, 0, 1, 1, 0, 0],
+        "FP16" => [1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        "BYTES" => ["a", "", "ε", "four", "xyz", "0"]
+            .iter()
+            .flat_map(|s| {
+                let mut element = (s.len() as u32).to_le_bytes().to_vec();
+                element.extend_from_slice(s.as_bytes());
+                element
+            })
+            .collect(),
+        other => panic!("no values for {other}"),
+    }
+}
+
+#[test]
+fn requests_get_replies_and_every_bad_input_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    harness::repository(&dir.path().join("models"));
+    // A retained message on a request topic is a stale request: the daemon must ignore it.
+    let early = Client::connect(broker.port, "early", &[]);
+    early.runtime.block_on(async {
+        early
+            .client
+            .publish_with_properties(
+                "onnxd/n1/models/digits/infer",
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                true,
+                b"{}".to_vec(),
+                with_reply("client/retained", b"r"),
+            )
+            .await
+            .unwrap()
+    });
+    let http_port = harness::free_port();
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "n1",
+        Some(http_port),
+        &format!(
+            "url = \"mqtt://127.0.0.1:{}\"\nmax_payload_bytes = 65536",
+            broker.port
+        ),
+    );
+    let client = Client::connect(broker.port, "tester", &["client/#", "onnxd/n1/#"]);
+    // Status: `online` and each model's state, retained.
+    let status = client.next_on("onnxd/n1/status", WAIT);
+    assert_eq!(&status.payload[..], b"online");
+    let model_status = json(&client.next_on("onnxd/n1/models/digits/status", WAIT));
+    assert_eq!(model_status["state"], "READY", "{model_status}");
+    assert_eq!(model_status["engine"], "onnxruntime", "{model_status}");
+
+    // MQTT 5: response topic + correlation data.
+    let digits = json!({"id": "d1", "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": vec![0.0; 64]}]});
+    client.publish(
+        "onnxd/n1/models/digits/infer",
+        digits.to_string(),
+        with_reply("client/r", b"corr-1"),
+    );
+    let reply = client.next_on("client/r", WAIT);
+    let props = reply.properties.clone().unwrap_or_default();
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"corr-1"[..]));
+    let body = json(&reply);
+    assert_eq!(body["id"], "d1", "{body}");
+    assert_eq!(body["model_version"], "1", "{body}");
+    assert_eq!(body["engine"], "onnxruntime");
+    assert!(body["inference_us"].as_u64().is_some(), "{body}");
+    assert_eq!(body["outputs"][0]["shape"], json!([1, 10]), "{body}");
+    // An explicit version.
+    client.publish(
+        "onnxd/n1/models/digits/versions/1/infer",
+        digits.to_string(),
+        with_reply("client/r", b"v"),
+    );
+    let body = json(&client.next_on("client/r", WAIT));
+    assert_eq!(body["model_version"], "1", "{body}");
+
+    // MQTT 3.1.1: `id` and `reply_to` in the JSON.
+    let mut v3 = rumqttc::MqttOptions::new("tester-v3", "127.0.0.1", broker.port);
+    v3.set_max_packet_size(1 << 20, 1 << 20);
+    let (v3_client, mut v3_loop) = rumqttc::AsyncClient::new(v3, 10);
+    let v3_reply = client.runtime.block_on(async {
+        v3_client
+            .subscribe("client/v3", rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let request = json!({"id": "old-1", "reply_to": "client/v3",
+            "inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]});
+        let mut published = false;
+        loop {
+            match tokio::time::timeout(WAIT, v3_loop.poll())
+                .await
+                .expect("MQTT 3.1.1 reply")
+            {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) if !published => {
+                    published = true;
+                    v3_client
+                        .publish(
+                            "onnxd/n1/models/int64/infer",
+                            rumqttc::QoS::AtLeastOnce,
+                            false,
+                            request.to_string(),
+                        )
+                        .await
+                        .unwrap();
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => break p,
+                Ok(_) => {}
+                Err(e) => panic!("MQTT 3.1.1 client: {e}"),
+            }
+        }
+    });
+    let body: Value = serde_json::from_slice(&v3_reply.payload).unwrap();
+    assert_eq!(body["id"], "old-1", "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!([1, 2, 3, 4, 5, 6]), "{body}");
+
+    // Binary framing round trips: the output `y` (identity) comes back as the input's bytes.
+    for dtype in ["FP32", "INT64", "BOOL", "FP16", "BYTES"] {
+        let raw = raw_values(dtype);
+        let (payload, properties) = binary_request(dtype, &raw);
+        client.publish(
+            &format!("onnxd/n1/models/{}/infer", dtype.to_lowercase()),
+            payload,
+            properties,
+        );
+        let reply = client.next_on("client/binary", WAIT);
+        let props = reply.properties.clone().unwrap();
+        assert_eq!(props.correlation_data.as_deref(), Some(dtype.as_bytes()));
+        let length: usize = props
+            .user_properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Inference-Header-Content-Length"))
+            .unwrap_or_else(|| panic!("{dtype}: no header length in {props:?}"))
+            .1
+            .parse()
+            .unwrap();
+        let header: Value = serde_json::from_slice(&reply.payload[..length]).unwrap();
+        assert_eq!(
+            header["outputs"][0]["parameters"]["binary_data_size"],
+            raw.len(),
+            "{dtype}: {header}"
+        );
+        assert_eq!(&reply.payload[length..], &raw[..], "{dtype}");
+    }
+
+    // Every bad input gets an error naming the problem.
+    let fp32 = |data: Value, shape: Value, dtype: &str| {
+        json!({"id": "bad", "inputs": [{"name": "x", "shape": shape, "datatype": dtype, "data": data}]})
+            .to_string()
+    };
+    let oversize = vec![b' '; 70_000];
+    let (mut short, mut short_props) = binary_request("FP32", &raw_values("FP32"));
+    short.truncate(short.len() - 30);
+    short_props.user_properties = vec![("Inference-Header-Content-Length".into(), "100000".into())];
+    let cases: Vec<(&str, Vec<u8>, PublishProperties, &str)> = vec![
+        (
+            "fp32",
+            b"{not json".to_vec(),
+            with_reply("client/e", b"1"),
+            "JSON",
+        ),
+        (
+            "nothere",
+            fp32(json!([1]), json!([1]), "FP32").into(),
+            with_reply("client/e", b"2"),
+            "unknown model 'nothere'",
+        ),
+        (
+            "fp32/versions/9",
+            fp32(json!([1, 2, 3, 4, 5, 6]), json!([2, 3]), "FP32").into(),
+            with_reply("client/e", b"3"),
+            "no ready version 9",
+        ),
+        (
+            "fp32",
+            fp32(json!([1, 2, 3, 4, 5, 6]), json!([2, 3]), "INT32").into(),
+            with_reply("client/e", b"4"),
+            "INT32",
+        ),
+        (
+            "fp32",
+            fp32(json!([1, 2, 3, 4, 5, 6]), json!([3, 2, 1]), "FP32").into(),
+            with_reply("client/e", b"5"),
+            "shape",
+        ),
+        (
+            "fp32",
+            fp32(json!([1, 2, 3]), json!([2, 3]), "FP32").into(),
+            with_reply("client/e", b"6"),
+            "6",
+        ),
+        ("fp32", short, short_props, "100000"),
+        ("fp32", oversize, with_reply("client/e", b"8"), "over the limit"),
+        (
+            "digits",
+            b"\x89PNG\r\n\x1a\n0000".to_vec(),
+            with_reply("client/e", b"9"),
+            "not supported for this model",
+        ),
+    ];
+    for (target, payload, mut properties, needle) in cases {
+        properties.response_topic = Some("client/e".into());
+        let topic = format!("onnxd/n1/models/{target}/infer");
+        client.publish(&topic, payload, properties);
+        let reply = json(&client.next_on("client/e", WAIT));
+        let error = reply["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{topic}: no error in {reply}"));
+        assert!(
+            error.contains(needle),
+            "{topic}: '{error}' does not name '{needle}'"
+        );
+    }
+    // The daemon kept serving, and without a response topic the reply goes to P/models/<m>/result.
+    client.publish(
+        "onnxd/n1/models/digits/infer",
+        digits.to_string(),
+        PublishProperties::default(),
+    );
+    let body = json(&client.next_on("onnxd/n1/models/digits/result", WAIT));
+    assert_eq!(body["id"], "d1", "{body}");
+    // Metrics: requests by outcome, the ignored retained request, promtool-clean.
+    let metrics = client.runtime.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for needle in [
+        "onnxd_mqtt_connected 1",
+        "onnxd_mqtt_retained_ignored_total 1",
+        "onnxd_mqtt_requests_total{outcome=\"too_large\"} 1",
+        "onnxd_mqtt_requests_total{outcome=\"unsupported\"} 1",
+        "onnxd_mqtt_requests_total{outcome=\"unknown_model\"} 2",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
+    common::promtool_check(&metrics);
+    // A clean stop publishes `stopped` (retained) instead of the Last Will.
+    assert!(daemon.terminate(), "daemon exit status:\n{}", daemon.log());
+    let status = client.next_on("onnxd/n1/status", WAIT);
+    assert_eq!(&status.payload[..], b"stopped", "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("MQTT connected"), "{log}");
+    drop(broker);
+}
