@@ -107,6 +107,7 @@ impl Mqtt {
                 topics,
                 max_payload_bytes: usize::try_from(mqtt.max_payload_bytes).unwrap_or(usize::MAX),
                 stats: stats.clone(),
+                running: tokio::sync::Semaphore::new(requests::RUNNING),
             }),
             stop: stopped,
         };

@@ -78,7 +78,14 @@ pub struct Handler {
     pub max_payload_bytes: usize,
     /// Counters.
     pub stats: Arc<MqttStats>,
+    /// Requests running at once. The broker holds the rest (it sends at most the receive
+    /// maximum unacknowledged), so MQTT requests wait here instead of overflowing a model's
+    /// queue and failing as `overloaded`.
+    pub running: tokio::sync::Semaphore,
 }
+
+/// Default for [`Handler::running`]: half a model instance's queue.
+pub const RUNNING: usize = crate::engine::select::QUEUE_PER_INSTANCE / 2;
 
 /// Why a request got an error reply: a reason label for metrics and the message for the sender.
 struct Failure {
@@ -184,6 +191,7 @@ impl Handler {
                 format!("model '{}' has no [input] image pre-processing: image payloads are not supported for this model", target.model),
             ));
         }
+        let _running = self.running.acquire().await.expect("semaphore never closed");
         let deadline = request
             .expiry_secs
             .map(|secs| request.arrived + Duration::from_secs(secs.into()));

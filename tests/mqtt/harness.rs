@@ -318,6 +318,12 @@ impl Client {
             .unwrap();
     }
 
+    /// The next message (kept ones first), within `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<Publish> {
+        let kept = self.skipped.borrow_mut().pop();
+        kept.or_else(|| self.messages.recv_timeout(timeout).ok())
+    }
+
     /// The next message on `topic`; messages on other topics are kept for later calls.
     pub fn next_on(&self, topic: &str, timeout: Duration) -> Publish {
         let mut skipped = self.skipped.borrow_mut();
@@ -345,22 +351,22 @@ pub fn json(message: &Publish) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&message.payload)))
 }
 
-/// Counts responses by request id until every id in `0..n` has one, or the timeout.
-pub fn collect_ids(client: &Client, n: usize, timeout: Duration) -> HashMap<usize, usize> {
-    let mut seen: HashMap<usize, usize> = HashMap::new();
+/// Counts answers on `topic` by request id into `seen` until every id in `0..n` has one, or
+/// the timeout; messages on other topics are dropped.
+pub fn collect_ids(client: &Client, topic: &str, n: usize, timeout: Duration, seen: &mut HashMap<usize, usize>) {
     let until = Instant::now() + timeout;
     while seen.len() < n {
-        let left = until.saturating_duration_since(Instant::now());
-        let Ok(message) = client.messages.recv_timeout(left) else {
-            break;
-        };
-        let body = json(&message);
-        assert!(body.get("error").is_none(), "error response: {body}");
-        let id: usize = body["id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("numeric id");
-        *seen.entry(id).or_default() += 1;
+        let Some(message) = client.recv(until.saturating_duration_since(Instant::now())) else { break };
+        if message.topic == topic.as_bytes() {
+            count_answer(&message, seen);
+        }
     }
-    seen
+}
+
+/// Counts one answer by its request id.
+pub fn count_answer(message: &Publish, seen: &mut HashMap<usize, usize>) {
+    let body = json(message);
+    assert!(body.get("error").is_none(), "error response: {body}");
+    let id: usize = body["id"].as_str().and_then(|s| s.parse().ok()).expect("numeric id");
+    *seen.entry(id).or_default() += 1;
 }

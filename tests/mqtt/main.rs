@@ -7,6 +7,7 @@
 mod common;
 mod harness;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -300,4 +301,82 @@ fn requests_get_replies_and_every_bad_input_an_error() {
     let log = daemon.log();
     assert!(log.contains("MQTT connected"), "{log}");
     drop(broker);
+}
+
+/// A digits request whose response goes to `reply` with the request's number as its id.
+fn numbered(client: &Client, node: &str, reply: &str, i: usize) {
+    let request = json!({"id": i.to_string(), "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": vec![i as f32 % 16.0; 64]}]});
+    let properties = PublishProperties {
+        response_topic: Some(reply.into()),
+        ..Default::default()
+    };
+    client.publish(&format!("onnxd/{node}/models/digits/infer"), request.to_string(), properties);
+}
+
+/// Every id of `0..n` answered at least once; returns how many answers were duplicates.
+fn all_answered(client: &Client, topic: &str, n: usize, timeout: Duration, mut seen: HashMap<usize, usize>) -> usize {
+    harness::collect_ids(client, topic, n, timeout, &mut seen);
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    assert!(missing.is_empty(), "{} of {n} requests never answered, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    seen.values().map(|c| c - 1).sum()
+}
+
+#[test]
+fn broker_restarts_lose_no_request() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), "");
+    harness::repository(&dir.path().join("models"));
+    let _daemon = Daemon::start(dir.path(), "n1", None, &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port));
+    let client = Client::connect(broker.port, "load", &["client/load"]);
+    let restarts = std::thread::spawn(move || {
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(1500));
+            broker.stop();
+            std::thread::sleep(Duration::from_millis(1000));
+            broker.restart();
+        }
+        broker
+    });
+    for i in 0..N {
+        numbered(&client, "n1", "client/load", i);
+        if i % 1000 == 999 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let duplicates = all_answered(&client, "client/load", N, Duration::from_secs(240), HashMap::new());
+    let _broker = restarts.join().unwrap();
+    println!("{N} requests over 3 broker restarts: 0 lost, {duplicates} duplicate answers");
+}
+
+#[test]
+fn daemon_crash_loses_no_request_and_the_will_says_offline() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    harness::repository(&dir.path().join("models"));
+    let mut daemon = Daemon::start(dir.path(), "n1", None, &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port));
+    let client = Client::connect(broker.port, "crash", &["client/crash", "onnxd/n1/status"]);
+    assert_eq!(&client.next_on("onnxd/n1/status", WAIT).payload[..], b"online");
+    for i in 0..N {
+        numbered(&client, "n1", "client/crash", i);
+    }
+    // Kill it while most requests are still unanswered.
+    let mut seen = HashMap::new();
+    harness::count_answer(&client.next_on("client/crash", WAIT), &mut seen);
+    daemon.kill();
+    let mut will = None;
+    while let Some(message) = client.recv(Duration::from_millis(500)) {
+        match &message.topic[..] {
+            b"client/crash" => harness::count_answer(&message, &mut seen),
+            _ => will = Some(message.payload),
+        }
+    }
+    let in_flight = N - seen.len();
+    assert!(in_flight >= 500, "only {in_flight} requests in flight at the kill");
+    let will = will.unwrap_or_else(|| client.next_on("onnxd/n1/status", WAIT).payload);
+    assert_eq!(&will[..], b"offline", "no Last Will");
+    daemon.restart();
+    let duplicates = all_answered(&client, "client/crash", N, Duration::from_secs(120), seen);
+    println!("kill -9 with {in_flight} requests unanswered: all answered after restart ({duplicates} duplicates)");
 }
