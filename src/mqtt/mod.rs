@@ -105,6 +105,7 @@ impl Mqtt {
             handler: Arc::new(Handler {
                 router,
                 topics,
+                node_id: config.node_id.clone(),
                 max_payload_bytes: usize::try_from(mqtt.max_payload_bytes).unwrap_or(usize::MAX),
                 stats: stats.clone(),
                 running: tokio::sync::Semaphore::new(requests::RUNNING),

@@ -74,6 +74,8 @@ pub struct Handler {
     pub router: Arc<Router>,
     /// Topic layout.
     pub topics: Topics,
+    /// This daemon's node id (named in each response, so pool clients see who answered).
+    pub node_id: String,
     /// Largest accepted payload.
     pub max_payload_bytes: usize,
     /// Counters.
@@ -215,6 +217,7 @@ impl Handler {
             "inference_us".into(),
             (response.compute_time.as_micros() as u64).into(),
         );
+        extra.insert("node".into(), self.node_id.clone().into());
         Ok(decoded.encode_reply(&response, extra))
     }
 }
