@@ -47,6 +47,13 @@ pub struct Broker {
 impl Broker {
     /// Starts mosquitto with persistence (`max_queued_messages 0` = unlimited) and `extra`
     /// config lines; `listener` replaces the plain listener line when given.
+    ///
+    /// `max_inflight_messages 0` lifts the receive maximum of 20 the broker would announce:
+    /// after a reconnect, `rumqttc` replays its whole pending list without flow control, and
+    /// past the announced window packet ids collide and the test client's own requests are
+    /// dropped (`MqttState::outgoing_publish` keeps only the last collision). onnxd never
+    /// replays through `rumqttc` (it empties that list and re-delivers itself), so only the
+    /// test client needs this.
     pub fn start(dir: &Path, extra: &str) -> Broker {
         let port = free_port();
         let dir = dir.join("broker");
@@ -66,7 +73,7 @@ impl Broker {
             &config,
             format!(
                 "{listener}{}persistence true\npersistence_location {}/\nautosave_interval 1\n\
-                 max_queued_messages 0\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                 max_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type all\n",
                 extra.replace("{port}", &port.to_string()),
                 dir.display(),
                 dir.display()
