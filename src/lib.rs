@@ -12,6 +12,7 @@
 //! - [`http`]: the KServe V2 / Triton-compatible HTTP API.
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
+//! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors.
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
@@ -22,6 +23,7 @@ pub mod config;
 pub mod conformance;
 pub mod engine;
 pub mod http;
+pub mod pipeline;
 pub mod repository;
 pub mod serving;
 pub mod telemetry;
