@@ -14,6 +14,7 @@
 //! - [`mqtt`]: MQTT requests and responses with at-least-once delivery, status, the durable
 //!   outbox.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
+//! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors.
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
@@ -25,6 +26,7 @@ pub mod conformance;
 pub mod engine;
 pub mod http;
 pub mod mqtt;
+pub mod pipeline;
 pub mod repository;
 pub mod serving;
 pub mod telemetry;

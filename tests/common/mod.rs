@@ -34,6 +34,11 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// The Python of the test venv (Pillow, NumPy, onnx), which generates references.
+pub fn python() -> PathBuf {
+    required("ONNXDTEST_PYTHON")
+}
+
 /// The ONNX Runtime library the tests use.
 pub fn ort_library() -> PathBuf {
     required("ORT_DYLIB_PATH")
