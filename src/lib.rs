@@ -12,7 +12,8 @@
 //! - [`http`]: the KServe V2 / Triton-compatible HTTP API.
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
-//! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors.
+//! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors, and
+//!   post-processing of outputs (classify top-k, YOLO/SSD boxes with NMS).
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
