@@ -14,7 +14,8 @@
 //! - [`mqtt`]: MQTT requests and responses with at-least-once delivery, status, the durable
 //!   outbox.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
-//! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors.
+//! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors, and
+//!   post-processing of outputs (classify top-k, YOLO/SSD boxes with NMS).
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
