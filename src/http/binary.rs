@@ -62,19 +62,38 @@ impl DecodedRequest {
         response: &InferResponse,
         extra: Map<String, Value>,
     ) -> (Vec<u8>, Option<usize>) {
-        let mut header = Map::new();
-        header.insert("model_name".into(), response.model.clone().into());
-        header.insert("model_version".into(), response.version.to_string().into());
-        if let Some(id) = &response.id {
-            header.insert("id".into(), id.clone().into());
-        }
-        header.insert(
-            "parameters".into(),
-            json!({ "engine": response.engine.to_string(), "provider": response.provider, "inference_us": response.compute_time.as_micros() as u64 }),
-        );
-        header.extend(extra);
-        encode_response(header, &response.outputs, |name| wants_binary(self, name))
+        encode_response(response_header(response, extra), &response.outputs, |name| {
+            wants_binary(self, name)
+        })
     }
+}
+
+/// The JSON header of a response — model name and version, id, engine, provider and
+/// inference time — with `extra` fields added.
+fn response_header(response: &InferResponse, extra: Map<String, Value>) -> Map<String, Value> {
+    let mut header = Map::new();
+    header.insert("model_name".into(), response.model.clone().into());
+    header.insert("model_version".into(), response.version.to_string().into());
+    if let Some(id) = &response.id {
+        header.insert("id".into(), id.clone().into());
+    }
+    header.insert(
+        "parameters".into(),
+        json!({ "engine": response.engine.to_string(), "provider": response.provider, "inference_us": response.compute_time.as_micros() as u64 }),
+    );
+    if let Some(result) = &response.result {
+        header.insert(
+            "result".into(),
+            serde_json::to_value(result).expect("detections serialise"),
+        );
+    }
+    header.extend(extra);
+    header
+}
+
+/// A response with every output as JSON (for requests that were not tensors, e.g. images).
+pub fn encode_json_reply(response: &InferResponse, extra: Map<String, Value>) -> Vec<u8> {
+    encode_response(response_header(response, extra), &response.outputs, |_| false).0
 }
 
 /// Name of the header (HTTP) or user property (MQTT 5) holding the JSON header's length.

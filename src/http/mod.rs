@@ -85,8 +85,10 @@ impl From<ServeError> for ApiError {
             ServeError::Engine(EngineError::Overloaded(_) | EngineError::Unavailable(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ServeError::Engine(EngineError::BadInput(_)) => StatusCode::BAD_REQUEST,
-            ServeError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Engine(EngineError::BadInput(_))
+            | ServeError::NoImageInput(_)
+            | ServeError::BadImage(_) => StatusCode::BAD_REQUEST,
+            ServeError::Engine(_) | ServeError::Postprocess(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,

@@ -13,9 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::binary::{run_encoded, RequestError, HEADER_LENGTH};
+use super::binary::{encode_json_reply, run_encoded, RequestError, HEADER_LENGTH};
 use super::{ApiError, HttpState};
 use crate::engine::{EngineKind, TensorSpec};
+use crate::pipeline::preprocess::is_image;
+use crate::serving::image::{Image, ImageRequest};
 use crate::serving::stats::VersionSnapshot;
 use crate::serving::{LoadedVersion, ModelHandle};
 
@@ -221,6 +223,21 @@ pub(super) async fn infer(
         .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
         .map(|v| v.ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not a number")))
         .transpose()?;
+    if header_length.unwrap_or(0) == 0 && is_image(&body) {
+        // An encoded image for a model with `[input]` pre-processing (raw body, or no header).
+        let image = state
+            .router
+            .infer_image(ImageRequest {
+                model: params["model"].clone(),
+                version: parse_version(&params)?,
+                id: None,
+                image: Image::Encoded(body),
+                deadline: None,
+            })
+            .await?;
+        let json = encode_json_reply(&image.response, Map::new());
+        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
+    }
     let (decoded, response) = run_encoded(
         &state.router,
         &params["model"],

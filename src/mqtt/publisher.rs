@@ -297,7 +297,10 @@ impl Publisher {
                 // their responses wait in the outbox.
                 for token in failed {
                     if let Origin::Live(delivery) = token.origin {
-                        self.keep(Delivery { ack: None, ..*delivery });
+                        self.keep(Delivery {
+                            ack: None,
+                            ..*delivery
+                        });
                     }
                 }
                 self.outbox.rewind();
@@ -453,7 +456,10 @@ impl Publisher {
             .collect();
         for token in pending {
             if let Origin::Live(delivery) = token.origin {
-                self.keep(Delivery { ack: None, ..*delivery });
+                self.keep(Delivery {
+                    ack: None,
+                    ..*delivery
+                });
             }
         }
         self.synced_acks.clear();

@@ -16,8 +16,10 @@ use serde_json::{json, Map, Value};
 use super::outbox::Entry;
 use super::stats::MqttStats;
 use super::topics::Topics;
-use crate::http::binary::{run_encoded, RequestError, HEADER_LENGTH};
-use crate::serving::Router;
+use crate::http::binary::{encode_json_reply, run_encoded, RequestError, HEADER_LENGTH};
+use crate::pipeline::preprocess::is_image;
+use crate::serving::image::{Image, ImageRequest};
+use crate::serving::{InferResponse, Router, ServeError};
 
 /// An incoming request, taken from its MQTT message.
 #[derive(Debug)]
@@ -187,16 +189,28 @@ impl Handler {
                 ),
             ));
         }
-        if header_length.is_none() && is_image(&request.payload) {
-            return Err(Failure::new(
-                "unsupported",
-                format!("model '{}' has no [input] image pre-processing: image payloads are not supported for this model", target.model),
-            ));
-        }
         let _running = self.running.acquire().await.expect("semaphore never closed");
         let deadline = request
             .expiry_secs
             .map(|secs| request.arrived + Duration::from_secs(secs.into()));
+        let serve_failure = |e: ServeError| Failure::new(e.reason(), e.to_string());
+        if header_length.is_none() && is_image(&request.payload) {
+            let image = self
+                .router
+                .infer_image(ImageRequest {
+                    model: target.model,
+                    version,
+                    id: None,
+                    image: Image::Encoded(request.payload.clone()),
+                    deadline,
+                })
+                .await
+                .map_err(serve_failure)?;
+            return Ok((
+                encode_json_reply(&image.response, self.extra(&image.response)),
+                None,
+            ));
+        }
         let (decoded, response) = run_encoded(
             &self.router,
             &target.model,
@@ -209,8 +223,13 @@ impl Handler {
         .await
         .map_err(|e| match e {
             RequestError::BadInput(message) => Failure::new("bad_input", message),
-            RequestError::Serve(e) => Failure::new(e.reason(), e.to_string()),
+            RequestError::Serve(e) => serve_failure(e),
         })?;
+        Ok(decoded.encode_reply(&response, self.extra(&response)))
+    }
+
+    /// The fields SPEC §6 adds to MQTT responses, and the node that answered.
+    fn extra(&self, response: &InferResponse) -> Map<String, Value> {
         let mut extra = Map::new();
         extra.insert("engine".into(), response.engine.to_string().into());
         extra.insert(
@@ -218,7 +237,7 @@ impl Handler {
             (response.compute_time.as_micros() as u64).into(),
         );
         extra.insert("node".into(), self.node_id.clone().into());
-        Ok(decoded.encode_reply(&response, extra))
+        extra
     }
 }
 
@@ -230,15 +249,6 @@ fn envelope(payload: &[u8], header_length: Option<usize>) -> Envelope {
         None => payload,
     };
     serde_json::from_slice(json).unwrap_or_default()
-}
-
-/// Whether a payload is an encoded image (JPEG, PNG, BMP, GIF, WebP), by its magic bytes.
-fn is_image(payload: &[u8]) -> bool {
-    payload.starts_with(&[0xFF, 0xD8, 0xFF])
-        || payload.starts_with(b"\x89PNG")
-        || payload.starts_with(b"BM")
-        || payload.starts_with(b"GIF8")
-        || (payload.starts_with(b"RIFF") && payload.get(8..12) == Some(b"WEBP".as_slice()))
 }
 
 #[cfg(test)]
@@ -255,7 +265,5 @@ mod tests {
         framed.extend_from_slice(&[0, 1, 2, 3]);
         assert_eq!(envelope(&framed, Some(9)).id, Some(Value::from(7)));
         assert!(envelope(b"\xff\xd8\xff", None).id.is_none());
-        assert!(is_image(b"\x89PNG\r\n\x1a\n"));
-        assert!(!is_image(br#"{"inputs": []}"#));
     }
 }

@@ -450,6 +450,11 @@ impl Preprocessor {
         }
     }
 
+    /// The model-input width and height the image is resized to.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
     /// The tensor shape produced: `[1, C, H, W]` or `[1, H, W, C]`.
     pub fn shape(&self) -> [usize; 4] {
         let (w, h) = (self.width as usize, self.height as usize);

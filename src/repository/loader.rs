@@ -11,6 +11,8 @@ use minisign_verify::{PublicKey, Signature};
 use super::layout::SIGNATURE_SUFFIX;
 use super::sidecar::{Sidecar, Validate};
 use crate::engine::{select, EngineOptions, ModelFile};
+use crate::pipeline::postprocess::{Kind, Postprocessor};
+use crate::serving::image::ImagePipeline;
 use crate::serving::LoadedVersion;
 use crate::tensor::approx_eq;
 use crate::tensor::kserve::{InferRequestBody, InferResponseBody};
@@ -70,14 +72,38 @@ pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Resu
     let options = engine_options(&settings.engine, source.sidecar);
     let model = select::load(source.name, &file, &options).map_err(|e| fail("model", e.to_string()))?;
     drop(file);
+    let image = source
+        .sidecar
+        .input
+        .as_ref()
+        .map(|input| ImagePipeline::new(&model.info.inputs, input))
+        .transpose()
+        .map_err(|m| fail("input", m))?;
+    let labels = super::layout::labels(source.dir);
+    let post = source
+        .sidecar
+        .output
+        .as_ref()
+        .map(|output| {
+            let input_size = image.as_ref().map(|i| i.pre.size());
+            Postprocessor::new(output, labels.clone(), input_size)
+        })
+        .transpose()
+        .map_err(|e| fail("output", e.to_string()))?
+        .filter(|post| post.kind() != Kind::None);
     let warmup = model
         .info
         .synthetic_inputs()
         .map_err(|e| fail("warmup", e.to_string()))?;
-    model
+    let outputs = model
         .infer_blocking(warmup, None)
         .and_then(|r| r.outputs)
         .map_err(|e| fail("warmup", e.to_string()))?;
+    if let Some(post) = &post {
+        // The outputs must have the shape `[output]` expects.
+        post.apply(&outputs, None)
+            .map_err(|e| fail("output", e.to_string()))?;
+    }
     if let Some(validate) = &source.sidecar.validate {
         check_golden(&model, source.dir, validate).map_err(|m| fail("golden", m))?;
     }
@@ -87,7 +113,9 @@ pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Resu
         file: source.file.to_path_buf(),
         loaded_at: SystemTime::now(),
         load_time: started.elapsed(),
-        labels: super::layout::labels(source.dir),
+        labels,
+        image,
+        post,
     })
 }
 

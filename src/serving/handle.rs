@@ -30,6 +30,10 @@ pub struct LoadedVersion {
     pub load_time: Duration,
     /// Class labels (`labels.txt`).
     pub labels: Option<Vec<String>>,
+    /// Image pre-processing, when the sidecar has `[input]`.
+    pub image: Option<super::image::ImagePipeline>,
+    /// Output post-processing, when the sidecar has `[output]` with a kind other than `none`.
+    pub post: Option<crate::pipeline::postprocess::Postprocessor>,
 }
 
 /// Lifecycle state of a model.

@@ -4,12 +4,14 @@
 //! readers (`ArcSwap`); a request keeps the version it started on until it completes.
 
 pub mod handle;
+pub mod image;
 pub mod router;
 pub mod stats;
 
 use std::time::{Duration, Instant};
 
 use crate::engine::{EngineError, EngineKind, Tensors};
+use crate::pipeline::postprocess::Detection;
 pub use handle::{LoadedVersion, ModelHandle, ModelState, State};
 pub use router::Router;
 pub use stats::ModelStats;
@@ -50,6 +52,9 @@ pub struct InferResponse {
     pub queue_time: Duration,
     /// Time in the engine.
     pub compute_time: Duration,
+    /// The `[output]` post-processing of the outputs (classes or detections), when the model
+    /// has it.
+    pub result: Option<Vec<Detection>>,
 }
 
 /// Why a request was not answered with outputs.
@@ -76,6 +81,17 @@ pub enum ServeError {
         /// Its state's error.
         reason: String,
     },
+    /// An image was sent to a model without `[input]` pre-processing.
+    #[error(
+        "model '{0}' has no [input] image pre-processing: image payloads are not supported for this model"
+    )]
+    NoImageInput(String),
+    /// The image could not be decoded or pre-processed.
+    #[error("{0}")]
+    BadImage(String),
+    /// The outputs do not fit the model's `[output]` post-processing.
+    #[error("post-processing failed: {0}")]
+    Postprocess(String),
     /// The deadline passed before the request ran.
     #[error("request expired before it ran")]
     Expired,
@@ -91,6 +107,9 @@ impl ServeError {
             ServeError::UnknownModel(_) | ServeError::UnknownVersion { .. } => "unknown_model",
             ServeError::Unavailable { .. } => "unavailable",
             ServeError::Expired => "expired",
+            ServeError::NoImageInput(_) => "unsupported",
+            ServeError::BadImage(_) => "bad_input",
+            ServeError::Postprocess(_) => "postprocess",
             ServeError::Engine(e) => e.reason(),
         }
     }

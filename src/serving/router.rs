@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{InferRequest, InferResponse, LoadedVersion, ModelHandle, ServeError, State};
 use crate::engine::EngineError;
+use crate::pipeline::preprocess::Transform;
 
 /// Longest wait for a `LOADING` model before the request fails as unavailable.
 pub const LOADING_WAIT: Duration = Duration::from_secs(30);
@@ -69,11 +70,21 @@ impl Router {
     /// Runs a request on the model's chosen version, counting the outcome on that version
     /// (or on the model when no version could be chosen).
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, ServeError> {
+        self.infer_from(request, None).await
+    }
+
+    /// [`Router::infer`] for inputs made from an image: `transform` maps model-input pixels
+    /// back to it, for detections.
+    pub(super) async fn infer_from(
+        &self,
+        request: InferRequest,
+        transform: Option<&Transform>,
+    ) -> Result<InferResponse, ServeError> {
         let arrived = Instant::now();
         let handle = self.get(&request.model)?;
         let version = self.pick(&handle, request.version, request.deadline).await?;
         let stats = handle.stats.version(version.version);
-        let result = run_on(&handle.name, &version, request).await;
+        let result = run_on(&handle.name, &version, request, transform).await;
         match &result {
             Ok(r) => stats.success(arrived.elapsed(), r.queue_time, r.compute_time),
             Err(e) => stats.failure(e.reason()),
@@ -136,6 +147,7 @@ async fn run_on(
     model: &str,
     version: &LoadedVersion,
     request: InferRequest,
+    transform: Option<&Transform>,
 ) -> Result<InferResponse, ServeError> {
     if request.deadline.is_some_and(|d| Instant::now() >= d) {
         return Err(ServeError::Expired);
@@ -150,6 +162,12 @@ async fn run_on(
         EngineError::Expired => ServeError::Expired,
         e => ServeError::Engine(e),
     })?;
+    let detections = version
+        .post
+        .as_ref()
+        .map(|post| post.apply(&outputs, transform))
+        .transpose()
+        .map_err(|e| ServeError::Postprocess(e.to_string()))?;
     Ok(InferResponse {
         model: model.to_string(),
         version: version.version,
@@ -159,5 +177,6 @@ async fn run_on(
         provider: version.model.provider.clone(),
         queue_time: result.queue_time,
         compute_time: result.compute_time,
+        result: detections,
     })
 }

@@ -39,7 +39,6 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 pub struct Broker {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    dir: PathBuf,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -82,7 +81,6 @@ impl Broker {
         .unwrap();
         let mut broker = Broker {
             port,
-            dir,
             config,
             child: None,
         };
@@ -113,11 +111,6 @@ impl Broker {
             signal(child.id(), "TERM");
             let _ = child.wait();
         }
-    }
-
-    /// The broker's log.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 }
 
@@ -360,10 +353,18 @@ pub fn json(message: &Publish) -> serde_json::Value {
 
 /// Counts answers on `topic` by request id into `seen` until every id in `0..n` has one, or
 /// the timeout; messages on other topics are dropped.
-pub fn collect_ids(client: &Client, topic: &str, n: usize, timeout: Duration, seen: &mut HashMap<usize, usize>) {
+pub fn collect_ids(
+    client: &Client,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+    seen: &mut HashMap<usize, usize>,
+) {
     let until = Instant::now() + timeout;
     while seen.len() < n {
-        let Some(message) = client.recv(until.saturating_duration_since(Instant::now())) else { break };
+        let Some(message) = client.recv(until.saturating_duration_since(Instant::now())) else {
+            break;
+        };
         if message.topic == topic.as_bytes() {
             count_answer(&message, seen);
         }
@@ -374,6 +375,9 @@ pub fn collect_ids(client: &Client, topic: &str, n: usize, timeout: Duration, se
 pub fn count_answer(message: &Publish, seen: &mut HashMap<usize, usize>) {
     let body = json(message);
     assert!(body.get("error").is_none(), "error response: {body}");
-    let id: usize = body["id"].as_str().and_then(|s| s.parse().ok()).expect("numeric id");
+    let id: usize = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("numeric id");
     *seen.entry(id).or_default() += 1;
 }

@@ -72,7 +72,35 @@ fn raw_values(dtype: &str) -> Vec<u8> {
 fn requests_get_replies_and_every_bad_input_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
-    harness::repository(&dir.path().join("models"));
+    let models = dir.path().join("models");
+    harness::repository(&models);
+    // The example model as shipped (its sidecar: 8x8 gray `[input]`, `classify` `[output]`).
+    std::fs::create_dir_all(models.join("digitsimg")).unwrap();
+    for file in ["model.onnx", "model.toml", "labels.txt"] {
+        std::fs::copy(
+            common::models().join("digits").join(file),
+            models.join("digitsimg").join(file),
+        )
+        .unwrap();
+    }
+    // An image model (the CNN fixture with `[input]`) and one whose `[input]` cannot fit its
+    // input (digits takes one gray 8x8 channel, not RGB).
+    for (name, file, sidecar) in [
+        (
+            "cnnimg",
+            common::fixture("cnn.onnx"),
+            "[input]\nwidth = 96\nheight = 96\nresize = \"letterbox\"\n",
+        ),
+        (
+            "badimg",
+            common::models().join("digits/model.onnx"),
+            "[input]\nwidth = 8\nheight = 8\n",
+        ),
+    ] {
+        std::fs::create_dir_all(models.join(name).join("1")).unwrap();
+        std::fs::copy(file, models.join(name).join("1/model.onnx")).unwrap();
+        std::fs::write(models.join(name).join("model.toml"), sidecar).unwrap();
+    }
     // A retained message on a request topic is a stale request: the daemon must ignore it.
     let early = Client::connect(broker.port, "early", &[]);
     early.runtime.block_on(async {
@@ -199,6 +227,100 @@ fn requests_get_replies_and_every_bad_input_an_error() {
         assert_eq!(&reply.payload[length..], &raw[..], "{dtype}");
     }
 
+    // Images: pre-processed as `[input]` says, over MQTT and over HTTP alike.
+    let png = {
+        let picture = image::RgbImage::from_fn(160, 90, |x, y| image::Rgb([x as u8, y as u8, (x + y) as u8]));
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        picture.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    };
+    client.publish(
+        "onnxd/n1/models/cnnimg/infer",
+        png.clone(),
+        with_reply("client/img", b"img"),
+    );
+    let mqtt_image = json(&client.next_on("client/img", WAIT));
+    assert_eq!(mqtt_image["model_name"], "cnnimg", "{mqtt_image}");
+    let http_image: Value = client.runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{http_port}/v2/models/cnnimg/infer"))
+            .header("Inference-Header-Content-Length", "0")
+            .body(png.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        mqtt_image["outputs"], http_image["outputs"],
+        "the same image gives the same outputs"
+    );
+    client.publish(
+        "onnxd/n1/models/cnnimg/infer",
+        png[..png.len() / 2].to_vec(),
+        with_reply("client/img", b"cut"),
+    );
+    let cut = json(&client.next_on("client/img", WAIT));
+    assert!(
+        cut["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot decode the PNG image"),
+        "{cut}"
+    );
+    // The sample digit as an 8x8 gray PNG: classified as the tensor request is, with labels.
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::models().join("digits/sample-request.json")).unwrap(),
+    )
+    .unwrap();
+    let digit: Vec<u8> = sample["inputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v.as_f64().unwrap() * 255.0).round() as u8)
+        .collect();
+    let digit_png = {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image::GrayImage::from_raw(8, 8, digit)
+            .unwrap()
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .unwrap();
+        bytes.into_inner()
+    };
+    client.publish(
+        "onnxd/n1/models/digitsimg/infer",
+        digit_png,
+        with_reply("client/img", b"digit"),
+    );
+    let from_image = json(&client.next_on("client/img", WAIT));
+    client.publish(
+        "onnxd/n1/models/digitsimg/infer",
+        sample.to_string(),
+        with_reply("client/img", b"tensor"),
+    );
+    let from_tensor = json(&client.next_on("client/img", WAIT));
+    assert_eq!(from_tensor["result"][0]["label"], "2", "{from_tensor}");
+    assert_eq!(
+        from_image["result"][0]["label"], from_tensor["result"][0]["label"],
+        "{from_image}"
+    );
+    assert_eq!(
+        from_image["result"].as_array().map(Vec::len),
+        Some(3),
+        "top_k = 3: {from_image}"
+    );
+    let misfit = json(&client.next_on("onnxd/n1/models/badimg/status", WAIT));
+    assert_eq!(misfit["state"], "UNAVAILABLE", "{misfit}");
+    assert!(
+        misfit["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("[input] produces"),
+        "{misfit}"
+    );
+
     // Every bad input gets an error naming the problem.
     let fp32 = |data: Value, shape: Value, dtype: &str| {
         json!({"id": "bad", "inputs": [{"name": "x", "shape": shape, "datatype": dtype, "data": data}]})
@@ -310,14 +432,29 @@ fn numbered(client: &Client, node: &str, reply: &str, i: usize) {
         response_topic: Some(reply.into()),
         ..Default::default()
     };
-    client.publish(&format!("onnxd/{node}/models/digits/infer"), request.to_string(), properties);
+    client.publish(
+        &format!("onnxd/{node}/models/digits/infer"),
+        request.to_string(),
+        properties,
+    );
 }
 
 /// Every id of `0..n` answered at least once; returns how many answers were duplicates.
-fn all_answered(client: &Client, topic: &str, n: usize, timeout: Duration, mut seen: HashMap<usize, usize>) -> usize {
+fn all_answered(
+    client: &Client,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+    mut seen: HashMap<usize, usize>,
+) -> usize {
     harness::collect_ids(client, topic, n, timeout, &mut seen);
     let missing: Vec<usize> = (0..n).filter(|i| !seen.contains_key(i)).collect();
-    assert!(missing.is_empty(), "{} of {n} requests never answered, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {n} requests never answered, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     seen.values().map(|c| c - 1).sum()
 }
 
@@ -327,7 +464,12 @@ fn broker_restarts_lose_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), "");
     harness::repository(&dir.path().join("models"));
-    let _daemon = Daemon::start(dir.path(), "n1", None, &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port));
+    let _daemon = Daemon::start(
+        dir.path(),
+        "n1",
+        None,
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+    );
     let client = Client::connect(broker.port, "load", &["client/load"]);
     let restarts = std::thread::spawn(move || {
         for _ in 0..3 {
@@ -344,7 +486,13 @@ fn broker_restarts_lose_no_request() {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    let duplicates = all_answered(&client, "client/load", N, Duration::from_secs(240), HashMap::new());
+    let duplicates = all_answered(
+        &client,
+        "client/load",
+        N,
+        Duration::from_secs(240),
+        HashMap::new(),
+    );
     let _broker = restarts.join().unwrap();
     println!("{N} requests over 3 broker restarts: 0 lost, {duplicates} duplicate answers");
 }
@@ -355,7 +503,12 @@ fn daemon_crash_loses_no_request_and_the_will_says_offline() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     harness::repository(&dir.path().join("models"));
-    let mut daemon = Daemon::start(dir.path(), "n1", None, &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port));
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "n1",
+        None,
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+    );
     let client = Client::connect(broker.port, "crash", &["client/crash", "onnxd/n1/status"]);
     assert_eq!(&client.next_on("onnxd/n1/status", WAIT).payload[..], b"online");
     for i in 0..N {
@@ -373,12 +526,17 @@ fn daemon_crash_loses_no_request_and_the_will_says_offline() {
         }
     }
     let in_flight = N - seen.len();
-    assert!(in_flight >= 500, "only {in_flight} requests in flight at the kill");
+    assert!(
+        in_flight >= 500,
+        "only {in_flight} requests in flight at the kill"
+    );
     let will = will.unwrap_or_else(|| client.next_on("onnxd/n1/status", WAIT).payload);
     assert_eq!(&will[..], b"offline", "no Last Will");
     daemon.restart();
     let duplicates = all_answered(&client, "client/crash", N, Duration::from_secs(120), seen);
-    println!("kill -9 with {in_flight} requests unanswered: all answered after restart ({duplicates} duplicates)");
+    println!(
+        "kill -9 with {in_flight} requests unanswered: all answered after restart ({duplicates} duplicates)"
+    );
 }
 
 #[test]
@@ -391,13 +549,19 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
     std::fs::create_dir_all(models.join("cnn/1")).unwrap();
     std::fs::copy(common::fixture("cnn.onnx"), models.join("cnn/1/model.onnx")).unwrap();
     let http_port = harness::free_port();
-    let mut daemon = Daemon::start(dir.path(), "n1", Some(http_port), &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port));
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "n1",
+        Some(http_port),
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+    );
     let client = Client::connect(broker.port, "outbox", &["client/ob"]);
     let pixels = vec![0u8; 3 * 96 * 96 * 4];
     for i in 0..N {
-        let header = json!({"id": i.to_string(), "inputs": [{"name": "x", "shape": [1, 3, 96, 96], "datatype": "FP32",
+        let header =
+            json!({"id": i.to_string(), "inputs": [{"name": "x", "shape": [1, 3, 96, 96], "datatype": "FP32",
             "parameters": {"binary_data_size": pixels.len()}}]})
-        .to_string();
+            .to_string();
         let mut payload = header.clone().into_bytes();
         payload.extend_from_slice(&pixels);
         let properties = PublishProperties {
@@ -414,7 +578,12 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
     broker.stop();
     let metrics = || {
         client.runtime.block_on(async {
-            reqwest::get(format!("http://127.0.0.1:{http_port}/metrics")).await.unwrap().text().await.unwrap()
+            reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
         })
     };
     let outboxed = |text: &str| {
@@ -423,7 +592,9 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    harness::wait_until("answers in the outbox", Duration::from_secs(30), || outboxed(&metrics()) > 0);
+    harness::wait_until("answers in the outbox", Duration::from_secs(30), || {
+        outboxed(&metrics()) > 0
+    });
     std::thread::sleep(Duration::from_millis(500));
     let kept = outboxed(&metrics());
     // Killed with the outbox holding answers; the last record loses its end (a torn write).
@@ -436,7 +607,12 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
     let last = segments.iter().max().expect("an outbox segment");
     let length = std::fs::metadata(last).unwrap().len();
     assert!(length > 0);
-    std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(length - 3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(length - 3)
+        .unwrap();
     broker.restart();
     daemon.restart();
     let duplicates = all_answered(&client, "client/ob", N, Duration::from_secs(120), seen);
@@ -456,7 +632,10 @@ fn a_share_group_splits_pool_requests_between_daemons() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     harness::repository(&dir.path().join("models"));
-    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"\nshare_group = \"pool\"", broker.port);
+    let mqtt = format!(
+        "url = \"mqtt://127.0.0.1:{}\"\nshare_group = \"pool\"",
+        broker.port
+    );
     let _a = Daemon::start(dir.path(), "a", None, &mqtt);
     let _b = Daemon::start(dir.path(), "b", None, &mqtt);
     let client = Client::connect(broker.port, "pool-client", &["client/pool"]);
@@ -472,14 +651,214 @@ fn a_share_group_splits_pool_requests_between_daemons() {
     let mut by_node: HashMap<String, usize> = HashMap::new();
     let until = std::time::Instant::now() + WAIT;
     while seen.len() < N {
-        let message = client.recv(until.saturating_duration_since(std::time::Instant::now())).expect("all pool answers");
+        let message = client
+            .recv(until.saturating_duration_since(std::time::Instant::now()))
+            .expect("all pool answers");
         harness::count_answer(&message, &mut seen);
         let node = json(&message)["node"].as_str().unwrap_or_default().to_string();
         *by_node.entry(node).or_default() += 1;
     }
     // Nothing more arrives: each request was answered exactly once.
-    assert!(client.recv(Duration::from_secs(1)).is_none(), "a request was answered twice");
+    assert!(
+        client.recv(Duration::from_secs(1)).is_none(),
+        "a request was answered twice"
+    );
     assert!(seen.values().all(|c| *c == 1));
-    assert!(by_node.get("a").is_some_and(|c| *c > 0) && by_node.get("b").is_some_and(|c| *c > 0), "{by_node:?}");
+    assert!(
+        by_node.get("a").is_some_and(|c| *c > 0) && by_node.get("b").is_some_and(|c| *c > 0),
+        "{by_node:?}"
+    );
     println!("{N} pool requests split {by_node:?}");
+}
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+fn certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=onnxd test CA",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, subject) in [("server", "/CN=127.0.0.1"), ("client", "/CN=onnxd-node")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", subject],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_with_a_client_certificate_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("broker");
+    std::fs::create_dir_all(&tls).unwrap();
+    certificates(&tls);
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(tls.join("passwd"))
+        .args(["node", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("wrong-password"), "guess\n").unwrap();
+    let plain = harness::free_port();
+    let t = tls.display();
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "per_listener_settings true\nlistener {{port}} 127.0.0.1\ncafile {t}/ca.pem\ncertfile {t}/server.pem\n\
+             keyfile {t}/server.key\nrequire_certificate true\npassword_file {t}/passwd\nallow_anonymous false\n\
+             listener {plain} 127.0.0.1\nallow_anonymous true\n"
+        ),
+    );
+    harness::repository(&dir.path().join("models"));
+    let mqtt = |password: &str| {
+        format!(
+            "url = \"mqtts://127.0.0.1:{}\"\nusername = \"node\"\npassword_file = \"{password}\"\nca_file = \"broker/ca.pem\"\n\
+             client_cert = \"broker/client.pem\"\nclient_key = \"broker/client.key\"",
+            broker.port
+        )
+    };
+    let daemon = Daemon::start(dir.path(), "secure", None, &mqtt("password"));
+    let client = Client::connect(plain, "tls-watcher", &["client/tls", "onnxd/secure/status"]);
+    assert_eq!(
+        &client.next_on("onnxd/secure/status", WAIT).payload[..],
+        b"online",
+        "{}",
+        daemon.log()
+    );
+    let request = json!({"id": "t", "inputs": [{"name": "x", "shape": [2, 3], "datatype": "BOOL", "data": [true, false, true, false, true, false]}]});
+    client.publish(
+        "onnxd/secure/models/bool/infer",
+        request.to_string(),
+        with_reply("client/tls", b"tls"),
+    );
+    assert_eq!(
+        json(&client.next_on("client/tls", WAIT))["outputs"][0]["data"],
+        json!([true, false, true, false, true, false])
+    );
+    // A wrong password is refused by the broker: the daemon keeps running and retrying.
+    let refused = Daemon::start(dir.path(), "refused", None, &mqtt("wrong-password"));
+    harness::wait_until("a refused connection in the log", WAIT, || {
+        refused.log().contains("MQTT connection failed")
+    });
+    assert!(!refused.log().contains("MQTT connected"), "{}", refused.log());
+}
+
+#[test]
+fn the_daemon_serves_http_without_a_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    harness::repository(&dir.path().join("models"));
+    let http_port = harness::free_port();
+    let nothing = harness::free_port();
+    let daemon = Daemon::start(
+        dir.path(),
+        "alone",
+        Some(http_port),
+        &format!("url = \"mqtt://127.0.0.1:{nothing}\""),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let request =
+        json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]});
+    let reply: Value = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{http_port}/v2/models/int64/infer"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(reply["outputs"][0]["data"], json!([1, 2, 3, 4, 5, 6]), "{reply}");
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = runtime.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(metrics.contains("onnxd_mqtt_connected 0"), "{metrics}");
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("onnxd_mqtt_connection_errors_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    // Backoff: a few attempts in two seconds (0.25 s doubling), not a tight loop.
+    assert!((2..=8).contains(&errors), "{errors} connection attempts in 2 s");
+    assert!(daemon.log().contains("retry_in_ms"), "{}", daemon.log());
 }
