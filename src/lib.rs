@@ -13,11 +13,13 @@
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors.
+//! - [`camera`]: camera frame sources (HTTP MJPEG/snapshots, ffmpeg, GStreamer, files).
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
 //!   dispatches).
 
+pub mod camera;
 pub mod commands;
 pub mod config;
 pub mod conformance;
