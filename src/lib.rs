@@ -16,11 +16,13 @@
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors, and
 //!   post-processing of outputs (classify top-k, YOLO/SSD boxes with NMS).
+//! - [`camera`]: camera frame sources (HTTP MJPEG/snapshots, ffmpeg, GStreamer, files).
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
 //!   dispatches).
 
+pub mod camera;
 pub mod commands;
 pub mod config;
 pub mod conformance;

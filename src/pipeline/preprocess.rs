@@ -153,7 +153,7 @@ fn format_of(bytes: &[u8]) -> Result<(ImageFormat, &'static str), PreprocessErro
 /// Whether a JPEG's last scan is followed by its end-of-image marker (searching back from the
 /// end; markers cannot occur inside entropy-coded data). zune-jpeg decodes a truncated file
 /// into a partly grey image where Pillow's libjpeg refuses it, so this refuses it first.
-fn jpeg_complete(bytes: &[u8]) -> bool {
+pub(crate) fn jpeg_complete(bytes: &[u8]) -> bool {
     bytes
         .windows(2)
         .rev()
