@@ -1,7 +1,6 @@
-//! Camera frame sources (SPEC §8): a camera's `source` string becomes a [`FrameSource`] that
-//! yields RGB8 [`Frame`]s. This module owns only getting frames; pacing them into the model,
-//! the newest-wins queue, the stall watchdog, reconnect backoff and publishing results belong
-//! to the camera pipeline that drives these sources.
+//! Cameras (SPEC §8): a camera's `source` string becomes a [`FrameSource`] that yields RGB8
+//! [`Frame`]s; [`pipeline`] paces them into the model (newest-wins queue, stall watchdog,
+//! reconnect backoff) and publishes the results.
 //!
 //! `source` forms, as [`open`] reads them:
 //!
@@ -33,6 +32,7 @@ mod file;
 mod gst;
 mod http;
 mod multipart;
+pub mod pipeline;
 mod redact;
 mod subprocess;
 pub mod v4l2;

@@ -2,7 +2,7 @@
 //! error), then keeps it in sync — inotify with settle time, optional polling, SIGHUP rescan —
 //! until SIGINT or SIGTERM, serving the HTTP API on `http.listen` (HTTPS with rustls when
 //! `tls_cert`/`tls_key` are set) and MQTT (when `mqtt.url` is set; a missing broker is
-//! retried in the background). Cameras attach to the same router in a later stage.
+//! retried in the background) and the cameras of `[[camera]]`, all on the same router.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::camera::pipeline::{Cameras, Outputs};
 use crate::config::Config;
 use crate::http::{self, HttpState};
+use crate::mqtt::topics::Topics;
 use crate::mqtt::Mqtt;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
@@ -57,9 +59,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let thread = RepositoryThread::start(repo, &config.repository.path, config.repository.watch, timing)?;
     let events = thread.events();
-    let mqtt = {
+    let (mqtt, cameras) = {
         let _context = runtime.enter();
-        Mqtt::start(&config, router.clone())?
+        let mqtt = Mqtt::start(&config, router.clone())?;
+        let outputs = Outputs {
+            sink: mqtt.as_ref().map(Mqtt::sink),
+            topics: Topics::new(
+                &config.mqtt.topic_prefix,
+                &config.node_id,
+                &config.mqtt.share_group,
+            ),
+        };
+        (mqtt, Cameras::start(&config.camera, router.clone(), outputs))
     };
     if let Some(listener) = listener {
         let state = Arc::new(HttpState {
@@ -68,6 +79,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             ready: ready.clone(),
             token,
             mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
+            cameras: cameras.stats.clone(),
         });
         let app = http::app(state, config.http.max_body_bytes as usize);
         let address = listener.local_addr()?;
@@ -122,6 +134,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopping");
     ready.store(false, Ordering::Release);
+    runtime.block_on(cameras.stop());
     if let Some(mqtt) = mqtt {
         runtime.block_on(mqtt.stop(Duration::from_secs(5)));
     }

@@ -3,8 +3,8 @@
 //! scrape time — per-model, per-version request counters with Triton's meaning (successes,
 //! failures by reason, inferences, executions, pending requests, request/queue/compute
 //! seconds), model state, an info metric with engine and provider, load duration, reloads by
-//! result — MQTT connection, requests, delivery and outbox counters when MQTT is on, plus the
-//! process's resident memory and CPU time.
+//! result — MQTT connection, requests, delivery and outbox counters when MQTT is on, camera
+//! frame counters, plus the process's resident memory and CPU time.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::HttpState;
+use crate::camera::pipeline::CameraStats;
 use crate::mqtt::stats::MqttSnapshot;
 use crate::serving::State as ModelState;
 
@@ -162,6 +163,9 @@ pub fn render(state: &HttpState) -> String {
     if let Some(mqtt) = &state.mqtt {
         mqtt_metrics(&registry, &mqtt.snapshot());
     }
+    if !state.cameras.is_empty() {
+        camera_metrics(&registry, &state.cameras);
+    }
     registry
         .register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -277,6 +281,65 @@ fn mqtt_metrics(registry: &Registry, m: &MqttSnapshot) {
         "Bytes of torn outbox tail cut off at start.",
         m.outbox.torn_bytes_cut,
     );
+}
+
+fn camera_metrics(registry: &Registry, cameras: &[(String, Arc<CameraStats>)]) {
+    let camera = ["camera"];
+    let online = gauge(
+        registry,
+        "onnxd_camera_online",
+        "1 while the camera's source delivers frames.",
+        &camera,
+    );
+    let received = counter(
+        registry,
+        "onnxd_camera_frames_received_total",
+        "Frames received from the source.",
+        &camera,
+    );
+    let processed = counter(
+        registry,
+        "onnxd_camera_frames_processed_total",
+        "Frames run through the model.",
+        &camera,
+    );
+    let skipped = counter(
+        registry,
+        "onnxd_camera_frames_skipped_total",
+        "Frames not processed, by cause (fps, queue_full, corrupt, inference_error).",
+        &["camera", "cause"],
+    );
+    let reconnects = counter(
+        registry,
+        "onnxd_camera_reconnects_total",
+        "Times the source was reopened.",
+        &camera,
+    );
+    let seconds = CounterVec::new(
+        Opts::new(
+            "onnxd_camera_inference_seconds_total",
+            "Time in the model for camera frames (pre-processing, inference, post-processing).",
+        ),
+        &camera,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(seconds.clone()))
+        .expect("unique metric");
+    for (name, stats) in cameras {
+        let s = stats.snapshot();
+        let label = [name.as_str()];
+        online.with_label_values(&label).set(i64::from(s.online));
+        received.with_label_values(&label).inc_by(s.received);
+        processed.with_label_values(&label).inc_by(s.processed);
+        reconnects.with_label_values(&label).inc_by(s.reconnects);
+        seconds
+            .with_label_values(&label)
+            .inc_by(s.inference_ns as f64 / 1e9);
+        for (cause, count) in &s.skipped {
+            skipped.with_label_values(&[name.as_str(), cause]).inc_by(*count);
+        }
+    }
 }
 
 pub(super) async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

@@ -122,6 +122,13 @@ impl Mqtt {
         }))
     }
 
+    /// Where other parts of the daemon (cameras) publish.
+    pub fn sink(&self) -> Sink {
+        Sink {
+            commands: self.publisher.clone(),
+        }
+    }
+
     /// Clean exit: `stopped` published (retained), undelivered responses kept in the outbox,
     /// DISCONNECT (so the broker does not publish the Last Will). Waits at most `wait`.
     pub async fn stop(self, wait: Duration) {
@@ -130,6 +137,35 @@ impl Mqtt {
         let _ = tokio::time::timeout(wait, tokio::task::spawn_blocking(move || thread.join())).await;
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(wait, self.event_loop).await;
+    }
+}
+
+/// A handle for publishing through the MQTT publisher.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    commands: Sender<Command>,
+}
+
+impl Sink {
+    /// Publishes a result with at-least-once delivery (through the outbox while the broker is
+    /// away).
+    pub fn publish(&self, topic: String, payload: Vec<u8>, content_type: &str) {
+        let entry = outbox::Entry {
+            created_ms: now_ms(),
+            topic,
+            payload,
+            retain: false,
+            content_type: Some(content_type.into()),
+            correlation_data: None,
+            user_properties: Vec::new(),
+        };
+        let delivery = publisher::Delivery { entry, ack: None };
+        let _ = self.commands.send(Command::Deliver(Box::new(delivery)));
+    }
+
+    /// Sets a retained state (published now and after every reconnect).
+    pub fn retain(&self, topic: String, payload: Vec<u8>) {
+        let _ = self.commands.send(Command::Retain { topic, payload });
     }
 }
 

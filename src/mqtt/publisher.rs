@@ -91,6 +91,14 @@ pub enum Command {
     Deliver(Box<Delivery>),
     /// A connection event.
     Link(LinkEvent),
+    /// A retained state message (camera status): published now when connected and again
+    /// after every reconnect; never outboxed (only the latest state matters).
+    Retain {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
     /// Publish `stopped`, disconnect, sync the outbox and exit.
     Stop,
 }
@@ -131,6 +139,7 @@ pub fn spawn(
         inflight: HashMap::new(),
         synced_acks: Vec::new(),
         published_states: BTreeMap::new(),
+        retained: BTreeMap::new(),
         outbox_dirty: false,
     };
     let thread = std::thread::Builder::new()
@@ -156,6 +165,8 @@ struct Publisher {
     synced_acks: Vec<RequestAck>,
     /// Model state JSON last published, by model.
     published_states: BTreeMap<String, String>,
+    /// Other retained states, by topic, re-published on every connect.
+    retained: BTreeMap<String, Vec<u8>>,
     outbox_dirty: bool,
 }
 
@@ -194,6 +205,12 @@ impl Publisher {
             Command::Stop => return std::ops::ControlFlow::Break(()),
             Command::Deliver(delivery) => self.deliver(delivery),
             Command::Link(event) => self.link(event),
+            Command::Retain { topic, payload } => {
+                if self.connected {
+                    self.queue_entry(&status_entry(topic.clone(), payload.clone()), Origin::Status);
+                }
+                self.retained.insert(topic, payload);
+            }
         }
         std::ops::ControlFlow::Continue(())
     }
@@ -273,6 +290,14 @@ impl Publisher {
                 let online = status_entry(self.topics.status(), b"online".to_vec());
                 self.queue_entry(&online, Origin::Status);
                 self.publish_model_states();
+                let retained: Vec<Entry> = self
+                    .retained
+                    .iter()
+                    .map(|(topic, payload)| status_entry(topic.clone(), payload.clone()))
+                    .collect();
+                for entry in retained {
+                    self.queue_entry(&entry, Origin::Status);
+                }
             }
             LinkEvent::Sent(pkid) => match self.unsent.pop_front() {
                 Some(token) => {
@@ -444,7 +469,7 @@ impl Publisher {
                 match inbox.recv_timeout(left) {
                     Ok(Command::Link(event)) => self.link(event),
                     Ok(Command::Deliver(delivery)) => self.keep(*delivery),
-                    Ok(Command::Stop) => {}
+                    Ok(Command::Stop | Command::Retain { .. }) => {}
                     Err(_) => break,
                 }
             }

@@ -44,6 +44,21 @@ impl Topics {
         format!("{}/models/{model}/result", self.node)
     }
 
+    /// `P/cameras/<c>/result`: a camera's per-frame results.
+    pub fn camera_result(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/result", self.node)
+    }
+
+    /// `P/cameras/<c>/status`: retained `online` / `offline`; JSON details on `…/status/detail`.
+    pub fn camera_status(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/status", self.node)
+    }
+
+    /// `P/cameras/<c>/snapshot`: a JPEG of a frame with detections (`snapshot = true`).
+    pub fn camera_snapshot(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/snapshot", self.node)
+    }
+
     /// The filters to subscribe to: this daemon's requests, and the fleet's pool requests
     /// through `$share/<group>/…` when a share group is set.
     pub fn request_filters(&self) -> Vec<String> {

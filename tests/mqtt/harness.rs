@@ -138,9 +138,17 @@ pub struct Daemon {
     log: Arc<Mutex<String>>,
 }
 
-/// Copies the example digits model and the identity fixtures (FP32, INT64, BOOL, FP16, BYTES)
-/// into a repository at `repo`.
+/// Copies the example digits model (bare as `digits`, with its sidecar and labels as
+/// `digitsimg`) and the identity fixtures (FP32, INT64, BOOL, FP16, BYTES) into a repository.
 pub fn repository(repo: &Path) {
+    std::fs::create_dir_all(repo.join("digitsimg")).unwrap();
+    for file in ["model.onnx", "model.toml", "labels.txt"] {
+        std::fs::copy(
+            common::models().join("digits").join(file),
+            repo.join("digitsimg").join(file),
+        )
+        .unwrap();
+    }
     std::fs::create_dir_all(repo.join("digits/1")).unwrap();
     std::fs::copy(
         common::models().join("digits/model.onnx"),
@@ -160,7 +168,8 @@ pub fn repository(repo: &Path) {
 
 impl Daemon {
     /// Writes `<dir>/<node>.toml` (repository `<dir>/models`, state `<dir>/state-<node>`) with
-    /// `mqtt` lines added to `[mqtt]`, and starts the daemon; waits for "onnxd ready".
+    /// `mqtt` lines added to `[mqtt]` (tables such as `[[camera]]` may follow them), and starts
+    /// the daemon; waits for "onnxd ready".
     pub fn start(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) -> Daemon {
         let config = dir.join(format!("{node}.toml"));
         let listen = http_port.map_or(String::new(), |p| format!("127.0.0.1:{p}"));

@@ -425,6 +425,26 @@ fn requests_get_replies_and_every_bad_input_an_error() {
     drop(broker);
 }
 
+/// The example model's sample request, and the same digit as an 8x8 gray PNG.
+fn sample_digit() -> (Value, Vec<u8>) {
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::models().join("digits/sample-request.json")).unwrap(),
+    )
+    .unwrap();
+    let digit: Vec<u8> = sample["inputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v.as_f64().unwrap() * 255.0).round() as u8)
+        .collect();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_raw(8, 8, digit)
+        .unwrap()
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    (sample, png.into_inner())
+}
+
 /// A digits request whose response goes to `reply` with the request's number as its id.
 fn numbered(client: &Client, node: &str, reply: &str, i: usize) {
     let request = json!({"id": i.to_string(), "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": vec![i as f32 % 16.0; 64]}]});
@@ -861,4 +881,107 @@ fn the_daemon_serves_http_without_a_broker() {
     // Backoff: a few attempts in two seconds (0.25 s doubling), not a tight loop.
     assert!((2..=8).contains(&errors), "{errors} connection attempts in 2 s");
     assert!(daemon.log().contains("retry_in_ms"), "{}", daemon.log());
+}
+
+#[test]
+fn camera_results_wait_in_the_outbox_through_a_30_s_broker_outage_and_arrive_in_order() {
+    const FPS: f64 = 50.0;
+    const OUTAGE: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), "");
+    harness::repository(&dir.path().join("models"));
+    let (_, digit_png) = sample_digit();
+    let image = dir.path().join("digit.png");
+    std::fs::write(&image, digit_png).unwrap();
+    let http_port = harness::free_port();
+    let daemon = Daemon::start(
+        dir.path(),
+        "n1",
+        Some(http_port),
+        &format!(
+            "url = \"mqtt://127.0.0.1:{}\"\n[[camera]]\nname = \"door\"\nsource = \"file://{}\"\nmodel = \"digitsimg\"\nfps = {FPS}\n",
+            broker.port,
+            image.display()
+        ),
+    );
+    let client = Client::connect(broker.port, "camera-watcher", &["onnxd/n1/cameras/door/#"]);
+    let frame = |message: &rumqttc::v5::mqttbytes::v5::Publish| {
+        json(message)["frame"].as_u64().expect("frame number")
+    };
+    let mut seen = Vec::new();
+    let first = loop {
+        let Some(message) = client.recv(WAIT) else {
+            panic!("no camera result (seen {seen:?}):\n{}", daemon.log());
+        };
+        if message.topic.ends_with(b"/result") {
+            break json(&message);
+        }
+        seen.push(format!(
+            "{}={}",
+            String::from_utf8_lossy(&message.topic),
+            String::from_utf8_lossy(&message.payload)
+        ));
+    };
+    assert!(
+        seen.contains(&"onnxd/n1/cameras/door/status=online".to_string()),
+        "{seen:?}"
+    );
+    assert_eq!(first["result"][0]["label"], "2", "{first}");
+    broker.stop();
+    let mut before = first["frame"].as_u64().unwrap();
+    while let Some(message) = client.recv(Duration::from_millis(200)) {
+        if message.topic.ends_with(b"/result") {
+            before = before.max(frame(&message));
+        }
+    }
+    std::thread::sleep(OUTAGE);
+    broker.restart();
+    // Everything produced during the outage arrives, oldest first, then live results follow.
+    let produced_by = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("onnxd_camera_frames_processed_total{camera=\"door\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    let metrics = client.runtime.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let produced = produced_by(&metrics);
+    assert!(
+        produced >= before + 1000,
+        "only {} results produced during the outage",
+        produced - before
+    );
+    let mut arrived: Vec<u64> = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while arrived.last().is_none_or(|last| *last < produced) {
+        assert!(
+            std::time::Instant::now() < until,
+            "results stopped at frame {:?} of {produced}",
+            arrived.last()
+        );
+        let Some(message) = client.recv(Duration::from_secs(5)) else {
+            continue;
+        };
+        if message.topic.ends_with(b"/result") {
+            arrived.push(frame(&message));
+        }
+    }
+    let mut next = before + 1;
+    for frame in arrived.iter().filter(|f| **f > before) {
+        // Duplicates of the frames in flight at the outage are allowed; gaps and reordering not.
+        assert!(*frame <= next, "frame {frame} arrived before frame {next}");
+        next = next.max(frame + 1);
+    }
+    assert!(next > produced, "frames up to {produced} expected");
+    assert!(metrics.contains("onnxd_mqtt_outbox_appended_total"), "{metrics}");
+    println!(
+        "{} camera results produced during a {OUTAGE:?} broker outage all arrived in order",
+        produced - before
+    );
 }
