@@ -3,6 +3,7 @@
 //! binary framing), every bad input named by the MQTT issue, node and model status, broker
 //! restarts, daemon crashes, the outbox, shared subscriptions and TLS.
 
+mod cameras;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;

@@ -1,0 +1,331 @@
+//! Cameras end to end: every kind of real local source (HTTP MJPEG stream and snapshots
+//! served by the test, a video file through ffmpeg, a file glob, a GStreamer `videotestsrc`)
+//! produces results on MQTT for the example model; a source faster than the model drops
+//! frames by cause with at most two queued; a source that dies goes `offline`, comes back
+//! `online`, and the other cameras never stop; credentials in a source URL appear nowhere.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, json, Broker, Client, Daemon};
+
+/// A JPEG of `size`×`size` pixels; `corrupt` cuts it in half.
+fn jpeg(size: u32, shade: u8, corrupt: bool) -> Vec<u8> {
+    let picture = image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([shade, (x * 7) as u8, (y * 5) as u8])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    picture.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    let mut bytes = bytes.into_inner();
+    if corrupt {
+        bytes.truncate(bytes.len() / 2);
+    }
+    bytes
+}
+
+/// An HTTP server on 127.0.0.1 answering every request with an MJPEG stream (a frame every
+/// `interval`, the third one corrupt) or, for `snapshot`, one JPEG. Stopping it closes every
+/// connection; it can be started again on the same port.
+struct CameraServer {
+    port: u16,
+    running: Arc<AtomicBool>,
+}
+
+impl CameraServer {
+    fn start(port: u16, interval: Duration, snapshot: bool) -> CameraServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let running = Arc::new(AtomicBool::new(true));
+        let alive = running.clone();
+        std::thread::spawn(move || {
+            while alive.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let alive = alive.clone();
+                        std::thread::spawn(move || serve(stream, interval, snapshot, &alive));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        CameraServer { port, running }
+    }
+
+    fn stop(&self) {
+        self.running.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for CameraServer {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut stream: TcpStream, interval: Duration, snapshot: bool, alive: &AtomicBool) {
+    stream.set_nonblocking(false).unwrap();
+    let mut request = [0u8; 4096];
+    let _ = stream.read(&mut request);
+    if snapshot {
+        let frame = jpeg(32, 200, false);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            frame.len()
+        );
+        let _ = stream
+            .write_all(head.as_bytes())
+            .and_then(|_| stream.write_all(&frame));
+        return;
+    }
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\nConnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut n = 0u32;
+    while alive.load(Ordering::Relaxed) {
+        let frame = jpeg(32, (n % 250) as u8, n == 2);
+        let part = format!(
+            "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+            frame.len()
+        );
+        if stream
+            .write_all(part.as_bytes())
+            .and_then(|_| stream.write_all(&frame))
+            .and_then(|_| stream.write_all(b"\r\n"))
+            .is_err()
+        {
+            return;
+        }
+        n += 1;
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+    }
+}
+
+/// Reads the daemon's metrics.
+fn metrics(client: &Client, port: u16) -> String {
+    client.runtime.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
+/// A counter of the metrics text, 0 when absent.
+fn value(metrics: &str, sample: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let models = dir.path().join("models");
+    harness::repository(&models);
+    std::fs::create_dir_all(models.join("cnnimg/1")).unwrap();
+    std::fs::copy(
+        crate::common::fixture("cnn.onnx"),
+        models.join("cnnimg/1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        models.join("cnnimg/model.toml"),
+        "[input]\nwidth = 96\nheight = 96\n",
+    )
+    .unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for (i, shade) in [30u8, 220].into_iter().enumerate() {
+        std::fs::write(frames.join(format!("f{i}.jpg")), jpeg(16, shade, false)).unwrap();
+    }
+    let clip = dir.path().join("clip.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=10",
+            "-t",
+            "2",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg is installed by scripts/setup");
+    assert!(made.success());
+    let mjpeg = CameraServer::start(0, Duration::from_millis(50), false);
+    let snapshot = CameraServer::start(0, Duration::ZERO, true);
+    let flood = CameraServer::start(0, Duration::ZERO, false);
+    let cameras = [
+        (
+            "files",
+            format!("file://{}/*.jpg", frames.display()),
+            "digitsimg",
+            10,
+        ),
+        ("video", format!("file://{}", clip.display()), "digitsimg", 5),
+        (
+            "gst",
+            "gst:videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=10/1".to_string(),
+            "digitsimg",
+            5,
+        ),
+        (
+            "mjpeg",
+            format!("http://127.0.0.1:{}/stream", mjpeg.port),
+            "digitsimg",
+            5,
+        ),
+        (
+            "snap",
+            format!("http://viewer:hunter2@127.0.0.1:{}/snap.jpg", snapshot.port),
+            "digitsimg",
+            5,
+        ),
+        (
+            "flood",
+            format!("http://127.0.0.1:{}/stream", flood.port),
+            "cnnimg",
+            1000,
+        ),
+    ];
+    let mut config = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    for (name, source, model, fps) in &cameras {
+        config.push_str(&format!("[[camera]]\nname = \"{name}\"\nsource = \"{source}\"\nmodel = \"{model}\"\nfps = {fps}\nstall_secs = 2\n"));
+    }
+    let http_port = harness::free_port();
+    let daemon = Daemon::start(dir.path(), "cams", Some(http_port), &config);
+    let client = Client::connect(broker.port, "camera-client", &["onnxd/cams/cameras/#"]);
+
+    // Every camera delivers results for its model.
+    let mut results: HashMap<String, usize> = HashMap::new();
+    let mut statuses: Vec<String> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while cameras
+        .iter()
+        .any(|(name, ..)| results.get(*name).copied().unwrap_or(0) < 2)
+    {
+        assert!(
+            Instant::now() < until,
+            "results so far {results:?}:\n{}",
+            daemon.log()
+        );
+        let Some(message) = client.recv(Duration::from_secs(1)) else {
+            continue;
+        };
+        let topic = String::from_utf8_lossy(&message.topic).into_owned();
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        if let Some(camera) = topic
+            .strip_prefix("onnxd/cams/cameras/")
+            .and_then(|t| t.strip_suffix("/result"))
+        {
+            let body = json(&message);
+            assert_eq!(body["camera"], camera, "{body}");
+            *results.entry(camera.to_string()).or_default() += 1;
+        } else {
+            statuses.push(format!("{topic}={payload}"));
+        }
+    }
+
+    // The MJPEG server dies: that camera goes offline, the others keep going; it comes back.
+    mjpeg.stop();
+    let wait_status = |wanted: &str, statuses: &mut Vec<String>| {
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut others = 0;
+        loop {
+            assert!(Instant::now() < until, "no mjpeg {wanted}; seen {statuses:?}");
+            let Some(message) = client.recv(Duration::from_secs(1)) else {
+                continue;
+            };
+            let topic = String::from_utf8_lossy(&message.topic).into_owned();
+            let payload = String::from_utf8_lossy(&message.payload).into_owned();
+            if topic.ends_with("/files/result") {
+                others += 1;
+            }
+            statuses.push(format!("{topic}={payload}"));
+            if topic == "onnxd/cams/cameras/mjpeg/status" && payload == wanted {
+                return others;
+            }
+        }
+    };
+    wait_status("offline", &mut statuses);
+    let restarted = CameraServer::start(mjpeg.port, Duration::from_millis(50), false);
+    let files_meanwhile = wait_status("online", &mut statuses);
+    assert!(
+        files_meanwhile > 0,
+        "the file camera stopped while the MJPEG one was down"
+    );
+
+    let text = metrics(&client, http_port);
+    // The flood source is faster than the CNN: frames are dropped, never more than two wait.
+    let flood_received = value(&text, "onnxd_camera_frames_received_total{camera=\"flood\"}");
+    let flood_processed = value(&text, "onnxd_camera_frames_processed_total{camera=\"flood\"}");
+    let flood_dropped = value(
+        &text,
+        "onnxd_camera_frames_skipped_total{camera=\"flood\",cause=\"queue_full\"}",
+    );
+    let flood_skipped: u64 = ["fps", "queue_full", "corrupt", "inference_error"]
+        .iter()
+        .map(|cause| {
+            value(
+                &text,
+                &format!("onnxd_camera_frames_skipped_total{{camera=\"flood\",cause=\"{cause}\"}}"),
+            )
+        })
+        .sum();
+    assert!(
+        flood_dropped > 0,
+        "no queue_full drops: received {flood_received}, processed {flood_processed}"
+    );
+    // Two queued and one in the model at most (the counters are read while frames flow).
+    let waiting = flood_received.saturating_sub(flood_processed + flood_skipped);
+    assert!(waiting <= 3, "{waiting} frames waiting: received {flood_received}, processed {flood_processed}, skipped {flood_skipped}");
+    assert!(
+        value(
+            &text,
+            "onnxd_camera_frames_skipped_total{camera=\"mjpeg\",cause=\"corrupt\"}"
+        ) >= 1,
+        "{text}"
+    );
+    assert!(
+        value(&text, "onnxd_camera_reconnects_total{camera=\"mjpeg\"}") >= 1,
+        "{text}"
+    );
+    crate::common::promtool_check(&text);
+    // The snapshot camera's password is nowhere: not in logs, metrics or status messages.
+    for (what, text) in [
+        ("log", daemon.log()),
+        ("metrics", text),
+        ("status", statuses.join("\n")),
+    ] {
+        assert!(
+            !text.contains("hunter2"),
+            "the camera password leaked into the {what}"
+        );
+    }
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.contains("viewer:***@") || s.contains("***@")),
+        "{statuses:?}"
+    );
+    drop(restarted);
+    println!("camera results: {results:?}; flood received {flood_received}, processed {flood_processed}, dropped {flood_dropped}");
+}
