@@ -6,9 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::engine::{ModelInfo, Tensors};
+use crate::pipeline::preprocess::is_image;
+use crate::serving::image::{Image, ImageRequest};
 use crate::serving::{InferRequest, InferResponse, Router, ServeError};
 use crate::tensor::kserve::{InferRequestBody, OutputTensor};
 use crate::tensor::{shape_from_i64, DType, Dim, Tensor};
@@ -111,7 +114,9 @@ pub enum RequestError {
 }
 
 /// Decodes an encoded request against the version it will run on (waiting while the model is
-/// `LOADING`), then runs it. A body that does not decode is counted as `bad_input`.
+/// `LOADING`), then runs it. A body that does not decode is counted as `bad_input`. For a
+/// model with `[input]` pre-processing, a single BYTES element holding an encoded image is
+/// run as an image.
 pub async fn run_encoded(
     router: &Router,
     model: &str,
@@ -127,10 +132,33 @@ pub async fn run_encoded(
         handle.stats.failure(Some(loaded.version), "bad_input");
         RequestError::BadInput(e)
     })?;
+    let image_model = loaded.image.is_some();
     drop(loaded);
     let request = decoded.take_request(model, version, arrived, deadline);
+    if let Some(image) = image_model.then(|| encoded_image(&request.inputs)).flatten() {
+        // One BYTES element holding an encoded image, for a model with `[input]`.
+        let answer = router
+            .infer_image(ImageRequest {
+                model: request.model,
+                version: request.version,
+                id: request.id,
+                image: Image::Encoded(image),
+                deadline: request.deadline,
+            })
+            .await?;
+        return Ok((decoded, answer.response));
+    }
     let response = router.infer(request).await?;
     Ok((decoded, response))
+}
+
+/// The image of a request whose only input is one BYTES element holding an encoded image.
+fn encoded_image(inputs: &Tensors) -> Option<Bytes> {
+    let [(_, tensor)] = inputs.as_slice() else { return None };
+    match tensor.strings()? {
+        [image] if is_image(image) => Some(Bytes::copy_from_slice(image)),
+        _ => None,
+    }
 }
 
 /// Decodes a request body; `header_length` is `Inference-Header-Content-Length`.

@@ -258,6 +258,20 @@ fn requests_get_replies_and_every_bad_input_an_error() {
         mqtt_image["outputs"], http_image["outputs"],
         "the same image gives the same outputs"
     );
+    // The same PNG as one BYTES element (binary framing) is run as an image too.
+    let mut element = (png.len() as u32).to_le_bytes().to_vec();
+    element.extend_from_slice(&png);
+    let header = json!({"id": "as-bytes", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+        "parameters": {"binary_data_size": element.len()}}]})
+    .to_string();
+    let mut framed = header.clone().into_bytes();
+    framed.extend_from_slice(&element);
+    let mut properties = with_reply("client/img", b"bytes");
+    properties.user_properties = vec![("Inference-Header-Content-Length".into(), header.len().to_string())];
+    client.publish("onnxd/n1/models/cnnimg/infer", framed, properties);
+    let as_bytes = json(&client.next_on("client/img", WAIT));
+    assert_eq!(as_bytes["id"], "as-bytes", "{as_bytes}");
+    assert_eq!(as_bytes["outputs"], mqtt_image["outputs"], "{as_bytes}");
     client.publish(
         "onnxd/n1/models/cnnimg/infer",
         png[..png.len() / 2].to_vec(),
