@@ -246,7 +246,7 @@ impl Default for MqttConfig {
 }
 
 /// One `[[camera]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// Camera name (topic segment).

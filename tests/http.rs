@@ -70,7 +70,7 @@ fn start(token: Option<&str>) -> Server {
         ready: Arc::new(AtomicBool::new(true)),
         token: token.map(str::to_string),
         mqtt: None,
-        cameras: Vec::new(),
+        cameras: Default::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

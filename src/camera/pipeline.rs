@@ -4,14 +4,15 @@
 //! `P/cameras/<c>/result` — through the MQTT outbox, so results survive a broker outage. A
 //! source that dies or stalls (no frame for `stall_secs`) makes the camera `offline`; it is
 //! reopened with capped exponential backoff and comes back `online`. Cameras are independent:
-//! one failing never touches another, the models or the daemon.
+//! one failing never touches another, the models or the daemon; a SIGHUP config reload adds,
+//! removes and restarts cameras whose settings changed.
 //!
 //! Credentials in source URLs never leave [`super::redact`]: logs, status and metric labels
 //! name the camera, and describe the source only redacted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -121,40 +122,115 @@ pub struct Outputs {
     pub topics: Topics,
 }
 
+/// Counters of the running cameras by name, shared with `/metrics`.
+pub type CameraRegistry = Arc<RwLock<BTreeMap<String, Arc<CameraStats>>>>;
+
+/// One running camera: its settings and tasks.
+struct Running {
+    config: CameraConfig,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+    stop: watch::Sender<bool>,
+}
+
 /// The running cameras.
 pub struct Cameras {
-    /// Counters by camera name.
-    pub stats: Vec<(String, Arc<CameraStats>)>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    stop: watch::Sender<bool>,
+    /// Counters of the running cameras.
+    pub registry: CameraRegistry,
+    running: BTreeMap<String, Running>,
+    router: Arc<Router>,
+    outputs: Outputs,
 }
 
 impl Cameras {
     /// Starts every configured camera (inside the tokio runtime).
     pub fn start(configs: &[CameraConfig], router: Arc<Router>, outputs: Outputs) -> Cameras {
-        let (stop, stopped) = watch::channel(false);
-        let mut stats = Vec::new();
-        let mut tasks = Vec::new();
+        let mut cameras = Cameras {
+            registry: CameraRegistry::default(),
+            running: BTreeMap::new(),
+            router,
+            outputs,
+        };
         for config in configs {
-            let camera = Arc::new(Camera {
-                config: config.clone(),
-                stats: Arc::new(CameraStats::default()),
-                announced_offline: AtomicBool::new(false),
-                queue: FrameQueue::default(),
-                outputs: outputs.clone(),
-            });
-            stats.push((config.name.clone(), camera.stats.clone()));
-            tasks.push(tokio::spawn(camera.clone().capture(stopped.clone())));
-            tasks.push(tokio::spawn(camera.infer(router.clone(), stopped.clone())));
+            cameras.start_one(config);
         }
-        Cameras { stats, tasks, stop }
+        cameras
+    }
+
+    /// Makes the running cameras those of `configs` (a SIGHUP config reload): removed and
+    /// changed cameras stop (a removed camera's retained status is cleared), new and changed
+    /// ones start, unchanged ones keep running untouched.
+    pub async fn reconcile(&mut self, configs: &[CameraConfig]) {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, running)| !configs.iter().any(|c| &c.name == *name && *c == running.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.stop_one(&name).await;
+            if !configs.iter().any(|c| c.name == name) {
+                tracing::info!(camera = %name, "camera removed");
+                if let Some(sink) = &self.outputs.sink {
+                    let topic = self.outputs.topics.camera_status(&name);
+                    sink.retain(format!("{topic}/detail"), Vec::new());
+                    sink.retain(topic, Vec::new());
+                }
+            }
+        }
+        for config in configs {
+            if !self.running.contains_key(&config.name) {
+                tracing::info!(camera = %config.name, source = %redact(&config.source), "camera started");
+                self.start_one(config);
+            }
+        }
+    }
+
+    fn start_one(&mut self, config: &CameraConfig) {
+        let (stop, stopped) = watch::channel(false);
+        let camera = Arc::new(Camera {
+            config: config.clone(),
+            stats: Arc::new(CameraStats::default()),
+            announced_offline: AtomicBool::new(false),
+            queue: FrameQueue::default(),
+            outputs: self.outputs.clone(),
+        });
+        self.registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(config.name.clone(), camera.stats.clone());
+        let tasks = [
+            tokio::spawn(camera.clone().capture(stopped.clone())),
+            tokio::spawn(camera.infer(self.router.clone(), stopped)),
+        ];
+        self.running.insert(
+            config.name.clone(),
+            Running {
+                config: config.clone(),
+                tasks,
+                stop,
+            },
+        );
+    }
+
+    async fn stop_one(&mut self, name: &str) {
+        let Some(running) = self.running.remove(name) else {
+            return;
+        };
+        let _ = running.stop.send(true);
+        for task in running.tasks {
+            let _ = task.await;
+        }
+        self.registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// Stops every camera (sources closed, subprocesses killed).
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+    pub async fn stop(mut self) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            self.stop_one(&name).await;
         }
     }
 }

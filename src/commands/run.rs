@@ -1,6 +1,7 @@
 //! `onnxd run`: the daemon. Loads the repository (every model READY or UNAVAILABLE with its
 //! error), then keeps it in sync — inotify with settle time, optional polling, SIGHUP rescan —
-//! until SIGINT or SIGTERM, serving the HTTP API on `http.listen` (HTTPS with rustls when
+//! until SIGINT or SIGTERM (SIGHUP also re-reads the config file for `[[camera]]` changes),
+//! serving the HTTP API on `http.listen` (HTTPS with rustls when
 //! `tls_cert`/`tls_key` are set) and MQTT (when `mqtt.url` is set; a missing broker is
 //! retried in the background) and the cameras of `[[camera]]`, all on the same router.
 
@@ -79,7 +80,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             ready: ready.clone(),
             token,
             mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
-            cameras: cameras.stats.clone(),
+            cameras: cameras.registry.clone(),
         });
         let app = http::app(state, config.http.max_body_bytes as usize);
         let address = listener.local_addr()?;
@@ -116,8 +117,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     let serving = reports.iter().filter(|r| !r.serving.is_empty()).count();
     tracing::info!(models = reports.len(), ready = serving, node_id = %config.node_id, "onnxd ready");
-    runtime.block_on(async {
+    let cameras = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut cameras = cameras;
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         loop {
@@ -125,12 +127,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: rescanning the repository");
+                    match Config::load(&config.file) {
+                        Ok(reloaded) => {
+                            tracing::info!(file = %config.file.display(), "SIGHUP: config re-read, cameras updated, rescanning the repository");
+                            cameras.reconcile(&reloaded.camera).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: config refused, the running one stays; rescanning the repository"),
+                    }
                     let _ = events.send(RepoEvent::RescanAll);
                 }
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(cameras)
     })?;
     tracing::info!("stopping");
     ready.store(false, Ordering::Release);

@@ -154,7 +154,9 @@ pub async fn run_encoded(
 
 /// The image of a request whose only input is one BYTES element holding an encoded image.
 fn encoded_image(inputs: &Tensors) -> Option<Bytes> {
-    let [(_, tensor)] = inputs.as_slice() else { return None };
+    let [(_, tensor)] = inputs.as_slice() else {
+        return None;
+    };
     match tensor.strings()? {
         [image] if is_image(image) => Some(Bytes::copy_from_slice(image)),
         _ => None,

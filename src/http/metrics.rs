@@ -6,6 +6,7 @@
 //! result — MQTT connection, requests, delivery and outbox counters when MQTT is on, camera
 //! frame counters, plus the process's resident memory and CPU time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -163,8 +164,9 @@ pub fn render(state: &HttpState) -> String {
     if let Some(mqtt) = &state.mqtt {
         mqtt_metrics(&registry, &mqtt.snapshot());
     }
-    if !state.cameras.is_empty() {
-        camera_metrics(&registry, &state.cameras);
+    let cameras = state.cameras.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if !cameras.is_empty() {
+        camera_metrics(&registry, &cameras);
     }
     registry
         .register(Box::new(
@@ -283,7 +285,7 @@ fn mqtt_metrics(registry: &Registry, m: &MqttSnapshot) {
     );
 }
 
-fn camera_metrics(registry: &Registry, cameras: &[(String, Arc<CameraStats>)]) {
+fn camera_metrics(registry: &Registry, cameras: &BTreeMap<String, Arc<CameraStats>>) {
     let camera = ["camera"];
     let online = gauge(
         registry,

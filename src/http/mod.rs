@@ -41,8 +41,8 @@ pub struct HttpState {
     pub token: Option<String>,
     /// MQTT counters, when MQTT is enabled.
     pub mqtt: Option<Arc<crate::mqtt::stats::MqttStats>>,
-    /// Camera counters by camera name.
-    pub cameras: Vec<(String, Arc<crate::camera::pipeline::CameraStats>)>,
+    /// Counters of the running cameras.
+    pub cameras: crate::camera::pipeline::CameraRegistry,
 }
 
 /// An error answer: a status and `{"error": message}`.

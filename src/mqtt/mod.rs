@@ -163,7 +163,8 @@ impl Sink {
         let _ = self.commands.send(Command::Deliver(Box::new(delivery)));
     }
 
-    /// Sets a retained state (published now and after every reconnect).
+    /// Sets a retained state (published now and after every reconnect); an empty payload
+    /// clears it.
     pub fn retain(&self, topic: String, payload: Vec<u8>) {
         let _ = self.commands.send(Command::Retain { topic, payload });
     }

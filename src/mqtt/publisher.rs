@@ -209,7 +209,12 @@ impl Publisher {
                 if self.connected {
                     self.queue_entry(&status_entry(topic.clone(), payload.clone()), Origin::Status);
                 }
-                self.retained.insert(topic, payload);
+                // An empty payload clears a retained message: nothing to re-publish after it.
+                if payload.is_empty() {
+                    self.retained.remove(&topic);
+                } else {
+                    self.retained.insert(topic, payload);
+                }
             }
         }
         std::ops::ControlFlow::Continue(())

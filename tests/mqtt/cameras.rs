@@ -329,3 +329,55 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
     drop(restarted);
     println!("camera results: {results:?}; flood received {flood_received}, processed {flood_processed}, dropped {flood_dropped}");
 }
+
+#[test]
+fn sighup_adds_and_removes_cameras_and_a_bad_config_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    harness::repository(&dir.path().join("models"));
+    let frame = dir.path().join("frame.jpg");
+    std::fs::write(&frame, jpeg(16, 90, false)).unwrap();
+    let camera = |name: &str| {
+        format!(
+            "[[camera]]\nname = \"{name}\"\nsource = \"file://{}\"\nmodel = \"digitsimg\"\nfps = 10\n",
+            frame.display()
+        )
+    };
+    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    let daemon = Daemon::start(dir.path(), "hup", None, &format!("{mqtt}{}", camera("a")));
+    let client = Client::connect(broker.port, "hup-client", &["onnxd/hup/cameras/+/result"]);
+    let next_camera = |client: &Client| {
+        let message = client.recv(Duration::from_secs(20)).expect("a camera result");
+        json(&message)["camera"].as_str().unwrap().to_string()
+    };
+    assert_eq!(next_camera(&client), "a");
+    // A config that does not parse is refused: camera `a` keeps running.
+    let good = std::fs::read_to_string(daemon.config()).unwrap();
+    std::fs::write(daemon.config(), format!("{good}\n[[camera]]\nname = ")).unwrap();
+    daemon.signal("HUP");
+    harness::wait_until("the refusal in the log", Duration::from_secs(10), || {
+        daemon.log().contains("SIGHUP: config refused")
+    });
+    while client.recv(Duration::ZERO).is_some() {}
+    assert_eq!(next_camera(&client), "a");
+    // `a` replaced by `b`.
+    std::fs::write(daemon.config(), good.replace(&camera("a"), &camera("b"))).unwrap();
+    daemon.signal("HUP");
+    harness::wait_until("camera b", Duration::from_secs(10), || {
+        daemon.log().contains("camera started camera=b")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    while client.recv(Duration::ZERO).is_some() {}
+    for _ in 0..5 {
+        assert_eq!(
+            next_camera(&client),
+            "b",
+            "camera a still publishing after its removal"
+        );
+    }
+    assert!(
+        daemon.log().contains("camera removed camera=a"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -235,6 +235,16 @@ impl Daemon {
         child.wait().unwrap().success()
     }
 
+    /// Sends a signal (e.g. `HUP`) to the running daemon.
+    pub fn signal(&self, name: &str) {
+        signal(self.child.as_ref().expect("daemon running").id(), name);
+    }
+
+    /// Its config file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
