@@ -212,7 +212,7 @@ pub struct MqttConfig {
     pub topic_prefix: String,
     /// Shared-subscription group for pool requests.
     pub share_group: String,
-    /// QoS of requests and results.
+    /// QoS of requests and results: 1 (at-least-once), the only one supported.
     pub qos: u8,
     /// Broker session expiry.
     pub session_expiry_secs: u32,
@@ -391,8 +391,13 @@ impl Config {
                 "expected mqtt://HOST:PORT or mqtts://HOST:PORT, or \"\" to disable MQTT",
             );
         }
-        if self.mqtt.qos > 2 {
-            return invalid("mqtt.qos", "expected 0, 1 or 2");
+        if self.mqtt.qos != 1 {
+            // Requests and results are taken and sent at QoS 1 with PUBACK tracking: that is
+            // what the at-least-once guarantee and the outbox are built on.
+            return invalid(
+                "mqtt.qos",
+                "expected 1 (at-least-once; QoS 0 and 2 are not supported)",
+            );
         }
         if !topic_safe(&self.mqtt.topic_prefix.replace('/', "_")) {
             return invalid("mqtt.topic_prefix", "expected a topic without wildcards");

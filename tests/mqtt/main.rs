@@ -390,6 +390,15 @@ fn requests_get_replies_and_every_bad_input_an_error() {
             with_reply("client/e", b"9"),
             "not supported for this model",
         ),
+        (
+            "fp32",
+            json!({"id": "late", "parameters": {"timeout": 1},
+                "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]})
+            .to_string()
+            .into(),
+            with_reply("client/e", b"10"),
+            "expired",
+        ),
     ];
     for (target, payload, mut properties, needle) in cases {
         properties.response_topic = Some("client/e".into());
@@ -427,6 +436,7 @@ fn requests_get_replies_and_every_bad_input_an_error() {
         "onnxd_mqtt_requests_total{outcome=\"too_large\"} 1",
         "onnxd_mqtt_requests_total{outcome=\"unsupported\"} 1",
         "onnxd_mqtt_requests_total{outcome=\"unknown_model\"} 2",
+        "onnxd_mqtt_requests_total{outcome=\"expired\"} 1",
     ] {
         assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
     }
