@@ -13,6 +13,7 @@
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
 //! - [`mqtt`]: MQTT requests and responses with at-least-once delivery, status, the durable
 //!   outbox.
+//! - [`service`]: systemd notifications (ready, status, reloading, stopping, watchdog).
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors, and
 //!   post-processing of outputs (classify top-k, YOLO/SSD boxes with NMS).
@@ -31,6 +32,7 @@ pub mod http;
 pub mod mqtt;
 pub mod pipeline;
 pub mod repository;
+pub mod service;
 pub mod serving;
 pub mod telemetry;
 pub mod tensor;

@@ -19,6 +19,7 @@ use crate::mqtt::Mqtt;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
 use crate::repository::Repository;
+use crate::service::{status_line, Service};
 use crate::serving::Router;
 
 /// The repository manager configured from `config`, publishing into a new router.
@@ -117,6 +118,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     let serving = reports.iter().filter(|r| !r.serving.is_empty()).count();
     tracing::info!(models = reports.len(), ready = serving, node_id = %config.node_id, "onnxd ready");
+    let service = Service;
+    let mqtt_stats = mqtt.as_ref().map(|m| m.stats.clone());
+    service.ready(&status_line(&router, mqtt_stats.as_deref()));
+    if let Some(interval) = Service::watchdog() {
+        runtime.spawn(
+            service
+                .clone()
+                .keep_alive(interval, router.clone(), mqtt_stats.clone()),
+        );
+    }
     let cameras = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut cameras = cameras;
@@ -127,6 +138,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {
+                    service.reloading();
                     match Config::load(&config.file) {
                         Ok(reloaded) => {
                             tracing::info!(file = %config.file.display(), "SIGHUP: config re-read, cameras updated, rescanning the repository");
@@ -135,12 +147,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                         Err(e) => tracing::error!(error = %e, "SIGHUP: config refused, the running one stays; rescanning the repository"),
                     }
                     let _ = events.send(RepoEvent::RescanAll);
+                    service.ready(&status_line(&router, mqtt_stats.as_deref()));
                 }
             }
         }
         anyhow::Ok(cameras)
     })?;
     tracing::info!("stopping");
+    service.stopping();
     ready.store(false, Ordering::Release);
     runtime.block_on(cameras.stop());
     if let Some(mqtt) = mqtt {
