@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use onnxd::pipeline::postprocess::{Detection, Kind, Postprocessor};
 use onnxd::pipeline::preprocess::{Preprocessor, Transform};
 use onnxd::repository::sidecar::{ImageInput, OutputProcessing};
@@ -20,22 +17,8 @@ const SCORE_TOLERANCE: f64 = 1e-4;
 const BOX_TOLERANCE: f64 = 0.01;
 
 /// Runs the fixture script into a temporary directory and returns it with the manifest.
-fn fixtures() -> (tempfile::TempDir, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_postprocess_fixtures.py");
-    let output = Command::new(common::python())
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{} failed (run ./scripts/setup for NumPy):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let manifest = std::fs::read(dir.path().join("cases.json")).unwrap();
-    (dir, serde_json::from_slice(&manifest).unwrap())
+fn fixtures() -> (tempfile::TempDir, serde_json::Value) {
+    common::python_fixtures("make_postprocess_fixtures.py", "NumPy")
 }
 
 /// The pre-processing transform of the case: a black frame of the original size through a

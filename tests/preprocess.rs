@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use onnxd::pipeline::preprocess::Preprocessor;
 use onnxd::repository::sidecar::ImageInput;
@@ -19,21 +18,7 @@ const JPEG_MAX_BOUND: f64 = 6.0;
 
 /// Runs the fixture script into a temporary directory and returns it with the manifest.
 fn fixtures() -> (tempfile::TempDir, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_preprocess_fixtures.py");
-    let output = Command::new(common::python())
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{} failed (run ./scripts/setup for Pillow and NumPy):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let manifest = std::fs::read(dir.path().join("cases.json")).unwrap();
-    (dir, serde_json::from_slice(&manifest).unwrap())
+    common::python_fixtures("make_preprocess_fixtures.py", "Pillow and NumPy")
 }
 
 fn reference(dir: &Path, name: &serde_json::Value) -> (Vec<usize>, DType, Vec<f64>) {

@@ -161,3 +161,25 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&lint.stderr)
     );
 }
+
+/// Runs `tests/fixtures/<script>` (which needs the Python packages named in `needs`) into a
+/// new temporary directory and returns it with the `cases.json` manifest the script wrote.
+pub fn python_fixtures(script: &str, needs: &str) -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(script);
+    let output = std::process::Command::new(python())
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} failed (run ./scripts/setup for {needs}):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest = std::fs::read(dir.path().join("cases.json")).unwrap();
+    (dir, serde_json::from_slice(&manifest).unwrap())
+}

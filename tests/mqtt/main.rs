@@ -286,24 +286,7 @@ fn requests_get_replies_and_every_bad_input_an_error() {
         "{cut}"
     );
     // The sample digit as an 8x8 gray PNG: classified as the tensor request is, with labels.
-    let sample: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::models().join("digits/sample-request.json")).unwrap(),
-    )
-    .unwrap();
-    let digit: Vec<u8> = sample["inputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| (v.as_f64().unwrap() * 255.0).round() as u8)
-        .collect();
-    let digit_png = {
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        image::GrayImage::from_raw(8, 8, digit)
-            .unwrap()
-            .write_to(&mut bytes, image::ImageFormat::Png)
-            .unwrap();
-        bytes.into_inner()
-    };
+    let (sample, digit_png) = sample_digit();
     client.publish(
         "onnxd/n1/models/digitsimg/infer",
         digit_png,
