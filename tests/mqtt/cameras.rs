@@ -33,6 +33,8 @@ fn jpeg(size: u32, shade: u8, corrupt: bool) -> Vec<u8> {
 struct CameraServer {
     port: u16,
     running: Arc<AtomicBool>,
+    /// While set, streams stay open but send nothing (a stalled camera).
+    paused: Arc<AtomicBool>,
 }
 
 impl CameraServer {
@@ -41,19 +43,25 @@ impl CameraServer {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let running = Arc::new(AtomicBool::new(true));
+        let paused = Arc::new(AtomicBool::new(false));
         let alive = running.clone();
+        let quiet = paused.clone();
         std::thread::spawn(move || {
             while alive.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let alive = alive.clone();
-                        std::thread::spawn(move || serve(stream, interval, snapshot, &alive));
+                        let (alive, quiet) = (alive.clone(), quiet.clone());
+                        std::thread::spawn(move || serve(stream, interval, snapshot, &alive, &quiet));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        CameraServer { port, running }
+        CameraServer {
+            port,
+            running,
+            paused,
+        }
     }
 
     fn stop(&self) {
@@ -68,7 +76,7 @@ impl Drop for CameraServer {
     }
 }
 
-fn serve(mut stream: TcpStream, interval: Duration, snapshot: bool, alive: &AtomicBool) {
+fn serve(mut stream: TcpStream, interval: Duration, snapshot: bool, alive: &AtomicBool, paused: &AtomicBool) {
     stream.set_nonblocking(false).unwrap();
     let mut request = [0u8; 4096];
     let _ = stream.read(&mut request);
@@ -89,6 +97,10 @@ fn serve(mut stream: TcpStream, interval: Duration, snapshot: bool, alive: &Atom
     }
     let mut n = 0u32;
     while alive.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let frame = jpeg(32, (n % 250) as u8, n == 2);
         let part = format!(
             "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
@@ -173,7 +185,20 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
     let mjpeg = CameraServer::start(0, Duration::from_millis(50), false);
     let snapshot = CameraServer::start(0, Duration::ZERO, true);
     let flood = CameraServer::start(0, Duration::ZERO, false);
+    let stalling = CameraServer::start(0, Duration::from_millis(50), false);
     let cameras = [
+        (
+            "stall",
+            format!("http://127.0.0.1:{}/stream", stalling.port),
+            "digitsimg",
+            5,
+        ),
+        (
+            "once",
+            "gst:videotestsrc num-buffers=3 ! video/x-raw,width=32,height=24,framerate=10/1".to_string(),
+            "digitsimg",
+            5,
+        ),
         (
             "files",
             format!("file://{}/*.jpg", frames.display()),
@@ -246,11 +271,12 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
 
     // The MJPEG server dies: that camera goes offline, the others keep going; it comes back.
     mjpeg.stop();
-    let wait_status = |wanted: &str, statuses: &mut Vec<String>| {
+    let wait_status = |camera: &str, wanted: &str, statuses: &mut Vec<String>| {
         let until = Instant::now() + Duration::from_secs(30);
         let mut others = 0;
+        let status = format!("onnxd/cams/cameras/{camera}/status");
         loop {
-            assert!(Instant::now() < until, "no mjpeg {wanted}; seen {statuses:?}");
+            assert!(Instant::now() < until, "no {camera} {wanted}; seen {statuses:?}");
             let Some(message) = client.recv(Duration::from_secs(1)) else {
                 continue;
             };
@@ -260,18 +286,27 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
                 others += 1;
             }
             statuses.push(format!("{topic}={payload}"));
-            if topic == "onnxd/cams/cameras/mjpeg/status" && payload == wanted {
+            if topic == status && payload == wanted {
                 return others;
             }
         }
     };
-    wait_status("offline", &mut statuses);
+    wait_status("mjpeg", "offline", &mut statuses);
     let restarted = CameraServer::start(mjpeg.port, Duration::from_millis(50), false);
-    let files_meanwhile = wait_status("online", &mut statuses);
+    let files_meanwhile = wait_status("mjpeg", "online", &mut statuses);
     assert!(
         files_meanwhile > 0,
         "the file camera stopped while the MJPEG one was down"
     );
+
+    // A stream that stays open but sends nothing for `stall_secs` (2 s): offline, then back.
+    stalling.paused.store(true, Ordering::Relaxed);
+    wait_status("stall", "offline", &mut statuses);
+    stalling.paused.store(false, Ordering::Relaxed);
+    wait_status("stall", "online", &mut statuses);
+    // A pipeline that ends after three frames (the process exits) is restarted, again and again.
+    wait_status("once", "offline", &mut statuses);
+    wait_status("once", "online", &mut statuses);
 
     let text = metrics(&client, http_port);
     // The flood source is faster than the CNN: frames are dropped, never more than two wait.
