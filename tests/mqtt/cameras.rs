@@ -121,27 +121,6 @@ fn serve(mut stream: TcpStream, interval: Duration, snapshot: bool, alive: &Atom
     }
 }
 
-/// Reads the daemon's metrics.
-fn metrics(client: &Client, port: u16) -> String {
-    client.runtime.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
-}
-
-/// A counter of the metrics text, 0 when absent.
-fn value(metrics: &str, sample: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 #[test]
 fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -308,18 +287,18 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
     wait_status("once", "offline", &mut statuses);
     wait_status("once", "online", &mut statuses);
 
-    let text = metrics(&client, http_port);
+    let text = harness::metrics(&client.runtime, http_port);
     // The flood source is faster than the CNN: frames are dropped, never more than two wait.
-    let flood_received = value(&text, "onnxd_camera_frames_received_total{camera=\"flood\"}");
-    let flood_processed = value(&text, "onnxd_camera_frames_processed_total{camera=\"flood\"}");
-    let flood_dropped = value(
+    let flood_received = harness::sample(&text, "onnxd_camera_frames_received_total{camera=\"flood\"}");
+    let flood_processed = harness::sample(&text, "onnxd_camera_frames_processed_total{camera=\"flood\"}");
+    let flood_dropped = harness::sample(
         &text,
         "onnxd_camera_frames_skipped_total{camera=\"flood\",cause=\"queue_full\"}",
     );
     let flood_skipped: u64 = ["fps", "queue_full", "corrupt", "inference_error"]
         .iter()
         .map(|cause| {
-            value(
+            harness::sample(
                 &text,
                 &format!("onnxd_camera_frames_skipped_total{{camera=\"flood\",cause=\"{cause}\"}}"),
             )
@@ -333,14 +312,14 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
     let waiting = flood_received.saturating_sub(flood_processed + flood_skipped);
     assert!(waiting <= 3, "{waiting} frames waiting: received {flood_received}, processed {flood_processed}, skipped {flood_skipped}");
     assert!(
-        value(
+        harness::sample(
             &text,
             "onnxd_camera_frames_skipped_total{camera=\"mjpeg\",cause=\"corrupt\"}"
         ) >= 1,
         "{text}"
     );
     assert!(
-        value(&text, "onnxd_camera_reconnects_total{camera=\"mjpeg\"}") >= 1,
+        harness::sample(&text, "onnxd_camera_reconnects_total{camera=\"mjpeg\"}") >= 1,
         "{text}"
     );
     crate::common::promtool_check(&text);

@@ -400,3 +400,25 @@ pub fn count_answer(message: &Publish, seen: &mut HashMap<usize, usize>) {
         .expect("numeric id");
     *seen.entry(id).or_default() += 1;
 }
+
+/// The daemon's `/metrics` text, read over HTTP on `port`.
+pub fn metrics(runtime: &tokio::runtime::Runtime, port: u16) -> String {
+    runtime.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
+/// The value of one sample (`name` with its labels, as written) in a metrics text; 0 when
+/// the sample is absent.
+pub fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

@@ -405,14 +405,7 @@ fn requests_get_replies_and_every_bad_input_an_error() {
     let body = json(&client.next_on("onnxd/n1/models/digits/result", WAIT));
     assert_eq!(body["id"], "d1", "{body}");
     // Metrics: requests by outcome, the ignored retained request, promtool-clean.
-    let metrics = client.runtime.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = harness::metrics(&client.runtime, http_port);
     for needle in [
         "onnxd_mqtt_connected 1",
         "onnxd_mqtt_retained_ignored_total 1",
@@ -604,22 +597,8 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
     let mut seen = HashMap::new();
     harness::count_answer(&client.next_on("client/ob", Duration::from_secs(60)), &mut seen);
     broker.stop();
-    let metrics = || {
-        client.runtime.block_on(async {
-            reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
-    };
-    let outboxed = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("onnxd_mqtt_outbox_records "))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let metrics = || harness::metrics(&client.runtime, http_port);
+    let outboxed = |text: &str| harness::sample(text, "onnxd_mqtt_outbox_records");
     harness::wait_until("answers in the outbox", Duration::from_secs(30), || {
         outboxed(&metrics()) > 0
     });
@@ -872,20 +851,9 @@ fn the_daemon_serves_http_without_a_broker() {
     });
     assert_eq!(reply["outputs"][0]["data"], json!([1, 2, 3, 4, 5, 6]), "{reply}");
     std::thread::sleep(Duration::from_secs(2));
-    let metrics = runtime.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let metrics = harness::metrics(&runtime, http_port);
     assert!(metrics.contains("onnxd_mqtt_connected 0"), "{metrics}");
-    let errors: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("onnxd_mqtt_connection_errors_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let errors = harness::sample(&metrics, "onnxd_mqtt_connection_errors_total");
     // Backoff: a few attempts in two seconds (0.25 s doubling), not a tight loop.
     assert!((2..=8).contains(&errors), "{errors} connection attempts in 2 s");
     assert!(daemon.log().contains("retry_in_ms"), "{}", daemon.log());
@@ -945,21 +913,8 @@ fn camera_results_wait_in_the_outbox_through_a_30_s_broker_outage_and_arrive_in_
     std::thread::sleep(OUTAGE);
     broker.restart();
     // Everything produced during the outage arrives, oldest first, then live results follow.
-    let produced_by = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("onnxd_camera_frames_processed_total{camera=\"door\"} "))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap()
-    };
-    let metrics = client.runtime.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    let produced = produced_by(&metrics);
+    let metrics = harness::metrics(&client.runtime, http_port);
+    let produced = harness::sample(&metrics, "onnxd_camera_frames_processed_total{camera=\"door\"}");
     assert!(
         produced >= before + 1000,
         "only {} results produced during the outage",
