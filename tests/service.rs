@@ -1,7 +1,9 @@
 //! systemd notifications without systemd: the test binds its own `NOTIFY_SOCKET` datagram
 //! socket, runs `onnxd run` with it (and `WATCHDOG_USEC`), and reads what the daemon says:
 //! `READY=1` only once HTTP accepts connections, `WATCHDOG=1` at half the interval,
-//! `RELOADING=1` + `MONOTONIC_USEC` then `READY=1` on SIGHUP, `STOPPING=1` on SIGTERM, exit 0.
+//! `RELOADING=1` + `MONOTONIC_USEC` then `READY=1` on SIGHUP (also when the new config is
+//! refused), no more pings once the serving core is stalled (SIGUSR2, a debug-build test hook),
+//! `STOPPING=1` on SIGTERM, exit 0.
 
 mod common;
 
@@ -34,8 +36,39 @@ fn next(socket: &UnixDatagram, timeout: Duration) -> String {
     String::from_utf8_lossy(&buffer[..n]).into_owned()
 }
 
-#[test]
-fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
+/// The next notification that is not a watchdog ping.
+fn next_other_than_watchdog(socket: &UnixDatagram) -> String {
+    loop {
+        let message = next(socket, Duration::from_secs(10));
+        if !message.contains("WATCHDOG=1") {
+            return message;
+        }
+    }
+}
+
+/// The status line and headers of `GET /v2/health/ready`.
+fn get_ready(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// A daemon started with its own `NOTIFY_SOCKET` and `WATCHDOG_USEC=400000` on the digits
+/// model, after its `READY=1`.
+struct Started {
+    daemon: Daemon,
+    socket: UnixDatagram,
+    port: u16,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Started {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("models/digits/1");
     std::fs::create_dir_all(&repo).unwrap();
@@ -57,7 +90,7 @@ fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
     .unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let mut child = Daemon(
+    let daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_onnxd"))
             .args(["run", "-c"])
             .arg(&config)
@@ -68,52 +101,93 @@ fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
             .spawn()
             .unwrap(),
     );
-    let child = &mut child.0;
-
     let ready = next(&socket, Duration::from_secs(60));
     assert!(ready.contains("READY=1"), "{ready}");
     assert!(ready.contains("STATUS=1/1 models ready, MQTT off"), "{ready}");
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("HTTP accepts connections once READY=1 is sent");
+    Started {
+        daemon,
+        socket,
+        port,
+        config,
+        _dir: dir,
+    }
+}
 
-    // Watchdog pings at half of 400 ms.
+/// Watchdog pings counted in `window`.
+fn pings(socket: &UnixDatagram, window: Duration) -> usize {
     let started = Instant::now();
     let mut pings = 0;
-    while started.elapsed() < Duration::from_secs(2) {
-        if next(&socket, Duration::from_secs(1)).contains("WATCHDOG=1") {
+    while started.elapsed() < window {
+        if next(socket, Duration::from_secs(1)).contains("WATCHDOG=1") {
             pings += 1;
         }
     }
+    pings
+}
+
+#[test]
+fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
+    let Started {
+        mut daemon,
+        socket,
+        port,
+        config,
+        _dir,
+    } = start();
+    let child = &mut daemon.0;
+
+    // Watchdog pings at half of 400 ms.
+    let pings = pings(&socket, Duration::from_secs(2));
     assert!(
         (7..=13).contains(&pings),
         "{pings} watchdog pings in 2 s (expected ~10)"
     );
 
     kill(child.id(), "HUP");
-    let reloading = loop {
-        let message = next(&socket, Duration::from_secs(10));
-        if !message.contains("WATCHDOG=1") {
-            break message;
-        }
-    };
+    let reloading = next_other_than_watchdog(&socket);
     assert!(
         reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
         "{reloading}"
     );
-    let again = loop {
-        let message = next(&socket, Duration::from_secs(10));
-        if !message.contains("WATCHDOG=1") {
-            break message;
-        }
-    };
+    let again = next_other_than_watchdog(&socket);
     assert!(again.contains("READY=1"), "{again}");
 
+    // A config that does not parse is refused; the daemon reloads the repository, stays READY
+    // and keeps serving.
+    std::fs::write(&config, "node_id = [broken").unwrap();
+    kill(child.id(), "HUP");
+    assert!(next_other_than_watchdog(&socket).contains("RELOADING=1"));
+    assert!(next_other_than_watchdog(&socket).contains("READY=1"));
+    let response = get_ready(port);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
     kill(child.id(), "TERM");
-    let stopping = loop {
-        let message = next(&socket, Duration::from_secs(10));
-        if !message.contains("WATCHDOG=1") {
-            break message;
-        }
-    };
+    let stopping = next_other_than_watchdog(&socket);
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn watchdog_pings_stop_when_the_serving_core_stalls() {
+    let started = start();
+    let socket = &started.socket;
+    assert!(
+        pings(socket, Duration::from_secs(1)) >= 3,
+        "pings before the stall"
+    );
+    // Test hook: SIGUSR2 deadlocks the serving core; the pings stop.
+    kill(started.daemon.0.id(), "USR2");
+    std::thread::sleep(Duration::from_millis(300)); // a ping may already be on its way
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buffer) {
+        let message = String::from_utf8_lossy(&buffer[..n]);
+        assert!(
+            !message.contains("WATCHDOG=1"),
+            "a watchdog ping from a stalled daemon: {message}"
+        );
+    }
 }

@@ -74,47 +74,38 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         };
         (mqtt, Cameras::start(&config.camera, router.clone(), outputs))
     };
-    if let Some(listener) = listener {
-        let state = Arc::new(HttpState {
-            router: router.clone(),
-            repository: Some(events.clone()),
-            ready: ready.clone(),
-            token,
-            mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
-            cameras: cameras.registry.clone(),
-        });
-        let app = http::app(state, config.http.max_body_bytes as usize);
-        let address = listener.local_addr()?;
-        if config.http.tls_cert.as_os_str().is_empty() {
-            tracing::info!(%address, "HTTP listening");
-            runtime.spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "HTTP server stopped");
-                }
+    let (stop_intake, intake) = tokio::sync::watch::channel(false);
+    let http_server = match listener {
+        None => None,
+        Some(listener) => {
+            let state = Arc::new(HttpState {
+                router: router.clone(),
+                repository: Some(events.clone()),
+                ready: ready.clone(),
+                token,
+                mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
+                cameras: cameras.registry.clone(),
             });
-        } else {
+            let app = http::app(state, config.http.max_body_bytes as usize);
             let (cert, key) = (&config.http.tls_cert, &config.http.tls_key);
-            let tls = runtime
-                .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key))
-                .with_context(|| {
-                    format!(
-                        "http.tls_cert {} / http.tls_key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            let server = {
-                let _context = runtime.enter(); // the listener registers with this runtime
-                axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+            let tls = if cert.as_os_str().is_empty() {
+                None
+            } else {
+                let tls = runtime
+                    .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key))
+                    .with_context(|| {
+                        format!(
+                            "http.tls_cert {} / http.tls_key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?;
+                Some(tls)
             };
-            tracing::info!(%address, "HTTPS listening");
-            runtime.spawn(async move {
-                if let Err(e) = server.serve(app.into_make_service()).await {
-                    tracing::error!(error = %e, "HTTPS server stopped");
-                }
-            });
+            let _context = runtime.enter();
+            Some(http::serve(listener, app, tls, intake)?)
         }
-    }
+    };
     ready.store(true, Ordering::Release);
     let serving = reports.iter().filter(|r| !r.serving.is_empty()).count();
     tracing::info!(models = reports.len(), ready = serving, node_id = %config.node_id, "onnxd ready");
@@ -128,6 +119,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 .keep_alive(interval, router.clone(), mqtt_stats.clone()),
         );
     }
+    #[cfg(debug_assertions)]
+    runtime.spawn(crate::service::stall_on_sigusr2(router.clone()));
     let cameras = runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut cameras = cameras;
@@ -153,16 +146,42 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         anyhow::Ok(cameras)
     })?;
-    tracing::info!("stopping");
+    // SIGTERM (SPEC §9): not ready, no new work, in-flight work finishes (≤ drain_secs),
+    // `stopped`, exit 0.
+    let drain = Duration::from_secs(config.drain_secs);
+    tracing::info!(
+        drain_secs = config.drain_secs,
+        "stopping: no new work, draining requests in flight"
+    );
     service.stopping();
     ready.store(false, Ordering::Release);
-    runtime.block_on(cameras.stop());
+    let _ = stop_intake.send(true);
+    runtime.block_on(async {
+        let http = async {
+            let Some(server) = http_server else { return };
+            if tokio::time::timeout(drain, server).await.is_err() {
+                tracing::warn!("HTTP requests still running after drain_secs: abandoned");
+            }
+        };
+        let mqtt_requests = async {
+            let Some(mqtt) = &mqtt else { return };
+            let left = mqtt.drain(drain).await;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "MQTT requests still running after drain_secs: left to the broker"
+                );
+            }
+        };
+        tokio::join!(cameras.stop(), http, mqtt_requests);
+    });
     if let Some(mqtt) = mqtt {
         runtime.block_on(mqtt.stop(Duration::from_secs(5)));
     }
     drop(thread);
-    runtime.shutdown_timeout(Duration::from_secs(config.drain_secs));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     drop(router);
+    tracing::info!("stopped");
     Ok(())
 }
 

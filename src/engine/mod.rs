@@ -5,8 +5,13 @@
 //! and CPU providers), [`tract`] the pure-Rust CPU engine; [`select`] picks one (`auto` with
 //! fallback in both directions) and always says which engine and provider it chose and why.
 //! Nothing here knows about protocols; nothing outside this folder touches an engine library.
+//! Built without the `ort` feature, [`ort`] is a stand-in that says so for every model (tract only).
 
 pub mod model;
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(not(feature = "ort"))]
+#[path = "ort_absent.rs"]
 pub mod ort;
 pub mod pool;
 pub mod select;

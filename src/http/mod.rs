@@ -139,6 +139,41 @@ pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
         .with_state(state)
 }
 
+/// Serves `app` on `listener` — HTTPS when `tls` is given — until `stop` turns true; then the
+/// listener closes (new connections are refused) and requests in flight are answered. The
+/// returned task ends when the last connection has closed. Must be called inside the runtime.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let address = listener.local_addr()?;
+    let Some(tls) = tls else {
+        tracing::info!(%address, "HTTP listening");
+        let stopping = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        return Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopping).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }));
+    };
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle.clone());
+    tracing::info!(%address, "HTTPS listening");
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+        handle.graceful_shutdown(None);
+    });
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "HTTPS server stopped");
+        }
+    }))
+}
+
 async fn require_token(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let given = request

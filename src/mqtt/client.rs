@@ -259,16 +259,20 @@ impl EventLoopTask {
             let _ = self.client.try_ack(&publish);
             return;
         }
+        let Some(taken) = self.handler.take() else {
+            // Stopping: left unacknowledged, the broker hands it to the next session.
+            tracing::debug!(topic = ?publish.topic, "MQTT request left for redelivery: stopping");
+            return;
+        };
         if publish.dup {
             self.handler.stats.duplicate();
         }
         let request = Request::from_publish(&publish);
         publish.payload = bytes::Bytes::new();
         let ack = (publish.qos != QoS::AtMostOnce).then_some(RequestAck { publish, epoch });
-        let handler = self.handler.clone();
         let publisher = self.publisher.clone();
         tokio::spawn(async move {
-            let entry = handler.reply(request).await;
+            let entry = taken.handler().reply(request).await;
             let _ = publisher.send(Command::Deliver(Box::new(Delivery { entry, ack })));
         });
     }

@@ -54,6 +54,7 @@ pub struct Mqtt {
     pub stats: Arc<MqttStats>,
     publisher: Sender<Command>,
     publisher_thread: JoinHandle<()>,
+    handler: Arc<Handler>,
     event_loop: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -97,19 +98,19 @@ impl Mqtt {
             stats.clone(),
         );
         let (stop, stopped) = watch::channel(false);
+        let handler = Arc::new(Handler::new(
+            router,
+            topics.clone(),
+            config.node_id.clone(),
+            usize::try_from(mqtt.max_payload_bytes).unwrap_or(usize::MAX),
+            stats.clone(),
+        ));
         let task = EventLoopTask {
             eventloop,
             client,
             topics: topics.clone(),
             publisher: publisher.clone(),
-            handler: Arc::new(Handler {
-                router,
-                topics,
-                node_id: config.node_id.clone(),
-                max_payload_bytes: usize::try_from(mqtt.max_payload_bytes).unwrap_or(usize::MAX),
-                stats: stats.clone(),
-                running: tokio::sync::Semaphore::new(requests::RUNNING),
-            }),
+            handler: handler.clone(),
             stop: stopped,
         };
         tracing::info!(url = %mqtt.url, %client_id, "MQTT starting");
@@ -117,6 +118,7 @@ impl Mqtt {
             stats,
             publisher,
             publisher_thread,
+            handler,
             event_loop: tokio::spawn(task.run()),
             stop,
         }))
@@ -127,6 +129,13 @@ impl Mqtt {
         Sink {
             commands: self.publisher.clone(),
         }
+    }
+
+    /// Stops taking requests (later ones are left to the broker for the next session) and
+    /// waits at most `wait` for those in flight to be handed to the publisher; returns how
+    /// many did not finish.
+    pub async fn drain(&self, wait: Duration) -> usize {
+        self.handler.drain(wait).await
     }
 
     /// Clean exit: `stopped` published (retained), undelivered responses kept in the outbox,

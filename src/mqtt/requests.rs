@@ -86,6 +86,69 @@ pub struct Handler {
     /// maximum unacknowledged), so MQTT requests wait here instead of overflowing a model's
     /// queue and failing as `overloaded`.
     pub running: tokio::sync::Semaphore,
+    /// Requests taken and not yet handed to the publisher; a drain waits for zero.
+    pub in_flight: tokio::sync::watch::Sender<usize>,
+    /// Cleared when the daemon stops taking requests.
+    pub accepting: std::sync::atomic::AtomicBool,
+}
+
+impl Handler {
+    /// A handler taking requests, with none in flight.
+    pub fn new(
+        router: Arc<Router>,
+        topics: Topics,
+        node_id: String,
+        max_payload_bytes: usize,
+        stats: Arc<MqttStats>,
+    ) -> Handler {
+        Handler {
+            router,
+            topics,
+            node_id,
+            max_payload_bytes,
+            stats,
+            running: tokio::sync::Semaphore::new(RUNNING),
+            in_flight: tokio::sync::watch::Sender::new(0),
+            accepting: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Takes a request unless the daemon is stopping; the request counts as in flight until
+    /// the returned guard drops.
+    pub fn take(self: &Arc<Self>) -> Option<Taken> {
+        if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.in_flight.send_modify(|n| *n += 1);
+        Some(Taken(self.clone()))
+    }
+
+    /// Stops taking requests (those arriving later stay unacknowledged, so the broker
+    /// delivers them again to the next session) and waits at most `wait` for those in flight;
+    /// returns how many did not finish.
+    pub async fn drain(&self, wait: std::time::Duration) -> usize {
+        self.accepting.store(false, std::sync::atomic::Ordering::Release);
+        let mut count = self.in_flight.subscribe();
+        let _ = tokio::time::timeout(wait, count.wait_for(|n| *n == 0)).await;
+        let left = *count.borrow();
+        left
+    }
+}
+
+/// A request in flight (see [`Handler::take`]).
+pub struct Taken(Arc<Handler>);
+
+impl Taken {
+    /// The handler that took the request.
+    pub fn handler(&self) -> &Handler {
+        &self.0
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
 }
 
 /// Default for [`Handler::running`]: half a model instance's queue.

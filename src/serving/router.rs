@@ -57,6 +57,15 @@ impl Router {
             .remove(name)
     }
 
+    /// Test hook (debug builds only): holds the router's lock until the process ends.
+    #[cfg(debug_assertions)]
+    pub fn stall_forever(&self) {
+        let _held = self.models.write().unwrap_or_else(|e| e.into_inner());
+        loop {
+            std::thread::park();
+        }
+    }
+
     /// Every model, by name.
     pub fn models(&self) -> Vec<Arc<ModelHandle>> {
         self.models

@@ -230,8 +230,13 @@ impl Daemon {
 
     /// SIGTERM; returns whether it exited with status 0.
     pub fn terminate(&mut self) -> bool {
+        self.signal("TERM");
+        self.wait_success()
+    }
+
+    /// Waits for the daemon (signalled elsewhere) to exit; returns whether with status 0.
+    pub fn wait_success(&mut self) -> bool {
         let mut child = self.child.take().expect("daemon running");
-        signal(child.id(), "TERM");
         child.wait().unwrap().success()
     }
 

@@ -1,11 +1,12 @@
 //! MQTT end to end: a real mosquitto started by the test on a free port, the real `onnxd`
 //! daemon, real models — request/response (MQTT 5 correlation, MQTT 3.1.1 `id` + `reply_to`,
 //! binary framing), every bad input named by the MQTT issue, node and model status, broker
-//! restarts, daemon crashes, the outbox, shared subscriptions and TLS.
+//! restarts, daemon crashes, the outbox, shared subscriptions, TLS and the SIGTERM drain.
 
 mod cameras;
 #[path = "../common/mod.rs"]
 mod common;
+mod drain;
 mod harness;
 
 use std::collections::HashMap;
