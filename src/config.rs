@@ -466,6 +466,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = Config::load(&root.join("config/onnxd.toml")).unwrap();
+        assert_eq!(example.repository.path, root.join("config/../models"));
+        // The service's /etc/onnxd/onnxd.toml: absolute paths the unit's sandbox allows.
+        let service = Config::load(&root.join("systemd/onnxd.toml")).unwrap();
+        assert_eq!(service.state_dir, Path::new("/var/lib/onnxd"));
+        assert_eq!(service.repository.path, Path::new("/var/lib/onnxd/models"));
+        assert!(service.mqtt.url.is_empty());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "[engine]\nprovidres = [\"cpu\"]\n");

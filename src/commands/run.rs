@@ -86,7 +86,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
                 cameras: cameras.registry.clone(),
             });
-            let app = http::app(state, config.http.max_body_bytes as usize);
+            let app = http::app(
+                state,
+                usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+            );
             let (cert, key) = (&config.http.tls_cert, &config.http.tls_key);
             let tls = if cert.as_os_str().is_empty() {
                 None

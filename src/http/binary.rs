@@ -188,12 +188,15 @@ fn decode_framed(json: &[u8], mut binary: &[u8]) -> Result<DecodedRequest, Strin
         let binary_size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size"));
         let tensor = match (binary_size, &input.data) {
             (Some(size), _) => {
-                let size = size.as_u64().ok_or_else(|| {
-                    format!(
-                        "input '{}': binary_data_size must be a non-negative integer",
-                        input.name
-                    )
-                })? as usize;
+                let size = size
+                    .as_u64()
+                    .and_then(|size| usize::try_from(size).ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "input '{}': binary_data_size must be a non-negative integer",
+                            input.name
+                        )
+                    })?;
                 if size > binary.len() {
                     return Err(format!(
                         "input '{}': binary_data_size is {size} but only {} bytes of binary data remain",
