@@ -7,15 +7,20 @@ window. The baseline is what onnxd replaces: python3 loading the same model in a
 onnxruntime InferenceSession and sleeping, measured the same way (start to session ready,
 RSS, idle CPU).
 
-    bench_footprint.py IDLE_SECONDS NAME=BINARY[:ENGINE] ...
+    bench_footprint.py IDLE_SECONDS ROUNDS NAME=BINARY:ENGINE ...
+
+Figures are medians over ROUNDS interleaved rounds.
 """
 import json
 import os
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -48,22 +53,41 @@ def idle(pid, seconds):
     return {"rss_mib": rss_kib(pid) / 1024, "idle_cpu_percent": 100 * (cpu_seconds(pid) - before) / seconds}
 
 
+def repository(work, engine):
+    """The example model with its sidecar's `engine` set to the one measured."""
+    models = os.path.join(work, "models")
+    shutil.copytree(os.path.join(ROOT, "models/digits"), os.path.join(models, "digits"))
+    sidecar = os.path.join(models, "digits/model.toml")
+    with open(sidecar) as f:
+        text = f.read().replace('engine = "auto"', f'engine = "{engine}"')
+    with open(sidecar, "w") as f:
+        f.write(text)
+    return models
+
+
+def platform(port):
+    """The engine serving the example model, from its KServe metadata."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/digits") as response:
+        return json.load(response)["platform"]
+
+
 def daemon(binary, engine, seconds):
     with tempfile.TemporaryDirectory() as work:
+        port = free_port()
         notify = os.path.join(work, "notify.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(notify)
         sock.settimeout(120)
         env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="30000000", RUST_LOG="warn",
-                   ONNXD_HTTP__LISTEN=f"127.0.0.1:{free_port()}", ONNXD_STATE_DIR=work,
-                   ONNXD_ENGINE__DEFAULT=engine)
+                   ONNXD_HTTP__LISTEN=f"127.0.0.1:{port}", ONNXD_STATE_DIR=work,
+                   ONNXD_REPOSITORY__PATH=repository(work, engine))
         started = time.monotonic()
         proc = subprocess.Popen([binary, "run", "-c", os.path.join(ROOT, "config/onnxd.toml")], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             while b"READY=1" not in sock.recv(4096):
                 pass
-            result = {"ready_ms": 1000 * (time.monotonic() - started)}
+            result = {"ready_ms": 1000 * (time.monotonic() - started), "platform": platform(port)}
             result.update(idle(proc.pid, seconds))
             return result
         finally:
@@ -88,7 +112,7 @@ def python_baseline(seconds):
                             stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline().strip() == b"ready"
-        result = {"ready_ms": 1000 * (time.monotonic() - started)}
+        result = {"ready_ms": 1000 * (time.monotonic() - started), "platform": "onnxruntime (Python)"}
         result.update(idle(proc.pid, seconds))
         return result
     finally:
@@ -97,21 +121,27 @@ def python_baseline(seconds):
 
 
 def main():
-    seconds = float(sys.argv[1])
-    rows = [("python3 + onnxruntime (baseline)", None, python_baseline(seconds))]
-    for spec in sys.argv[2:]:
+    seconds, rounds = float(sys.argv[1]), int(sys.argv[2])
+    builds = [("python3 + onnxruntime (baseline)", None, None)]
+    for spec in sys.argv[3:]:
         name, target = spec.split("=", 1)
         binary, _, engine = target.partition(":")
-        rows.append((name, binary, daemon(binary, engine or "auto", seconds)))
-    base = rows[0][2]
-    print(f"| build | engine | binary MiB | start→READY ms | idle RSS MiB | RSS / baseline | idle CPU % ({seconds:.0f} s) |")
+        builds.append((name, binary, engine))
+    runs = {name: [] for name, _, _ in builds}
+    for _ in range(rounds):  # interleaved, so drifting load hits every build alike
+        for name, binary, engine in builds:
+            runs[name].append(python_baseline(seconds) if binary is None else daemon(binary, engine, seconds))
+    median = lambda name, key: statistics.median(r[key] for r in runs[name])
+    base = builds[0][0]
+    print(f"| build | serving engine | binary MiB | start→READY ms | idle RSS MiB | RSS / baseline | "
+          f"idle CPU % over {seconds:.0f} s |")
     print("|---|---|---|---|---|---|---|")
-    for name, binary, r in rows:
+    for name, binary, _ in builds:
         size = f"{os.path.getsize(binary) / 2**20:.1f}" if binary else "—"
-        engine = name.split(",")[-1].strip() if binary else "onnxruntime"
-        print(f"| {name} | {engine} | {size} | {r['ready_ms']:.0f} | {r['rss_mib']:.1f} | "
-              f"{r['rss_mib'] / base['rss_mib']:.2f} | {r['idle_cpu_percent']:.3f} |")
-    print(json.dumps({name: r for name, _, r in rows}), file=sys.stderr)
+        print(f"| {name} | {runs[name][0]['platform']} | {size} | {median(name, 'ready_ms'):.0f} | "
+              f"{median(name, 'rss_mib'):.1f} | {median(name, 'rss_mib') / median(base, 'rss_mib'):.2f} | "
+              f"{median(name, 'idle_cpu_percent'):.3f} |")
+    print(json.dumps(runs), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -249,15 +249,16 @@ impl Repository {
         self.retired.extend(gone.cloned());
     }
 
-    /// Frees retired versions whose last request has finished.
-    pub fn reap(&mut self) {
+    /// Frees retired versions whose last request has finished; returns whether some are
+    /// still draining.
+    pub fn reap(&mut self) -> bool {
         self.retired.retain(|v| Arc::strong_count(v) > 1);
+        !self.retired.is_empty()
     }
 
     fn drain_retired(&mut self, timeout: Duration) {
         let until = Instant::now() + timeout;
-        while !self.retired.is_empty() && Instant::now() < until {
-            self.reap();
+        while self.reap() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.retired.clear();

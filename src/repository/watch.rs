@@ -77,8 +77,16 @@ pub fn run(mut repo: Repository, events: Receiver<RepoEvent>, timing: Timing) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
     let mut next_poll = timing.poll.map(|p| Instant::now() + p);
     let tick = (timing.settle / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let mut draining = false;
     loop {
-        match events.recv_timeout(tick) {
+        // Ticking only while something settles or drains: an idle daemon sleeps until an
+        // event or the next poll.
+        let wait = if draining || !pending.is_empty() {
+            tick
+        } else {
+            next_poll.map_or(IDLE_WAIT, |at| at.saturating_duration_since(Instant::now()))
+        };
+        match events.recv_timeout(wait) {
             Ok(RepoEvent::Changed(name)) => {
                 pending.insert(name, Instant::now());
             }
@@ -114,9 +122,12 @@ pub fn run(mut repo: Repository, events: Receiver<RepoEvent>, timing: Timing) {
                 next_poll = Some(now + poll);
             }
         }
-        repo.reap();
+        draining = repo.reap();
     }
 }
+
+/// How long the idle repository thread waits for an event when nothing is scheduled.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 /// A running repository thread and its watch.
 pub struct RepositoryThread {
