@@ -151,7 +151,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })?;
     // SIGTERM (SPEC §9): not ready, no new work, in-flight work finishes (≤ drain_secs),
     // `stopped`, exit 0.
-    let drain = Duration::from_secs(config.drain_secs);
+    let drain_for = Duration::from_secs(config.drain_secs);
     tracing::info!(
         drain_secs = config.drain_secs,
         "stopping: no new work, draining requests in flight"
@@ -159,25 +159,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     service.stopping();
     ready.store(false, Ordering::Release);
     let _ = stop_intake.send(true);
-    runtime.block_on(async {
-        let http = async {
-            let Some(server) = http_server else { return };
-            if tokio::time::timeout(drain, server).await.is_err() {
-                tracing::warn!("HTTP requests still running after drain_secs: abandoned");
-            }
-        };
-        let mqtt_requests = async {
-            let Some(mqtt) = &mqtt else { return };
-            let left = mqtt.drain(drain).await;
-            if left > 0 {
-                tracing::warn!(
-                    left,
-                    "MQTT requests still running after drain_secs: left to the broker"
-                );
-            }
-        };
-        tokio::join!(cameras.stop(), http, mqtt_requests);
-    });
+    runtime.block_on(drain(drain_for, http_server, mqtt.as_ref(), cameras));
     if let Some(mqtt) = mqtt {
         runtime.block_on(mqtt.stop(Duration::from_secs(5)));
     }
@@ -186,6 +168,33 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     drop(router);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits at most `wait` for the requests in flight, once intake has stopped: the HTTP server's
+/// open connections and the MQTT requests taken; stops the cameras meanwhile.
+async fn drain(
+    wait: Duration,
+    http_server: Option<tokio::task::JoinHandle<()>>,
+    mqtt: Option<&Mqtt>,
+    cameras: Cameras,
+) {
+    let http = async {
+        let Some(server) = http_server else { return };
+        if tokio::time::timeout(wait, server).await.is_err() {
+            tracing::warn!("HTTP requests still running after drain_secs: abandoned");
+        }
+    };
+    let mqtt_requests = async {
+        let Some(mqtt) = mqtt else { return };
+        let left = mqtt.drain(wait).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "MQTT requests still running after drain_secs: left to the broker"
+            );
+        }
+    };
+    tokio::join!(cameras.stop(), http, mqtt_requests);
 }
 
 /// The bearer token of `http.token_file`, if one is configured.
