@@ -11,6 +11,7 @@ if [ -z "${CARGO_TARGET_DIR:-}" ]; then
 fi
 export CARGO_TARGET_DIR ONNXDTEST_CACHE
 export ORT_DYLIB_PATH="$ONNXDTEST_CACHE/ort/libonnxruntime.so.1.31.1"
+export ONNXDTEST_ORT_1_17="$ONNXDTEST_CACHE/ort-1.17/libonnxruntime.so.1.17.3"
 export ONNXDTEST_PYTHON="$ONNXDTEST_CACHE/venv/bin/python"
 export ONNXDTEST_FIXTURES="$ONNXDTEST_CACHE/fixtures"
 export ONNXDTEST_NODE_TESTS

@@ -234,6 +234,39 @@ fn missing_ort_library_is_named_and_auto_falls_back_to_tract() {
     assert_eq!(response.parameters.unwrap()["engine"], "tract");
 }
 
+/// The default build speaks ONNX Runtime's C API 31: an older library (1.17.3, as JetPack
+/// ships) is refused with both versions named, and `auto` serves the model with tract.
+#[cfg(feature = "ort-api-31")]
+#[test]
+fn an_older_ort_library_is_refused_with_its_version_and_auto_falls_back_to_tract() {
+    let model = common::fixture("dynamic_batch.onnx");
+    let request = common::fixture("dynamic_batch.request.json");
+    let old = common::ort_library_1_17();
+    let run = |engine: &str| {
+        onnxd(&[
+            "infer",
+            model.to_str().unwrap(),
+            "-i",
+            request.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--ort-library",
+            old.to_str().unwrap(),
+        ])
+    };
+    let refused = run("ort");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("expected version >= '1.31.x', but got '1.17.3'"),
+        "{}",
+        stderr(&refused)
+    );
+    let served = run("auto");
+    assert!(served.status.success(), "{}", stderr(&served));
+    let response: InferResponseBody = serde_json::from_slice(&served.stdout).unwrap();
+    assert_eq!(response.parameters.unwrap()["engine"], "tract");
+}
+
 #[test]
 fn bad_inputs_get_errors_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,11 @@ pub fn ort_library() -> PathBuf {
     required("ORT_DYLIB_PATH")
 }
 
+/// ONNX Runtime 1.17.3 (from the npm `onnxruntime-node` package), for the C API 17 build.
+pub fn ort_library_1_17() -> PathBuf {
+    required("ONNXDTEST_ORT_1_17")
+}
+
 /// The ONNX backend node tests of the onnx wheel.
 pub fn node_tests() -> PathBuf {
     required("ONNXDTEST_NODE_TESTS")
