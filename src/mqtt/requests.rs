@@ -5,6 +5,7 @@
 //! to `P/models/<m>/result`; it echoes the request `id`. Every failure is a reply
 //! `{"id", "error"}` naming the problem — never silence — and is counted by reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tokio::sync::{watch, Semaphore};
 
 use super::outbox::Entry;
 use super::stats::MqttStats;
@@ -85,11 +87,11 @@ pub struct Handler {
     /// Requests running at once. The broker holds the rest (it sends at most the receive
     /// maximum unacknowledged), so MQTT requests wait here instead of overflowing a model's
     /// queue and failing as `overloaded`.
-    pub running: tokio::sync::Semaphore,
+    pub running: Semaphore,
     /// Requests taken and not yet handed to the publisher; a drain waits for zero.
-    pub in_flight: tokio::sync::watch::Sender<usize>,
+    in_flight: watch::Sender<usize>,
     /// Cleared when the daemon stops taking requests.
-    pub accepting: std::sync::atomic::AtomicBool,
+    accepting: AtomicBool,
 }
 
 impl Handler {
@@ -107,16 +109,16 @@ impl Handler {
             node_id,
             max_payload_bytes,
             stats,
-            running: tokio::sync::Semaphore::new(RUNNING),
-            in_flight: tokio::sync::watch::Sender::new(0),
-            accepting: std::sync::atomic::AtomicBool::new(true),
+            running: Semaphore::new(RUNNING),
+            in_flight: watch::Sender::new(0),
+            accepting: AtomicBool::new(true),
         }
     }
 
     /// Takes a request unless the daemon is stopping; the request counts as in flight until
     /// the returned guard drops.
     pub fn take(self: &Arc<Self>) -> Option<Taken> {
-        if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.accepting.load(Ordering::Acquire) {
             return None;
         }
         self.in_flight.send_modify(|n| *n += 1);
@@ -126,8 +128,8 @@ impl Handler {
     /// Stops taking requests (those arriving later stay unacknowledged, so the broker
     /// delivers them again to the next session) and waits at most `wait` for those in flight;
     /// returns how many did not finish.
-    pub async fn drain(&self, wait: std::time::Duration) -> usize {
-        self.accepting.store(false, std::sync::atomic::Ordering::Release);
+    pub async fn drain(&self, wait: Duration) -> usize {
+        self.accepting.store(false, Ordering::Release);
         let mut count = self.in_flight.subscribe();
         let _ = tokio::time::timeout(wait, count.wait_for(|n| *n == 0)).await;
         let left = *count.borrow();
