@@ -4,13 +4,15 @@
 //! `settle` — an in-place writer keeps producing events while it writes, so a half-written
 //! file is not loaded while writes keep coming. The whole model directory is rescanned on
 //! any event below it (a file created right after its new directory can otherwise be missed).
+//! Reads (open, close without writing) are not events: the daemon's own scans cause them.
 
 use std::collections::HashMap;
 use std::path::{Component, Path};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Repository;
 
@@ -35,6 +37,7 @@ pub fn watch(root: &Path, events: Sender<RepoEvent>) -> notify::Result<Recommend
     let prefix = base.clone();
     let mut watcher =
         notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
+            Ok(event) if !is_change(&event.kind) => {}
             Ok(event) => {
                 for path in &event.paths {
                     match model_of(&prefix, path) {
@@ -52,6 +55,16 @@ pub fn watch(root: &Path, events: Sender<RepoEvent>) -> notify::Result<Recommend
         })?;
     watcher.watch(&base, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// Whether an event can mean new content. Reads are not changes: the daemon's own scans open
+/// and read the files, and treating that as a change would rescan forever.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true, // a writer finished
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// The model directory name of a path below the repository root.
@@ -173,5 +186,45 @@ impl Drop for RepositoryThread {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events `watch` forwards within `window`.
+    fn forwarded(receiver: &Receiver<RepoEvent>, window: Duration) -> Vec<RepoEvent> {
+        let until = Instant::now() + window;
+        let mut events = Vec::new();
+        while let Ok(event) = receiver.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            events.push(event);
+        }
+        events
+    }
+
+    #[test]
+    fn reading_the_repository_is_not_a_change_and_writing_is() {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("digits");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("model.onnx"), b"v1").unwrap();
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let _watcher = watch(root.path(), sender).unwrap();
+        // What a scan does: list the directory, read the file.
+        for _ in 0..3 {
+            let _ = std::fs::read_dir(&model).unwrap().count();
+            let _ = std::fs::read(model.join("model.onnx")).unwrap();
+        }
+        let reads = forwarded(&receiver, Duration::from_millis(300));
+        assert!(reads.is_empty(), "reads forwarded as changes: {reads:?}");
+        std::fs::write(model.join("model.onnx"), b"v2").unwrap();
+        let writes = forwarded(&receiver, Duration::from_millis(300));
+        assert!(
+            writes
+                .iter()
+                .any(|e| matches!(e, RepoEvent::Changed(name) if name == "digits")),
+            "{writes:?}"
+        );
     }
 }
