@@ -590,11 +590,7 @@ fn bench_drives_a_running_daemon_over_http() {
         dir.path().join("models/digits/1/model.onnx"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("onnxd.toml");
     std::fs::write(&config, format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
     let mut child = spawn_daemon(&config);
@@ -677,11 +673,7 @@ fn https_serves_with_the_configured_certificate() {
         .status()
         .expect("openssl");
     assert!(status.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
     let config = dir.path().join("onnxd.toml");
     std::fs::write(

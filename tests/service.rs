@@ -77,11 +77,7 @@ fn start() -> Started {
         repo.join("model.onnx"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("onnxd.toml");
     std::fs::write(
         &config,

@@ -44,6 +44,15 @@ pub fn ort_library() -> PathBuf {
     required("ORT_DYLIB_PATH")
 }
 
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// ONNX Runtime 1.17.3 (from the npm `onnxruntime-node` package), for the C API 17 build.
 pub fn ort_library_1_17() -> PathBuf {
     required("ONNXDTEST_ORT_1_17")
