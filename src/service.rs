@@ -8,7 +8,7 @@
 //! Without `NOTIFY_SOCKET` (not started by systemd) every call does nothing.
 //!
 //! Test hook, debug builds only: SIGUSR2 deadlocks the router on purpose
-//! ([`stall_on_sigusr2`]) so a test can see the pings stop.
+//! ([`stall_on`]) so a test can see the pings stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,13 +90,11 @@ pub fn status_line(router: &Router, mqtt: Option<&MqttStats>) -> String {
     format!("{ready}/{} models ready, MQTT {mqtt}", models.len())
 }
 
-/// Test hook (debug builds only): on SIGUSR2 a thread takes the router's lock for good, as a
-/// deadlocked serving core would; requests and watchdog pings stop.
+/// Test hook (debug builds only): on SIGUSR2 (`usr2`, registered before READY) a thread takes
+/// the router's lock for good, as a deadlocked serving core would; requests and watchdog pings
+/// stop.
 #[cfg(debug_assertions)]
-pub async fn stall_on_sigusr2(router: Arc<Router>) {
-    let Ok(mut usr2) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) else {
-        return;
-    };
+pub async fn stall_on(mut usr2: tokio::signal::unix::Signal, router: Arc<Router>) {
     if usr2.recv().await.is_some() {
         tracing::warn!("SIGUSR2 (test hook): stalling the serving core");
         std::thread::spawn(move || router.stall_forever());

@@ -109,6 +109,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Some(http::serve(listener, app, tls, intake)?)
         }
     };
+    // Signal handlers before READY: a SIGHUP right after READY must reload, not kill.
+    let (mut term, mut interrupt, mut hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _context = runtime.enter();
+        #[cfg(debug_assertions)]
+        runtime.spawn(crate::service::stall_on(
+            signal(SignalKind::user_defined2())?,
+            router.clone(),
+        ));
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
     ready.store(true, Ordering::Release);
     let serving = reports.iter().filter(|r| !r.serving.is_empty()).count();
     tracing::info!(models = reports.len(), ready = serving, node_id = %config.node_id, "onnxd ready");
@@ -122,16 +137,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 .keep_alive(interval, router.clone(), mqtt_stats.clone()),
         );
     }
-    #[cfg(debug_assertions)]
-    runtime.spawn(crate::service::stall_on_sigusr2(router.clone()));
     let cameras = runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
         let mut cameras = cameras;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = interrupt.recv() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     service.reloading();
