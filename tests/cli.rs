@@ -445,14 +445,7 @@ fn config_errors_name_the_file_and_key() {
 fn daemon_loads_the_repository_rescans_on_sighup_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("models");
-    std::fs::create_dir_all(repo.join("digits")).unwrap();
-    for file in ["model.onnx", "model.toml", "labels.txt"] {
-        std::fs::copy(
-            common::models().join("digits").join(file),
-            repo.join("digits").join(file),
-        )
-        .unwrap();
-    }
+    common::copy_example_model(&repo.join("digits"));
     let config = dir.path().join("onnxd.toml");
     // No inotify watch: only SIGHUP makes the daemon look again.
     std::fs::write(

@@ -44,6 +44,15 @@ pub fn ort_library() -> PathBuf {
     required("ORT_DYLIB_PATH")
 }
 
+/// Copies the example digits model as shipped (model, sidecar, labels) into the model
+/// directory `dir`.
+pub fn copy_example_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for file in ["model.onnx", "model.toml", "labels.txt"] {
+        std::fs::copy(models().join("digits").join(file), dir.join(file)).unwrap();
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -133,14 +133,7 @@ pub struct Daemon {
 /// Copies the example digits model (bare as `digits`, with its sidecar and labels as
 /// `digitsimg`) and the identity fixtures (FP32, INT64, BOOL, FP16, BYTES) into a repository.
 pub fn repository(repo: &Path) {
-    std::fs::create_dir_all(repo.join("digitsimg")).unwrap();
-    for file in ["model.onnx", "model.toml", "labels.txt"] {
-        std::fs::copy(
-            common::models().join("digits").join(file),
-            repo.join("digitsimg").join(file),
-        )
-        .unwrap();
-    }
+    common::copy_example_model(&repo.join("digitsimg"));
     std::fs::create_dir_all(repo.join("digits/1")).unwrap();
     std::fs::copy(
         common::models().join("digits/model.onnx"),

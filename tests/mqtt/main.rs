@@ -75,16 +75,9 @@ fn requests_get_replies_and_every_bad_input_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     let models = dir.path().join("models");
+    // Includes the example model as shipped as `digitsimg` (its sidecar: 8x8 gray `[input]`,
+    // `classify` `[output]`).
     harness::repository(&models);
-    // The example model as shipped (its sidecar: 8x8 gray `[input]`, `classify` `[output]`).
-    std::fs::create_dir_all(models.join("digitsimg")).unwrap();
-    for file in ["model.onnx", "model.toml", "labels.txt"] {
-        std::fs::copy(
-            common::models().join("digits").join(file),
-            models.join("digitsimg").join(file),
-        )
-        .unwrap();
-    }
     // An image model (the CNN fixture with `[input]`) and one whose `[input]` cannot fit its
     // input (digits takes one gray 8x8 channel, not RGB).
     for (name, file, sidecar) in [
