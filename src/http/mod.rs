@@ -154,6 +154,12 @@ pub fn serve(
         let stopping = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
+        // Nagle off on every connection: small replies must not wait for delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         return Ok(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopping).await {
                 tracing::error!(error = %e, "HTTP server stopped");
@@ -161,7 +167,11 @@ pub fn serve(
         }));
     };
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle.clone());
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(listener.into_std()?)?
+        .acceptor(acceptor)
+        .handle(handle.clone());
     tracing::info!(%address, "HTTPS listening");
     tokio::spawn(async move {
         let _ = stop.wait_for(|stop| *stop).await;

@@ -17,7 +17,7 @@ use crossbeam_channel::Sender;
 use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request as ClientRequest};
-use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use rumqttc::{NetworkOptions, Outgoing, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
@@ -72,6 +72,11 @@ pub fn options(config: &MqttConfig, client_id: &str, topics: &Topics) -> Result<
     let (host, port) = host_port(rest.trim_end_matches('/'), if tls { 8883 } else { 1883 })
         .ok_or_else(|| config_error("url", format!("'{}' has no valid host[:port]", config.url)))?;
     let mut options = MqttOptions::new(client_id, host, port);
+    // Nagle off: with it on, a small response waited ~40 ms for the broker's delayed ACK of
+    // the previous segment (rumqttc leaves TCP_NODELAY off by default).
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_connection_timeout(5)
