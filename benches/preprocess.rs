@@ -8,8 +8,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use image::{ImageFormat, RgbImage};
+use onnxd::pipeline::preprocess::ImageInput;
 use onnxd::pipeline::preprocess::Preprocessor;
-use onnxd::repository::sidecar::ImageInput;
 
 fn frame() -> Vec<u8> {
     if let Some(path) = std::env::var_os("ONNXDTEST_PREPROCESS_JPEG") {

@@ -27,6 +27,7 @@ fn settings(choice: EngineChoice) -> LoadSettings {
         },
         require_signatures: false,
         trusted_keys: Vec::new(),
+        force_engine: None,
     }
 }
 
@@ -55,7 +56,7 @@ fn latency(model: &Path, seconds: f64) {
     );
     repo.sync_all();
     let info = router.handle("m").unwrap().pick(None).unwrap().model.info.clone();
-    let inputs = info.synthetic_inputs().unwrap();
+    let inputs = info.unit_inputs().unwrap();
     let _thread = RepositoryThread::start(
         repo,
         dir.path(),
@@ -162,7 +163,7 @@ fn memory(model: &Path, cycles: u64, choice: EngineChoice) {
             .unwrap()
             .model
             .info
-            .synthetic_inputs()
+            .unit_inputs()
             .unwrap();
         runtime
             .block_on(router.infer(InferRequest {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::{select, EngineChoice, EngineOptions, ModelFile};
+use crate::engine::{select, EngineChoice, EngineOptions};
+use crate::model::ModelFile;
 use crate::tensor::proto::decode_tensor_proto;
 use crate::tensor::{Tensor, TensorError};
 

@@ -23,12 +23,18 @@
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
 //!   dispatches).
 
+pub mod backoff;
 pub mod camera;
+pub mod choice;
+pub mod clock;
+pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod conformance;
+pub mod daemon;
 pub mod engine;
 pub mod http;
+pub mod model;
 pub mod mqtt;
 pub mod pipeline;
 pub mod repository;

@@ -1,5 +1,6 @@
 //! The `onnxd` binary: parses the command line and dispatches to [`onnxd::commands`].
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 use onnxd::commands::{bench, check, infer, inspect, run};
 use onnxd::config::Config;
 use onnxd::engine::{EngineChoice, EngineOptions, Provider};
+use onnxd::repository::loader::LoadSettings;
 
 /// Serve ONNX models on edge machines (ONNX Runtime + tract).
 #[derive(Parser)]
@@ -20,9 +22,10 @@ struct Cli {
 /// Engine selection shared by the one-shot commands.
 #[derive(clap::Args)]
 struct EngineArgs {
-    /// Engine: auto (ONNX Runtime, else tract), ort or tract.
-    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
-    engine: EngineChoice,
+    /// Engine: auto (ONNX Runtime, else tract), ort or tract [default: auto, or the model
+    /// directory's sidecar].
+    #[arg(long, value_enum)]
+    engine: Option<EngineChoice>,
     /// Path of libonnxruntime.so (default: search, see `onnxd inspect`).
     #[arg(long)]
     ort_library: Option<PathBuf>,
@@ -37,12 +40,22 @@ struct EngineArgs {
 impl EngineArgs {
     fn options(&self, instances: usize) -> EngineOptions {
         EngineOptions {
-            choice: self.engine,
+            choice: self.engine.unwrap_or_default(),
             ort_library: self.ort_library.clone(),
             intra_threads: self.threads,
             providers: self.providers.clone(),
             instances,
             ..EngineOptions::default()
+        }
+    }
+
+    /// Loading settings: `--engine`, when given, wins over a model directory's sidecar.
+    fn settings(&self, instances: usize) -> LoadSettings {
+        LoadSettings {
+            engine: self.options(instances),
+            require_signatures: false,
+            trusted_keys: Vec::new(),
+            force_engine: self.engine,
         }
     }
 }
@@ -71,11 +84,13 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Run one inference and print the KServe V2 response.
+    /// Run one inference and print the KServe V2 response (with `result` for models with
+    /// `[output]`).
     Infer {
-        /// ONNX file.
+        /// ONNX file, or a model directory (its model.toml, labels and versions apply).
         model: PathBuf,
-        /// A V2 request JSON file, NAME=FILE.npy, or FILE.npy (single-input models).
+        /// A V2 request JSON file, an image (model directories with [input]), NAME=FILE.npy,
+        /// or FILE.npy (single-input models).
         #[arg(short, long = "input", required = true)]
         inputs: Vec<String>,
         #[command(flatten)]
@@ -122,10 +137,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`onnxd inspect … | head`): nothing more to say, not an error.
+        Err(e) if e.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A file's name without its extension (`model.onnx` → `model`).
+fn stem(path: &std::path::Path) -> String {
+    path.file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Standard output was closed by its reader.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed")]
+struct ClosedPipe;
+
+/// Writes a command's output; a closed pipe ends the command quietly instead of panicking.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ClosedPipe.into()),
+        other => Ok(other?),
     }
 }
 
@@ -134,13 +173,17 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&Config::locate(config.as_deref())?)?;
             onnxd::telemetry::init(&config.log);
+            config.warnings.iter().for_each(|w| tracing::warn!("{w}"));
             run::run(config)
         }
         Command::Check { config } => {
             let config = Config::load(&Config::locate(config.as_deref())?)?;
             onnxd::telemetry::init("error");
+            for warning in &config.warnings {
+                let _ = writeln!(std::io::stderr(), "warning: {warning}");
+            }
             let reports = check::check(&config);
-            print!("{}", check::table(&config, &reports));
+            print(&check::table(&config, &reports))?;
             anyhow::ensure!(check::all_good(&reports), "some models failed their checks");
             Ok(())
         }
@@ -148,9 +191,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             onnxd::telemetry::init("warn");
             let report = inspect::inspect(&model, &engine.options(1))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
             } else {
-                print!("{report}");
+                print(&report.to_string())?;
             }
             Ok(())
         }
@@ -160,8 +203,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             engine,
         } => {
             onnxd::telemetry::init("warn");
-            let response = infer::infer(&model, &inputs, &engine.options(1))?;
-            println!("{}", serde_json::to_string_pretty(&response)?);
+            let response = infer::infer(&model, &inputs, &engine.settings(1))?;
+            print(&format!("{}\n", serde_json::to_string_pretty(&response)?))?;
             Ok(())
         }
         Command::Bench {
@@ -183,28 +226,20 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(duration),
                 count,
                 warmup,
-                progress: !json,
+                progress: true,
             };
             let target = match http {
                 Some(address) => bench::Target::Http {
                     address,
-                    model: model_name.unwrap_or_else(|| {
-                        model
-                            .file_stem()
-                            .unwrap_or_default()
-                            .to_string_lossy()
-                            .into_owned()
-                    }),
+                    model: model_name.unwrap_or_else(|| stem(&model)),
                 },
                 None => bench::Target::InProcess,
             };
-            let report = bench::bench(&model, &inputs, &engine.options(instances), &plan, &target)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
+            let report = bench::bench(&model, &inputs, &engine.settings(instances), &plan, &target)?;
+            match json {
+                true => print(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+                false => print(&report.to_string()),
             }
-            Ok(())
         }
     }
 }

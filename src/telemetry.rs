@@ -1,5 +1,8 @@
+//! Telemetry: logging, and the metrics registry every subsystem renders into ([`Metrics`]).
+//!
 //! Logging: `tracing` to stderr (journald under systemd), filtered by the config's `log`
-//! value or `RUST_LOG`. ONNX Runtime's own chatter is held to warnings unless asked for.
+//! value or `RUST_LOG`. ONNX Runtime's and notify's own chatter is held to warnings unless
+//! asked for.
 //! A closed or full stderr never takes the daemon down: failed log writes are dropped.
 
 use std::io::{IsTerminal, Write};
@@ -12,11 +15,16 @@ pub fn init(default_filter: &str) {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| {
-            if default_filter.contains("ort") {
-                default_filter.to_string()
-            } else {
-                format!("{default_filter},ort=warn")
+            // Libraries' own chatter held to warnings unless the filter names them: ONNX
+            // Runtime's, and notify's INFO "unable to remove watch descriptor" when a watched
+            // directory is deleted.
+            let mut filter = default_filter.to_string();
+            for quiet in ["ort", "notify"] {
+                if !default_filter.contains(quiet) {
+                    filter.push_str(&format!(",{quiet}=warn"));
+                }
             }
+            filter
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
@@ -40,4 +48,107 @@ impl Write for LossyStderr {
         let _ = std::io::stderr().flush();
         Ok(())
     }
+}
+
+/// One part of the daemon's metrics: each subsystem renders its own counters (read at scrape
+/// time from its state) into the registry of a scrape.
+pub trait MetricsSource: Send + Sync {
+    /// Registers and fills this source's metrics.
+    fn render(&self, registry: &prometheus::Registry);
+}
+
+/// The daemon's metrics: the sources subsystems added, rendered together (with the
+/// process's resident memory and CPU time) in the Prometheus text format. HTTP only serves
+/// [`Metrics::render`].
+#[derive(Default)]
+pub struct Metrics {
+    sources: std::sync::RwLock<Vec<std::sync::Arc<dyn MetricsSource>>>,
+}
+
+impl Metrics {
+    /// Adds a source (a subsystem at start).
+    pub fn add(&self, source: std::sync::Arc<dyn MetricsSource>) {
+        self.sources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4, what `promtool check metrics` lints).
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let registry = prometheus::Registry::new();
+        for source in self.sources.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            source.render(&registry);
+        }
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique collector");
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .expect("text encoding");
+        String::from_utf8(out).expect("UTF-8 exposition")
+    }
+}
+
+/// Registers an integer counter family.
+pub fn counter(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::IntCounterVec {
+    let metric =
+        prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// Registers a float counter family (seconds).
+pub fn seconds(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::CounterVec {
+    let metric =
+        prometheus::CounterVec::new(prometheus::Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// Registers an integer gauge family.
+pub fn gauge(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::IntGaugeVec {
+    let metric =
+        prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// Registers a float gauge family.
+pub fn float_gauge(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::GaugeVec {
+    let metric = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }

@@ -370,6 +370,35 @@ fn npy_inputs_run_and_match_json_inputs() {
 }
 
 #[test]
+fn a_closed_output_pipe_ends_every_command_quietly() {
+    let model = common::models().join("digits/model.onnx");
+    let request = common::models().join("digits/sample-request.json");
+    let (model, request) = (model.to_str().unwrap(), request.to_str().unwrap());
+    for args in [
+        vec!["inspect", model],
+        vec!["inspect", model, "--json"],
+        vec!["infer", model, "-i", request],
+        vec!["bench", model, "--count", "20", "--json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
+            .args(&args)
+            .env("ORT_DYLIB_PATH", common::ort_library())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before onnxd writes (`| head -0`)
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn inspect_reports_signature_metadata_and_engines() {
     let model = common::models().join("digits/model.onnx");
     let out = onnxd(&["inspect", model.to_str().unwrap(), "--json"]);
@@ -411,7 +440,7 @@ fn example_model_classifies_its_sample() {
         let probs = response.outputs[0].to_tensor().unwrap().to_f64_vec().unwrap();
         let best = (0..10).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap();
         assert_eq!(
-            response.id.as_deref(),
+            response.id.as_ref().and_then(|id| id.as_str()),
             Some(format!("digit-{best}").as_str()),
             "{engine}: {probs:?}"
         );
@@ -438,7 +467,65 @@ fn config_errors_name_the_file_and_key() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("http.listen"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("environment variable ONNXD_HTTP__LISTEN") && err.contains("http.listen"),
+        "{err}"
+    );
+    assert!(!err.contains("bad.toml"), "the file is not to blame: {err}");
+}
+
+#[test]
+fn environment_overrides_are_named_and_stray_variables_only_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("onnxd.toml");
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::write(
+        &config,
+        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n",
+    )
+    .unwrap();
+    let check = |vars: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_onnxd"));
+        command.args(["check", "-c", config.to_str().unwrap()]);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    // An enum key lists its allowed values, and the variable is named, not the file.
+    let out = check(&[("ONNXD_ENGINE__DEFAULT", "onnxruntime")]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("environment variable ONNXD_ENGINE__DEFAULT")
+            && err.contains("expected one of \"auto\", \"ort\", \"tract\", got \"onnxruntime\""),
+        "{err}"
+    );
+    // The same in the file names the file and the allowed values.
+    std::fs::write(dir.path().join("bad.toml"), "[repository]\nreload = \"swap\"\n").unwrap();
+    let out = onnxd(&["check", "-c", dir.path().join("bad.toml").to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml") && err.contains("expected one of \"beside\", \"replace\""),
+        "{err}"
+    );
+    // A variable that merely starts with ONNXD_ is a warning, not a failure.
+    let out = check(&[
+        ("ONNXD_BIN", "/usr/bin/onnxd"),
+        ("ONNXD_ENGINE__DEFAULT", "tract"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("ONNXD_BIN names no config key"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The HTTP API over a real socket: a repository served by the real repository thread, the
-//! axum app on 127.0.0.1:0, and requests from an HTTP client — JSON, binary and raw inference,
+//! The HTTP API over a real socket: the daemon started in-process (real repository thread,
+//! the axum app on 127.0.0.1:0), and requests from an HTTP client — JSON, binary and raw inference,
 //! metadata, config, statistics, the repository extension, compression, the token, and every
 //! bad input named by the HTTP issue.
 
@@ -8,17 +8,9 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 
-use onnxd::config::ReloadMode;
-use onnxd::engine::EngineOptions;
-use onnxd::http::{self, HttpState};
-use onnxd::repository::loader::LoadSettings;
-use onnxd::repository::watch::{RepositoryThread, Timing};
-use onnxd::repository::Repository;
-use onnxd::serving::Router;
+use onnxd::config::Config;
+use onnxd::daemon::Daemon;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "s3cret";
@@ -28,7 +20,7 @@ struct Server {
     address: SocketAddr,
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
-    _repository: RepositoryThread,
+    daemon: Option<Daemon>,
     _dir: tempfile::TempDir,
 }
 
@@ -37,57 +29,61 @@ fn copy_model(root: &Path, name: &str, file: &Path) {
     std::fs::copy(file, root.join(name).join("1/model.onnx")).unwrap();
 }
 
+/// The daemon in-process on a config of its own: the models below on 127.0.0.1:0, MQTT off.
 fn start(token: Option<&str>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    copy_model(dir.path(), "digits", &common::models().join("digits/model.onnx"));
+    start_with(token, the_models)
+}
+
+fn the_models(models: &Path) {
+    copy_model(models, "digits", &common::models().join("digits/model.onnx"));
     for dtype in ["FP32", "BYTES", "BOOL", "INT64", "FP16"] {
         copy_model(
-            dir.path(),
+            models,
             &dtype.to_lowercase(),
             &common::fixture(&format!("dtype_{dtype}.onnx")),
         );
     }
-    let router = Arc::new(Router::default());
-    let settings = LoadSettings {
-        engine: EngineOptions {
-            ort_library: Some(common::ort_library()),
-            intra_threads: 1,
-            ..EngineOptions::default()
-        },
-        require_signatures: false,
-        trusted_keys: Vec::new(),
-    };
-    let mut repo = Repository::new(dir.path(), settings, ReloadMode::Beside, router.clone());
-    repo.sync_all();
-    let timing = Timing {
-        settle: Duration::from_millis(50),
-        poll: None,
-    };
-    let repository = RepositoryThread::start(repo, dir.path(), true, timing).unwrap();
-    let state = Arc::new(HttpState {
-        router,
-        repository: Some(repository.events()),
-        ready: Arc::new(AtomicBool::new(true)),
-        token: token.map(str::to_string),
-        mqtt: None,
-        cameras: Default::default(),
-    });
+    copy_model(models, "broken", &common::fixture("truncated.onnx"));
+}
+
+/// [`start`] with the repository `prepare` writes.
+fn start_with(token: Option<&str>, prepare: impl FnOnce(&Path)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    prepare(&models);
+    let mut config = format!(
+        "node_id = \"t\"\nstate_dir = \"state\"\ndrain_secs = 5\n[repository]\npath = \"models\"\nsettle_ms = 50\n\
+         [engine]\nort_library = {:?}\nintra_threads = 1\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {MAX_BODY}\n[mqtt]\nurl = \"\"\n",
+        common::ort_library()
+    );
+    if let Some(token) = token {
+        std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+        config = config.replace("[http]\n", "[http]\ntoken_file = \"token\"\n");
+    }
+    std::fs::write(dir.path().join("onnxd.toml"), config).unwrap();
+    let config = Config::load(&dir.path().join("onnxd.toml")).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, http::app(state, MAX_BODY)).await.unwrap() });
+    let daemon = runtime.block_on(Daemon::start(config)).unwrap();
     Server {
-        address,
+        address: daemon.http_address().unwrap(),
         client: reqwest::Client::new(),
         runtime,
-        _repository: repository,
+        daemon: Some(daemon),
         _dir: dir,
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            self.runtime.block_on(daemon.shutdown());
+        }
     }
 }
 
@@ -204,6 +200,24 @@ fn health_metadata_config_and_stats() {
     assert_eq!(s.get("/v2/models/digits/ready").status, 200);
     assert_eq!(s.get("/v2/models/digits/versions/1/ready").status, 200);
     assert_eq!(s.get("/v2/models/digits/versions/2/ready").status, 400);
+    // An UNAVAILABLE model: readiness, metadata and config agree (400, Triton's "not
+    // ready"), and each says why; inference is 503.
+    for path in [
+        "/v2/models/broken/ready",
+        "/v2/models/broken",
+        "/v2/models/broken/config",
+    ] {
+        let reply = s.get(path);
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(
+            reply.error().contains("truncated or corrupt"),
+            "{path}: {}",
+            reply.error()
+        );
+    }
+    let request =
+        json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+    assert_eq!(s.post_json("/v2/models/broken/infer", &request).status, 503);
     let config = s.get("/v2/models/digits/config").json();
     assert_eq!(config["max_batch_size"], 64);
     assert_eq!(
@@ -611,4 +625,98 @@ fn metrics_follow_prometheus_conventions() {
             "{name} has no help"
         );
     }
+}
+
+/// A raw body (`Inference-Header-Content-Length: 0`) is decoded against a version's signature:
+/// it must run on that same version. Versions alternate between `x [N, 4]` and `x [N, 6]` while
+/// raw requests of 240,000 floats flow (large, so decoding takes long enough for swaps to land
+/// in it); each version decodes them to another shape. A request
+/// decoded for one version and run on another would fail on its shape — or answer with a row
+/// count that does not match the version that answered.
+#[test]
+fn raw_requests_run_on_the_version_they_were_decoded_for_while_signatures_swap() {
+    let cols = |version: u64| if version % 2 == 1 { 4 } else { 6 };
+    let offset = |version: u64| version as f32 * 1000.0;
+    let s = start_with(None, |models| {
+        std::fs::create_dir_all(models.join("sum/1")).unwrap();
+        std::fs::write(models.join("sum/1/model.onnx"), common::sum_model(4, offset(1))).unwrap();
+    });
+    const FLOATS: usize = 240_000;
+    let body = f32_bytes(&vec![1.0; FLOATS]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (address, body, stop) = (s.address, body.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let (mut ok, mut failures) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = client
+                        .post(format!("http://{address}/v2/models/sum/infer"))
+                        .header("Inference-Header-Content-Length", "0")
+                        .body(body.clone())
+                        .send()
+                        .unwrap();
+                    let status = reply.status().as_u16();
+                    let length: Option<usize> = reply
+                        .headers()
+                        .get("inference-header-content-length")
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    let bytes = reply.bytes().unwrap();
+                    match (status, length) {
+                        (200, Some(length)) => {
+                            let header: Value = serde_json::from_slice(&bytes[..length]).unwrap();
+                            let version: u64 = header["model_version"].as_str().unwrap().parse().unwrap();
+                            let values: Vec<f32> = bytes[length..]
+                                .chunks_exact(4)
+                                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                                .collect();
+                            let want =
+                                vec![cols(version) as f32 + offset(version); FLOATS / cols(version) as usize];
+                            if values == want {
+                                ok += 1;
+                            } else {
+                                failures.push(format!("version {version} answered {} values", values.len()));
+                            }
+                        }
+                        _ => failures.push(String::from_utf8_lossy(&bytes).into_owned()),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+    for version in 2..=60u64 {
+        let dir = s._dir.path().join(format!("models/sum/{version}.tmp"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("model.onnx"),
+            common::sum_model(cols(version), offset(version)),
+        )
+        .unwrap();
+        std::fs::rename(&dir, s._dir.path().join(format!("models/sum/{version}"))).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.get("/v2/models/sum").json()["versions"] != json!([version.to_string()]) {
+            assert!(
+                std::time::Instant::now() < until,
+                "version {version} never served"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (n, f) = client.join().unwrap();
+        ok += n;
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(3)]
+    );
+    assert!(ok > 100, "only {ok} requests ran during the swaps");
 }

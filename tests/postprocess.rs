@@ -6,9 +6,10 @@
 
 mod common;
 
+use onnxd::pipeline::postprocess::OutputProcessing;
 use onnxd::pipeline::postprocess::{Detection, Kind, Postprocessor};
+use onnxd::pipeline::preprocess::ImageInput;
 use onnxd::pipeline::preprocess::{Preprocessor, Transform};
-use onnxd::repository::sidecar::{ImageInput, OutputProcessing};
 use onnxd::tensor::npy::read_npy;
 use onnxd::tensor::Tensor;
 use serde_json::{json, Value};

@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
+use onnxd::pipeline::preprocess::ImageInput;
 use onnxd::pipeline::preprocess::Preprocessor;
-use onnxd::repository::sidecar::ImageInput;
 use onnxd::tensor::npy::read_npy;
 use onnxd::tensor::DType;
 

@@ -35,6 +35,7 @@ fn settings(require_signatures: bool, trusted_keys: Vec<String>) -> LoadSettings
         },
         require_signatures,
         trusted_keys,
+        force_engine: None,
     }
 }
 
@@ -45,10 +46,22 @@ impl Harness {
         settings: LoadSettings,
         prepare: impl FnOnce(&Path),
     ) -> Harness {
+        Harness::start_with(settle_ms, mode, settings, prepare, |_| {})
+    }
+
+    /// [`Harness::start`] with the repository adjusted before its first sync.
+    fn start_with(
+        settle_ms: u64,
+        mode: ReloadMode,
+        settings: LoadSettings,
+        prepare: impl FnOnce(&Path),
+        adjust: impl FnOnce(&mut Repository),
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
         let router = Arc::new(Router::default());
         let mut repo = Repository::new(dir.path(), settings, mode, router.clone());
+        adjust(&mut repo);
         repo.sync_all();
         let timing = Timing {
             settle: Duration::from_millis(settle_ms),
@@ -488,6 +501,19 @@ fn deleting_a_model_unloads_it_after_in_flight_requests() {
 #[test]
 fn replace_mode_frees_the_old_version_first_and_requests_wait() {
     let h = Harness::start(20, ReloadMode::Replace, settings(false, vec![]), with_version_1);
+    let (stop, client) = load_in_background(&h);
+    for version in 2..=20u64 {
+        put_version(&h.model_dir(), version, &common::value_model(version as f32, 0));
+        h.wait_for_version(version);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Requests in a loop on another thread until the returned flag is set; the thread returns
+/// every failure.
+fn load_in_background(h: &Harness) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
         let (router, stop) = (h.router.clone(), stop.clone());
@@ -505,13 +531,65 @@ fn replace_mode_frees_the_old_version_first_and_requests_wait() {
             failures
         })
     };
-    for version in 2..=20u64 {
-        put_version(&h.model_dir(), version, &common::value_model(version as f32, 0));
-        h.wait_for_version(version);
-    }
+    (stop, client)
+}
+
+/// A reload that drains the old version first (replace mode, or beside with too little
+/// memory): a corrupt file is refused before anything drains, a model only the engine
+/// refuses is refused after the drain and version 1 is loaded again from its files; under
+/// continuous requests none fails, and version 1 answers afterwards.
+fn old_version_survives_a_draining_reload(h: &Harness) {
+    let (stop, client) = load_in_background(h);
+    let failed = h.reloads("failed");
+    put_version(&h.model_dir(), 2, b"this is not an ONNX model");
+    h.wait_for("corrupt version 2 refused", Duration::from_secs(10), |h| {
+        h.reloads("failed") > failed
+    });
+    let state = h.state();
+    assert_eq!((state.state, state.version), (State::Ready, Some(1)), "{state:?}");
+    assert!(
+        state.error.as_deref().unwrap_or("").contains("version 2: model"),
+        "{state:?}"
+    );
+    put_version(&h.model_dir(), 3, &common::unsupported_model());
+    h.wait_for("version 3 refused by the engine", Duration::from_secs(20), |h| {
+        h.reloads("failed") > failed + 1
+    });
+    h.wait_for_version(1);
+    let state = h.state();
+    assert_eq!((state.state, state.version), (State::Ready, Some(1)), "{state:?}");
+    let error = state.error.unwrap_or_default();
+    assert!(
+        error.contains("version 3: model") && error.contains("version 1 restored"),
+        "{error}"
+    );
+    assert_eq!(h.infer().unwrap(), (1, 1.0));
     stop.store(true, Ordering::Relaxed);
     let failures = client.join().unwrap();
-    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+}
+
+#[test]
+fn replace_mode_keeps_the_old_version_when_the_new_one_fails() {
+    let h = Harness::start(20, ReloadMode::Replace, settings(false, vec![]), with_version_1);
+    old_version_survives_a_draining_reload(&h);
+}
+
+#[test]
+fn beside_mode_short_of_memory_keeps_the_old_version_when_the_new_one_fails() {
+    let h = Harness::start_with(
+        20,
+        ReloadMode::Beside,
+        settings(false, vec![]),
+        with_version_1,
+        |repo| repo.set_memory_probe(|| Some(1)),
+    );
+    old_version_survives_a_draining_reload(&h);
 }
 
 #[test]

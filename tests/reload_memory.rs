@@ -32,6 +32,7 @@ fn memory_does_not_grow_across_one_hundred_reloads() {
         },
         require_signatures: false,
         trusted_keys: Vec::new(),
+        force_engine: None,
     };
     let mut repo = Repository::new(dir.path(), settings, ReloadMode::Beside, router.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()

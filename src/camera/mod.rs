@@ -38,12 +38,10 @@ mod subprocess;
 pub mod v4l2;
 
 use std::future::Future;
-use std::io::Cursor;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use image::{ImageFormat, ImageReader};
 
 pub use redact::redact;
 
@@ -249,68 +247,18 @@ async fn decode(what: &str, bytes: Bytes, captured: Instant) -> Result<Frame, So
     }
 }
 
-/// [`decode`] on the calling thread. A JPEG cut before its end-of-image marker is refused
-/// (zune-jpeg would fill the rest with grey); a JPEG without Huffman tables (Motion-JPEG as
-/// UVC cameras and some IP cameras send it) is decoded with the standard tables.
+/// [`decode`] on the calling thread, with the one image decoder of onnxd
+/// ([`crate::pipeline::decode`]: truncated JPEGs refused, Motion-JPEG without Huffman tables
+/// decoded with the standard ones).
 fn decode_now(bytes: Bytes, captured: Instant) -> Result<Frame, String> {
-    let format = image::guess_format(&bytes).map_err(|_| {
-        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        format!("not an image ({} bytes starting {})", bytes.len(), head.join(" "))
-    })?;
-    let is_jpeg = format == ImageFormat::Jpeg;
-    if is_jpeg && !crate::pipeline::preprocess::jpeg_complete(&bytes) {
-        return Err("JPEG ends before its end-of-image marker (truncated)".into());
-    }
-    let patched;
-    let data = if is_jpeg && !has_huffman_tables(&bytes) {
-        patched = with_avi1_marker(&bytes);
-        &patched[..]
-    } else {
-        &bytes[..]
-    };
-    let image = ImageReader::with_format(Cursor::new(data), format)
-        .decode()
-        .map_err(|e| format!("{format:?} decoding failed: {e}"))?
-        .into_rgb8();
+    let image = crate::pipeline::decode::decode(&bytes).map_err(|e| e.to_string())?;
     Ok(Frame {
-        width: image.width(),
-        height: image.height(),
-        rgb: image.into_raw(),
-        jpeg: is_jpeg.then_some(bytes),
+        width: image.width,
+        height: image.height,
+        rgb: image.rgb,
+        jpeg: image.jpeg.then_some(bytes),
         captured,
     })
-}
-
-/// Whether a JPEG defines a Huffman table (DHT) before its first scan. Malformed headers
-/// answer `true`, leaving the complaint to the decoder.
-fn has_huffman_tables(jpeg: &[u8]) -> bool {
-    const DHT: u8 = 0xC4;
-    const SOS: u8 = 0xDA;
-    let mut at = 2; // after SOI
-    while at + 4 <= jpeg.len() {
-        if jpeg[at] != 0xFF {
-            return true;
-        }
-        match jpeg[at + 1] {
-            0xFF => at += 1, // fill byte
-            DHT => return true,
-            SOS => return false,
-            0x01 | 0xD0..=0xD7 => at += 2, // markers without a length
-            _ => at += 2 + usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]])),
-        }
-    }
-    true
-}
-
-/// The JPEG with an `AVI1` APP0 segment after SOI: the Motion-JPEG convention (AVI/UVC) for
-/// "Huffman tables omitted, use the standard ones", which zune-jpeg honours.
-fn with_avi1_marker(jpeg: &[u8]) -> Vec<u8> {
-    const AVI1_APP0: [u8; 9] = [0xFF, 0xE0, 0x00, 0x07, b'A', b'V', b'I', b'1', 0x00];
-    let mut patched = Vec::with_capacity(jpeg.len() + AVI1_APP0.len());
-    patched.extend_from_slice(&jpeg[..2]);
-    patched.extend_from_slice(&AVI1_APP0);
-    patched.extend_from_slice(&jpeg[2..]);
-    patched
 }
 
 /// An error and its causes, `: `-separated (reqwest and io errors keep the useful part in
@@ -357,6 +305,8 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageFormat;
+    use std::io::Cursor;
 
     fn jpeg(width: u32, height: u32) -> Vec<u8> {
         let image = image::RgbImage::from_fn(width, height, |x, y| {
@@ -365,24 +315,6 @@ mod tests {
         let mut out = Cursor::new(Vec::new());
         image.write_to(&mut out, ImageFormat::Jpeg).unwrap();
         out.into_inner()
-    }
-
-    /// The JPEG without its DHT segments.
-    fn without_huffman_tables(jpeg: &[u8]) -> Vec<u8> {
-        let mut out = jpeg[..2].to_vec();
-        let mut at = 2;
-        loop {
-            let marker = jpeg[at + 1];
-            if marker == 0xDA {
-                out.extend_from_slice(&jpeg[at..]);
-                return out;
-            }
-            let end = at + 2 + usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
-            if marker != 0xC4 {
-                out.extend_from_slice(&jpeg[at..end]);
-            }
-            at = end;
-        }
     }
 
     #[test]
@@ -404,18 +336,6 @@ mod tests {
             .unwrap();
         let frame = decode_now(png.into_inner().into(), Instant::now()).unwrap();
         assert_eq!((frame.width, frame.height, frame.jpeg), (3, 2, None));
-    }
-
-    #[test]
-    fn motion_jpeg_without_huffman_tables_decodes_like_the_original() {
-        let original = jpeg(48, 32);
-        let stripped = without_huffman_tables(&original);
-        assert!(has_huffman_tables(&original));
-        assert!(!has_huffman_tables(&stripped));
-        assert!(image::load_from_memory(&stripped).is_err(), "needs no patch");
-        let want = decode_now(original.into(), Instant::now()).unwrap();
-        let got = decode_now(stripped.into(), Instant::now()).unwrap();
-        assert_eq!(got.rgb, want.rgb);
     }
 
     #[test]

@@ -15,16 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use tokio::sync::{watch, Notify};
+use prometheus::Registry;
+use serde_json::{json, Map};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::{open, redact, Frame, FrameSource, SourceOptions};
+use crate::backoff::Backoff;
+use crate::codec::{self, Encoding};
 use crate::config::CameraConfig;
-use crate::mqtt::topics::Topics;
-use crate::mqtt::Sink;
-use crate::serving::image::{Image, ImageRequest};
-use crate::serving::Router;
-use crate::tensor::kserve::OutputTensor;
+use crate::serving::{Image, ImageRequest, Router};
+use crate::telemetry::{self, MetricsSource};
 
 /// Frames waiting for the model, at most; a new frame past it drops the oldest.
 const QUEUE: usize = 2;
@@ -113,23 +114,69 @@ impl FrameQueue {
     }
 }
 
-/// Where a camera's results and status go: MQTT when it is on (results only counted otherwise).
-#[derive(Clone)]
-pub struct Outputs {
-    /// The MQTT publisher.
-    pub sink: Option<Sink>,
-    /// Topic layout.
-    pub topics: Topics,
+/// Where a camera's results, snapshots and status go (MQTT when it is on, wired by the
+/// daemon; later also Home Assistant and the status page). Cameras know no transport.
+pub trait Outputs: Send + Sync {
+    /// A frame's result (the response JSON).
+    fn result(&self, camera: &str, body: Vec<u8>);
+    /// A JPEG of a frame with detections (`snapshot = true`).
+    fn snapshot(&self, camera: &str, jpeg: Vec<u8>);
+    /// The camera's state: `online`/`offline` and its JSON detail.
+    fn status(&self, camera: &str, online: bool, detail: Vec<u8>);
+    /// The camera was removed: its retained state is cleared.
+    fn removed(&self, camera: &str);
 }
 
-/// Counters of the running cameras by name, shared with `/metrics`.
-pub type CameraRegistry = Arc<RwLock<BTreeMap<String, Arc<CameraStats>>>>;
+/// Outputs that drop everything (no MQTT): results are only counted.
+pub struct NoOutputs;
+
+impl Outputs for NoOutputs {
+    fn result(&self, _: &str, _: Vec<u8>) {}
+    fn snapshot(&self, _: &str, _: Vec<u8>) {}
+    fn status(&self, _: &str, _: bool, _: Vec<u8>) {}
+    fn removed(&self, _: &str) {}
+}
+
+/// Counters of the running cameras by name, rendered into `/metrics`.
+#[derive(Clone, Default)]
+pub struct CameraRegistry(Arc<RwLock<BTreeMap<String, Arc<CameraStats>>>>);
+
+impl CameraRegistry {
+    fn insert(&self, name: &str, stats: Arc<CameraStats>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), stats);
+    }
+
+    fn remove(&self, name: &str) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// The running cameras' counters, by name.
+    pub fn snapshot(&self) -> BTreeMap<String, CameraSnapshot> {
+        let cameras = self.0.read().unwrap_or_else(|e| e.into_inner());
+        cameras
+            .iter()
+            .map(|(name, stats)| (name.clone(), stats.snapshot()))
+            .collect()
+    }
+}
+
+impl MetricsSource for CameraRegistry {
+    fn render(&self, registry: &Registry) {
+        let cameras = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if !cameras.is_empty() {
+            render(registry, &cameras);
+        }
+    }
+}
 
 /// One running camera: its settings and tasks.
 struct Running {
     config: CameraConfig,
     tasks: [tokio::task::JoinHandle<()>; 2],
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
 }
 
 /// The running cameras.
@@ -138,17 +185,25 @@ pub struct Cameras {
     pub registry: CameraRegistry,
     running: BTreeMap<String, Running>,
     router: Arc<Router>,
-    outputs: Outputs,
+    outputs: Arc<dyn Outputs>,
+    shutdown: CancellationToken,
 }
 
 impl Cameras {
-    /// Starts every configured camera (inside the tokio runtime).
-    pub fn start(configs: &[CameraConfig], router: Arc<Router>, outputs: Outputs) -> Cameras {
+    /// Starts every configured camera (inside the tokio runtime); each stops when `shutdown`
+    /// is cancelled, or alone when a reload removes it.
+    pub fn start(
+        configs: &[CameraConfig],
+        router: Arc<Router>,
+        outputs: Arc<dyn Outputs>,
+        shutdown: &CancellationToken,
+    ) -> Cameras {
         let mut cameras = Cameras {
             registry: CameraRegistry::default(),
             running: BTreeMap::new(),
             router,
             outputs,
+            shutdown: shutdown.clone(),
         };
         for config in configs {
             cameras.start_one(config);
@@ -170,11 +225,7 @@ impl Cameras {
             self.stop_one(&name).await;
             if !configs.iter().any(|c| c.name == name) {
                 tracing::info!(camera = %name, "camera removed");
-                if let Some(sink) = &self.outputs.sink {
-                    let topic = self.outputs.topics.camera_status(&name);
-                    sink.retain(format!("{topic}/detail"), Vec::new());
-                    sink.retain(topic, Vec::new());
-                }
+                self.outputs.removed(&name);
             }
         }
         for config in configs {
@@ -186,7 +237,7 @@ impl Cameras {
     }
 
     fn start_one(&mut self, config: &CameraConfig) {
-        let (stop, stopped) = watch::channel(false);
+        let stop = self.shutdown.child_token();
         let camera = Arc::new(Camera {
             config: config.clone(),
             stats: Arc::new(CameraStats::default()),
@@ -194,13 +245,10 @@ impl Cameras {
             queue: FrameQueue::default(),
             outputs: self.outputs.clone(),
         });
-        self.registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(config.name.clone(), camera.stats.clone());
+        self.registry.insert(&config.name, camera.stats.clone());
         let tasks = [
-            tokio::spawn(camera.clone().capture(stopped.clone())),
-            tokio::spawn(camera.infer(self.router.clone(), stopped)),
+            tokio::spawn(camera.clone().capture(stop.clone())),
+            tokio::spawn(camera.infer(self.router.clone(), stop.clone())),
         ];
         self.running.insert(
             config.name.clone(),
@@ -216,14 +264,11 @@ impl Cameras {
         let Some(running) = self.running.remove(name) else {
             return;
         };
-        let _ = running.stop.send(true);
+        running.stop.cancel();
         for task in running.tasks {
             let _ = task.await;
         }
-        self.registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.registry.remove(name);
     }
 
     /// Stops every camera (sources closed, subprocesses killed).
@@ -241,16 +286,16 @@ struct Camera {
     /// Whether `offline` was announced since the last frame (announce each outage once).
     announced_offline: AtomicBool,
     queue: FrameQueue,
-    outputs: Outputs,
+    outputs: Arc<dyn Outputs>,
 }
 
 impl Camera {
     /// Reads frames until stopped, reopening a dead source with backoff.
-    async fn capture(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn capture(self: Arc<Self>, stop: CancellationToken) {
         let mut options = SourceOptions::new(self.config.fps, &self.config.hwaccel);
         options.timeout = Duration::from_secs(self.config.stall_secs.max(1));
         let interval = (self.config.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / self.config.fps));
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut sequence = 0u64;
         let mut last_accepted: Option<Instant> = None;
         let mut source: Option<Box<dyn FrameSource>> = None;
@@ -262,7 +307,7 @@ impl Camera {
                     Err(e) => {
                         // A source string that cannot work: say so once, then keep retrying slowly.
                         self.offline(&e.to_string());
-                        if sleep_or_stop(MAX_BACKOFF, &mut stop).await {
+                        if sleep_or_stop(MAX_BACKOFF, &stop).await {
                             return;
                         }
                         continue;
@@ -271,11 +316,11 @@ impl Camera {
             };
             let frame = tokio::select! {
                 frame = current.next_frame() => frame,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             };
             match frame {
                 Ok(frame) => {
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
                     if !self.stats.online.swap(true, Ordering::Relaxed) {
                         self.announced_offline.store(false, Ordering::Relaxed);
@@ -299,23 +344,22 @@ impl Camera {
                     self.offline(&e.to_string());
                     source = None;
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    let delay = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-                    if sleep_or_stop(delay, &mut stop).await {
+                    let delay = backoff.next_delay();
+                    if sleep_or_stop(delay, &stop).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
     }
 
     /// Runs queued frames through the model until stopped.
-    async fn infer(self: Arc<Self>, router: Arc<Router>, mut stop: watch::Receiver<bool>) {
+    async fn infer(self: Arc<Self>, router: Arc<Router>, stop: CancellationToken) {
         let mut last_error: Option<String> = None;
         loop {
             let (sequence, frame) = tokio::select! {
                 next = self.queue.pop() => next,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             };
             let started = Instant::now();
             let jpeg = frame.jpeg.clone();
@@ -331,50 +375,26 @@ impl Camera {
                 deadline: None,
             };
             match router.infer_image(request).await {
-                Ok(answer) => {
+                Ok(mut response) => {
                     last_error = None;
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .inference_ns
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    let response = &answer.response;
-                    let mut body = json!({
-                        "camera": self.config.name,
-                        "frame": sequence,
-                        "model_name": response.model,
-                        "model_version": response.version.to_string(),
-                        "engine": response.engine.to_string(),
-                        "inference_us": response.compute_time.as_micros() as u64,
-                        "width": frame.width,
-                        "height": frame.height,
-                    });
                     let detections = response.result.as_ref().is_some_and(|r| !r.is_empty());
-                    match &response.result {
-                        Some(result) => body["result"] = json!(result),
-                        None => {
-                            let outputs: Vec<OutputTensor> = response
-                                .outputs
-                                .iter()
-                                .map(|(name, tensor)| OutputTensor::from_tensor(name, tensor))
-                                .collect();
-                            body["outputs"] = json!(outputs);
-                        }
+                    if response.result.is_some() {
+                        // The post-processed result is what a camera reports, not raw tensors.
+                        response.outputs.clear();
                     }
-                    if let Some(sink) = &self.outputs.sink {
-                        sink.publish(
-                            self.outputs.topics.camera_result(&self.config.name),
-                            body.to_string().into_bytes(),
-                            "application/json",
-                        );
-                        if self.config.snapshot && detections {
-                            if let Some(jpeg) = jpeg {
-                                sink.publish(
-                                    self.outputs.topics.camera_snapshot(&self.config.name),
-                                    jpeg.to_vec(),
-                                    "image/jpeg",
-                                );
-                            }
-                        }
+                    let mut extra = Map::new();
+                    extra.insert("camera".into(), self.config.name.clone().into());
+                    extra.insert("frame".into(), sequence.into());
+                    extra.insert("width".into(), frame.width.into());
+                    extra.insert("height".into(), frame.height.into());
+                    let (body, _) = codec::encode(&response.reply(), &Encoding::json(), extra);
+                    self.outputs.result(&self.config.name, body);
+                    if let Some(jpeg) = jpeg.filter(|_| self.config.snapshot && detections) {
+                        self.outputs.snapshot(&self.config.name, jpeg.to_vec());
                     }
                 }
                 Err(e) => {
@@ -402,8 +422,6 @@ impl Camera {
         if online {
             tracing::info!(camera = %self.config.name, source = %redact(&self.config.source), "camera online");
         }
-        let Some(sink) = &self.outputs.sink else { return };
-        let topic = self.outputs.topics.camera_status(&self.config.name);
         let state = if online { "online" } else { "offline" };
         let detail = json!({
             "state": state,
@@ -412,15 +430,69 @@ impl Camera {
             "error": error.map(redact),
             "reconnects": self.stats.reconnects.load(Ordering::Relaxed),
         });
-        sink.retain(format!("{topic}/detail"), detail.to_string().into_bytes());
-        sink.retain(topic, state.as_bytes().to_vec());
+        self.outputs
+            .status(&self.config.name, online, detail.to_string().into_bytes());
     }
 }
 
 /// Sleeps `delay`; true when the daemon is stopping.
-async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => false,
-        _ = stop.wait_for(|s| *s) => true,
+        _ = stop.cancelled() => true,
+    }
+}
+
+fn render(registry: &Registry, cameras: &BTreeMap<String, Arc<CameraStats>>) {
+    let camera = ["camera"];
+    let online = telemetry::gauge(
+        registry,
+        "onnxd_camera_online",
+        "1 while the camera's source delivers frames.",
+        &camera,
+    );
+    let received = telemetry::counter(
+        registry,
+        "onnxd_camera_frames_received_total",
+        "Frames received from the source.",
+        &camera,
+    );
+    let processed = telemetry::counter(
+        registry,
+        "onnxd_camera_frames_processed_total",
+        "Frames run through the model.",
+        &camera,
+    );
+    let skipped = telemetry::counter(
+        registry,
+        "onnxd_camera_frames_skipped_total",
+        "Frames not processed, by cause (fps, queue_full, corrupt, inference_error).",
+        &["camera", "cause"],
+    );
+    let reconnects = telemetry::counter(
+        registry,
+        "onnxd_camera_reconnects_total",
+        "Times the source was reopened.",
+        &camera,
+    );
+    let seconds = telemetry::seconds(
+        registry,
+        "onnxd_camera_inference_seconds_total",
+        "Time in the model for camera frames (pre-processing, inference, post-processing).",
+        &camera,
+    );
+    for (name, stats) in cameras {
+        let s = stats.snapshot();
+        let label = [name.as_str()];
+        online.with_label_values(&label).set(i64::from(s.online));
+        received.with_label_values(&label).inc_by(s.received);
+        processed.with_label_values(&label).inc_by(s.processed);
+        reconnects.with_label_values(&label).inc_by(s.reconnects);
+        seconds
+            .with_label_values(&label)
+            .inc_by(s.inference_ns as f64 / 1e9);
+        for (cause, count) in &s.skipped {
+            skipped.with_label_values(&[name.as_str(), cause]).inc_by(*count);
+        }
     }
 }

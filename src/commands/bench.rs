@@ -1,9 +1,10 @@
-//! `onnxd bench MODEL.onnx [--http HOST:PORT]`: a load generator. Client threads send
-//! requests — to the model loaded in this process, or over HTTP (Triton's binary tensor
-//! extension) to a running server — for a duration or a count, with a progress bar, then report
-//! throughput, latency percentiles (end to end, and the engine's own compute time) and the
-//! client's CPU time per request.
+//! `onnxd bench MODEL [--http HOST:PORT]`: a load generator. Client threads send requests — to
+//! the model loaded in this process through the serving core (as every transport reaches it),
+//! or over HTTP (Triton's binary tensor extension) to a running server — for a duration or a
+//! count, with progress on stderr, then report throughput, latency percentiles (end to end,
+//! and the engine's own compute time) and the client's CPU time per request.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::infer::{read_inputs, InferError};
-use crate::engine::{select, EngineOptions, Tensors};
+use super::infer::{read_inputs, InferError, Served};
+use crate::repository::loader::LoadSettings;
+use crate::serving::InferRequest;
+use crate::tensor::Tensors;
 
 /// How much load to generate.
 #[derive(Clone, Debug)]
@@ -38,6 +41,8 @@ pub struct BenchReport {
     pub provider: String,
     /// Client threads.
     pub concurrency: usize,
+    /// Model instances (inference threads) serving them, when the model is in this process.
+    pub instances: Option<usize>,
     /// Requests completed.
     pub requests: u64,
     /// Requests that failed.
@@ -79,6 +84,60 @@ impl Percentiles {
             p50: at(0.5),
             p90: at(0.9),
             p99: at(0.99),
+        }
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, else a plain line every second (so a log or a
+/// CI job shows it too); nothing when the plan asks for none.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    count: Option<u64>,
+    next_line: Duration,
+}
+
+impl Progress {
+    fn new(plan: &BenchPlan) -> Progress {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = (plan.progress && terminal).then(|| {
+            let bar = indicatif::ProgressBar::new(plan.count.unwrap_or(plan.duration.as_secs().max(1)));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            lines: plan.progress && !terminal,
+            count: plan.count,
+            next_line: Duration::from_secs(1),
+        }
+    }
+
+    fn update(&mut self, elapsed: Duration, issued: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(if self.count.is_some() {
+                issued
+            } else {
+                elapsed.as_secs()
+            });
+        }
+        if self.lines && elapsed >= self.next_line {
+            self.next_line += Duration::from_secs(1);
+            let rate = issued as f64 / elapsed.as_secs_f64();
+            let _ = writeln!(
+                std::io::stderr(),
+                "bench: {:.0} s, {issued} requests, {rate:.1} req/s",
+                elapsed.as_secs_f64()
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }
@@ -175,29 +234,19 @@ fn process_cpu() -> Duration {
 pub fn bench(
     model_path: &Path,
     input_args: &[String],
-    options: &EngineOptions,
+    settings: &LoadSettings,
     plan: &BenchPlan,
     target: &Target,
 ) -> Result<BenchReport, InferError> {
-    let model = Arc::new(select::load_path("bench", model_path, options)?);
+    let served = Arc::new(Served::load(model_path, settings)?);
     let inputs = if input_args.is_empty() {
-        model.info.synthetic_inputs()?
+        served.unit_inputs()?
     } else {
-        let single = (model.info.inputs.len() == 1).then(|| model.info.inputs[0].name.as_str());
-        read_inputs(input_args, single)?.tensors
+        read_inputs(input_args, served.single_input().as_deref())?.tensors
     };
     let new_call = || -> Call {
         match target {
-            Target::InProcess => {
-                let model = model.clone();
-                Box::new(move |inputs: &Tensors| {
-                    let result = model
-                        .infer_blocking(inputs.clone(), None)
-                        .map_err(|e| e.to_string())?;
-                    result.outputs.map_err(|e| e.to_string())?;
-                    Ok(result.compute_time)
-                })
-            }
+            Target::InProcess => in_process_call(served.clone()),
             Target::Http { address, model } => http_call(address, model),
         }
     };
@@ -209,33 +258,79 @@ pub fn bench(
         })?;
     }
     let (engine, provider) = match target {
-        Target::InProcess => (model.engine.to_string(), model.provider.clone()),
+        Target::InProcess => {
+            let state = served.router.get(&served.name).map(|h| h.state())?;
+            (
+                state.engine.clone().unwrap_or_default(),
+                state.provider.clone().unwrap_or_default(),
+            )
+        }
         Target::Http { address, model } => (format!("http://{address}"), model.clone()),
     };
-    let progress = if plan.progress {
-        let bar = match plan.count {
-            Some(n) => indicatif::ProgressBar::new(n),
-            None => indicatif::ProgressBar::new(plan.duration.as_secs().max(1)),
+    let cpu_before = process_cpu();
+    let measured = drive(plan, new_call, &inputs);
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let requests = measured.latencies.len() as u64;
+    Ok(BenchReport {
+        engine,
+        provider,
+        client_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
+        concurrency: plan.concurrency.max(1),
+        instances: matches!(target, Target::InProcess).then_some(settings.engine.instances.max(1)),
+        requests,
+        errors: measured.errors,
+        seconds: measured.seconds,
+        throughput: requests as f64 / measured.seconds,
+        latency_us: Percentiles::of(measured.latencies),
+        compute_us: Percentiles::of(measured.computes),
+    })
+}
+
+/// A client of the model in this process, through the serving core (as every transport).
+fn in_process_call(served: Arc<Served>) -> Call {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    Box::new(move |inputs: &Tensors| {
+        let request = InferRequest {
+            model: served.name.clone(),
+            inputs: inputs.clone(),
+            ..Default::default()
         };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+        let response = runtime
+            .block_on(served.router.infer(request))
+            .map_err(|e| e.to_string())?;
+        Ok(response.compute_time)
+    })
+}
+
+/// What the clients measured.
+struct Measured {
+    latencies: Vec<f64>,
+    computes: Vec<f64>,
+    errors: u64,
+    seconds: f64,
+}
+
+/// Runs `plan.concurrency` client threads until the duration or count is reached, with
+/// progress on stderr.
+fn drive(plan: &BenchPlan, new_call: impl Fn() -> Call, inputs: &Tensors) -> Measured {
+    let mut progress = Progress::new(plan);
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let cpu_before = process_cpu();
     let clients: Vec<_> = (0..plan.concurrency.max(1))
         .map(|_| {
             let (mut call, inputs, stop, issued) = (new_call(), inputs.clone(), stop.clone(), issued.clone());
             let count = plan.count;
             std::thread::spawn(move || {
-                let mut latencies = Vec::new();
-                let mut computes = Vec::new();
-                let mut errors = 0u64;
+                let mut measured = Measured {
+                    latencies: Vec::new(),
+                    computes: Vec::new(),
+                    errors: 0,
+                    seconds: 0.0,
+                };
                 while !stop.load(Ordering::Relaxed) {
                     let n = issued.fetch_add(1, Ordering::Relaxed);
                     if count.is_some_and(|c| n >= c) {
@@ -244,63 +339,55 @@ pub fn bench(
                     let t0 = Instant::now();
                     match call(&inputs) {
                         Ok(compute) => {
-                            latencies.push(t0.elapsed().as_secs_f64() * 1e6);
-                            computes.push(compute.as_secs_f64() * 1e6);
+                            measured.latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+                            measured.computes.push(compute.as_secs_f64() * 1e6);
                         }
-                        Err(_) => errors += 1,
+                        Err(_) => measured.errors += 1,
                     }
                 }
-                (latencies, computes, errors, Instant::now())
+                (measured, Instant::now())
             })
         })
         .collect();
     while !clients.iter().all(|c| c.is_finished()) {
         std::thread::sleep(Duration::from_millis(50));
         let elapsed = started.elapsed();
-        match plan.count {
-            Some(_) => progress.set_position(issued.load(Ordering::Relaxed)),
-            None => {
-                progress.set_position(elapsed.as_secs());
-                if elapsed >= plan.duration {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
+        progress.update(elapsed, issued.load(Ordering::Relaxed));
+        if plan.count.is_none() && elapsed >= plan.duration {
+            stop.store(true, Ordering::Relaxed);
         }
     }
-    progress.finish_and_clear();
-    let (mut latencies, mut computes, mut errors, mut finished) = (Vec::new(), Vec::new(), 0, started);
+    progress.finish();
+    let mut all = Measured {
+        latencies: Vec::new(),
+        computes: Vec::new(),
+        errors: 0,
+        seconds: 0.0,
+    };
+    let mut finished = started;
     for client in clients {
-        let (l, c, e, end) = client.join().expect("bench client thread");
-        latencies.extend(l);
-        computes.extend(c);
-        errors += e;
+        let (measured, end) = client.join().expect("bench client thread");
+        all.latencies.extend(measured.latencies);
+        all.computes.extend(measured.computes);
+        all.errors += measured.errors;
         finished = finished.max(end);
     }
     // Measured up to the last client's last reply, not to the progress loop's next tick.
-    let seconds = (finished - started).as_secs_f64();
-    let requests = latencies.len() as u64;
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    Ok(BenchReport {
-        engine,
-        provider,
-        client_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
-        concurrency: plan.concurrency.max(1),
-        requests,
-        errors,
-        seconds,
-        throughput: requests as f64 / seconds,
-        latency_us: Percentiles::of(latencies),
-        compute_us: Percentiles::of(computes),
-    })
+    all.seconds = (finished - started).as_secs_f64();
+    all
 }
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
+        write!(
             f,
             "engine {} ({}), concurrency {}",
             self.engine, self.provider, self.concurrency
         )?;
+        match self.instances {
+            Some(n) => writeln!(f, ", {n} instance(s)")?,
+            None => writeln!(f)?,
+        }
         writeln!(
             f,
             "{} requests ({} errors) in {:.2} s: {:.1} req/s",

@@ -2,12 +2,24 @@
 //! checks of a reload (signature, engine, warm-up, golden sample), prints a table, and tells
 //! the caller through the exit status whether everything is good.
 
+use std::sync::Arc;
+
 use crate::config::Config;
-use crate::repository::SyncReport;
+use crate::repository::loader::LoadSettings;
+use crate::repository::{Repository, SyncReport};
+use crate::serving::Router;
 
 /// Loads every model once and returns one report per model.
 pub fn check(config: &Config) -> Vec<SyncReport> {
-    super::run::repository(config).sync_all()
+    let settings = LoadSettings::from_config(config);
+    let router = Arc::new(Router::default());
+    Repository::new(
+        &config.repository.path,
+        settings,
+        config.repository.reload,
+        router,
+    )
+    .sync_all()
 }
 
 /// Whether every model serves with no error.

@@ -1,15 +1,25 @@
-//! `onnxd infer MODEL.onnx -i INPUT...`: one inference, the KServe V2 response on stdout.
+//! `onnxd infer MODEL -i INPUT...`: one request through the serving core — the same loading
+//! checks, decoding, pre- and post-processing as the daemon — with the KServe V2 response
+//! (and the post-processed `result`) on stdout.
 //!
-//! An INPUT is a V2 request JSON file (its inputs, requested outputs and id), `NAME=FILE.npy`,
-//! or `FILE.npy` for a model with a single input.
+//! MODEL is a `.onnx` file or a model directory (its sidecar, labels and versions apply). An
+//! INPUT is a V2 request JSON file, an image (JPEG, PNG, BMP, WebP: for a model directory with
+//! `[input]`), `NAME=FILE.npy`, or `FILE.npy` for a model with a single input.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use serde_json::{json, Value};
+use bytes::Bytes;
+use serde_json::{Map, Value};
 
-use crate::engine::{select, EngineError, EngineOptions, Tensors};
-use crate::tensor::kserve::{InferRequestBody, InferResponseBody, OutputTensor};
+use crate::codec::{self, Encoding, Payload};
+use crate::pipeline::decode::is_image;
+use crate::repository::loader::LoadSettings;
+use crate::repository::serve_one;
+use crate::serving::{InferRequest, InferResponse, PayloadRequest, Router, ServeError};
+use crate::tensor::kserve::InferRequestBody;
 use crate::tensor::npy::read_npy;
+use crate::tensor::Tensors;
 
 /// A failed `infer`: which part was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +32,54 @@ pub enum InferError {
         /// What was wrong.
         message: String,
     },
-    /// The model could not be loaded or run.
+    /// The model could not be loaded.
+    #[error("{0}")]
+    Load(String),
+    /// The serving core refused or failed the request.
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Serve(#[from] ServeError),
 }
 
-/// Inputs gathered from the command line.
+/// A model loaded as the daemon would, serving in this process.
+pub struct Served {
+    /// Its name (the file's stem or the directory's name).
+    pub name: String,
+    /// The serving core holding it.
+    pub router: Arc<Router>,
+}
+
+impl Served {
+    /// Loads `path` with every check a reload makes.
+    pub fn load(path: &Path, settings: &LoadSettings) -> Result<Served, InferError> {
+        let (name, router) = serve_one(path, settings).map_err(InferError::Load)?;
+        Ok(Served { name, router })
+    }
+
+    /// The name of the model's only input, if it has exactly one.
+    pub fn single_input(&self) -> Option<String> {
+        let version = self.router.handle(&self.name)?.pick(None).ok()?;
+        match &version.model.info.inputs[..] {
+            [only] => Some(only.name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every input of the model with symbolic dimensions 1 (what `bench` sends by default).
+    pub fn unit_inputs(&self) -> Result<Tensors, InferError> {
+        let version = self
+            .router
+            .get(&self.name)
+            .and_then(|h| h.pick(None))
+            .map_err(InferError::Serve)?;
+        version
+            .model
+            .info
+            .unit_inputs()
+            .map_err(|e| InferError::Load(e.to_string()))
+    }
+}
+
+/// Inputs gathered from the command line: tensors (from `.npy` files and JSON requests).
 #[derive(Default)]
 pub struct InferInputs {
     /// Named tensors.
@@ -35,10 +87,11 @@ pub struct InferInputs {
     /// Outputs requested by a JSON request, if any.
     pub outputs: Option<Vec<String>>,
     /// Request id from a JSON request.
-    pub id: Option<String>,
+    pub id: Option<Value>,
 }
 
-/// Parses the `-i` arguments; `single_input` names the model's input when it has only one.
+/// Parses `-i` arguments made of tensors; `single_input` names the model's input when it has
+/// only one.
 pub fn read_inputs(args: &[String], single_input: Option<&str>) -> Result<InferInputs, InferError> {
     let mut inputs = InferInputs::default();
     for arg in args {
@@ -72,7 +125,8 @@ pub fn read_inputs(args: &[String], single_input: Option<&str>) -> Result<InferI
             inputs.tensors.push((name, tensor));
         } else {
             return Err(fail(
-                "expected a KServe V2 request (.json) or NAME=FILE.npy; image inputs need a model directory with [input]".into(),
+                "expected a KServe V2 request (.json) or NAME=FILE.npy (or an image, for a model directory with [input])"
+                    .into(),
             ));
         }
     }
@@ -80,35 +134,44 @@ pub fn read_inputs(args: &[String], single_input: Option<&str>) -> Result<InferI
 }
 
 /// Loads the model, runs the inputs and returns the V2 response JSON.
-pub fn infer(model_path: &Path, input_args: &[String], options: &EngineOptions) -> Result<Value, InferError> {
-    let name = model_path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("model")
-        .to_string();
-    let model = select::load_path(&name, model_path, options)?;
-    let single = (model.info.inputs.len() == 1).then(|| model.info.inputs[0].name.as_str());
-    let inputs = read_inputs(input_args, single)?;
-    let result = model.infer_blocking(inputs.tensors, inputs.outputs.as_deref())?;
-    let outputs = result.outputs?;
-    let response = InferResponseBody {
-        model_name: name,
-        model_version: Some("1".into()),
+pub fn infer(model_path: &Path, input_args: &[String], settings: &LoadSettings) -> Result<Value, InferError> {
+    let served = Served::load(model_path, settings)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let response = runtime.block_on(run(&served, input_args))?;
+    let (body, _) = codec::encode(&response.reply(), &Encoding::json(), Map::new());
+    Ok(serde_json::from_slice(&body).expect("the encoder writes JSON"))
+}
+
+/// One JSON request or image goes through the codec as a payload, as over HTTP or MQTT;
+/// `.npy` files (with or without a JSON request) go in as tensors.
+async fn run(served: &Served, args: &[String]) -> Result<InferResponse, InferError> {
+    if let [arg] = args {
+        let bytes = std::fs::read(arg).unwrap_or_default();
+        if !arg.contains('=') && (arg.ends_with(".json") || is_image(&bytes)) {
+            let payload = Payload::parse(Bytes::from(bytes), None).map_err(|e| InferError::Input {
+                file: arg.clone(),
+                message: format!("not a KServe V2 request or an image: {e}"),
+            })?;
+            let request = PayloadRequest {
+                model: served.name.clone(),
+                version: None,
+                payload: Ok(payload),
+                arrived: std::time::Instant::now(),
+                deadline: None,
+            };
+            return Ok(served.router.infer_payload(request).await?);
+        }
+    }
+    let inputs = read_inputs(args, served.single_input().as_deref())?;
+    let request = InferRequest {
+        model: served.name.clone(),
         id: inputs.id,
-        parameters: Some(
-            json!({
-                "engine": model.engine.to_string(),
-                "provider": model.provider,
-                "inference_us": result.compute_time.as_micros() as u64,
-            })
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        ),
-        outputs: outputs
-            .iter()
-            .map(|(name, t)| OutputTensor::from_tensor(name, t))
-            .collect(),
+        inputs: inputs.tensors,
+        outputs: inputs.outputs,
+        ..Default::default()
     };
-    Ok(serde_json::to_value(response).expect("response serialises"))
+    Ok(served.router.infer(request).await?)
 }

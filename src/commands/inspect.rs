@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::{self, ort, EngineKind, EngineOptions, ModelFile, TensorSpec};
+use crate::engine::{self, ort, EngineOptions};
+use crate::model::{EngineKind, ModelFile, TensorSpec};
 
 /// Everything `inspect` reports.
 #[derive(Debug, Serialize)]

@@ -1,13 +1,12 @@
 //! Engines: the narrow boundary between onnxd and the libraries that run models.
 //!
-//! An engine turns a [`ModelFile`] into [`EngineSession`]s — one per model instance, each to
+//! An engine turns a [`crate::model::ModelFile`] into [`EngineSession`]s — one per model instance, each to
 //! be owned by a single inference thread ([`pool`]). [`ort`] is ONNX Runtime (TensorRT, CUDA
 //! and CPU providers), [`tract`] the pure-Rust CPU engine; [`select`] picks one (`auto` with
 //! fallback in both directions) and always says which engine and provider it chose and why.
 //! Nothing here knows about protocols; nothing outside this folder touches an engine library.
 //! Built without the `ort` feature, [`ort`] is a stand-in that says so for every model (tract only).
 
-pub mod model;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(not(feature = "ort"))]
@@ -19,8 +18,9 @@ pub mod tract;
 
 use std::path::PathBuf;
 
-use crate::tensor::Tensor;
-pub use model::{ModelFile, ModelInfo, TensorSpec, ValueKind};
+use crate::model::ModelError;
+pub use crate::model::{EngineKind, ModelFile, ModelInfo};
+use crate::tensor::{Tensor, Tensors};
 
 /// Why a load or an inference failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -72,6 +72,16 @@ pub enum EngineError {
     Expired,
 }
 
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> EngineError {
+        match e {
+            ModelError::InvalidModel { path, reason } => EngineError::InvalidModel { path, reason },
+            ModelError::NotExpressible(what) => EngineError::NotExpressible(what),
+            ModelError::BadInput(what) => EngineError::BadInput(what),
+        }
+    }
+}
+
 impl EngineError {
     /// A short, stable reason label for metrics.
     pub fn reason(&self) -> &'static str {
@@ -89,30 +99,8 @@ impl EngineError {
     }
 }
 
-/// The engines onnxd has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    /// ONNX Runtime.
-    Ort,
-    /// tract.
-    Tract,
-}
-
-impl std::fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            EngineKind::Ort => "onnxruntime",
-            EngineKind::Tract => "tract",
-        })
-    }
-}
-
 /// Which engine to use: a fixed one, or `auto` (ONNX Runtime first, tract as fallback).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineChoice {
     /// ONNX Runtime when available and the model loads there, else tract (and vice versa).
     #[default]
@@ -123,9 +111,10 @@ pub enum EngineChoice {
     Tract,
 }
 
+crate::choice_serde!(EngineChoice);
+
 /// ONNX Runtime execution providers, in the order a config lists them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Provider {
     /// NVIDIA TensorRT (engine cache per model hash).
     Tensorrt,
@@ -134,6 +123,8 @@ pub enum Provider {
     /// CPU (always available as the last resort).
     Cpu,
 }
+
+crate::choice_serde!(Provider);
 
 impl Provider {
     /// ONNX Runtime's name for the provider.
@@ -196,9 +187,6 @@ impl EngineOptions {
         (cores / self.instances.max(1)).max(1)
     }
 }
-
-/// Named tensors, in model order.
-pub type Tensors = Vec<(String, Tensor)>;
 
 /// One loaded instance of a model in one engine. `run` takes `&mut self`: an instance is used
 /// by one thread at a time (ONNX Runtime sessions require it).

@@ -37,6 +37,18 @@ pub fn load(name: &str, model: &ModelFile, options: &EngineOptions) -> Result<Lo
     ))
 }
 
+/// The checks of an engine choice that load nothing: the model's values are expressible,
+/// the engine asked for exists here (ONNX Runtime's library is found for `ort`; tract has no
+/// BF16). `auto` only needs one of them, and tract is always there.
+pub fn precheck(model: &ModelFile, options: &EngineOptions) -> Result<(), EngineError> {
+    model.info.check_expressible()?;
+    match options.choice {
+        EngineChoice::Ort => ort::runtime(options.ort_library.as_deref()).map(|_| ()),
+        EngineChoice::Tract => tract::precheck(model),
+        EngineChoice::Auto => Ok(()),
+    }
+}
+
 fn load_in(
     kind: EngineKind,
     model: &ModelFile,

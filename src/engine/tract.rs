@@ -23,8 +23,8 @@ use crate::tensor::{DType, Dim, Tensor, TensorData};
 /// The provider name reported for tract.
 pub const PROVIDER: &str = "tract-cpu";
 
-/// Loads a model in tract; instances share one optimised plan.
-pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
+/// The checks tract makes before building a plan: expressible values, no BF16.
+pub fn precheck(model: &ModelFile) -> Result<(), EngineError> {
     model.info.check_expressible()?;
     if let Some(spec) = model
         .info
@@ -38,6 +38,12 @@ pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions
             reason: format!("'{}' is BF16 and tract has no BF16 tensors", spec.name),
         });
     }
+    Ok(())
+}
+
+/// Loads a model in tract; instances share one optimised plan.
+pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
+    precheck(model)?;
     let plan = catch_panic(EngineKind::Tract, "load", || build_plan(model))?;
     let outputs: Arc<Vec<String>> = Arc::new(model.info.outputs.iter().map(|s| s.name.clone()).collect());
     let sessions = (0..options.instances.max(1))

@@ -1,6 +1,6 @@
 //! The HTTP API (SPEC §7): KServe V2 / Triton-compatible routes on axum. [`v2`] holds health,
 //! metadata, config, statistics and inference; [`repository`] the repository extension;
-//! [`binary`] the binary tensor framing; [`metrics`] the Prometheus exposition. Protocol code here only converts: requests go to the
+//! `/metrics` serves the daemon's [`Metrics`]. The wire forms are the codec's; requests go to the
 //! serving core's [`Router`] and never touch an engine.
 //!
 //! Every non-200 answer is `{"error": "..."}` with Triton's status mapping. Request bodies may
@@ -8,8 +8,6 @@
 //! when the client accepts it. With a token file, every route but health needs
 //! `Authorization: Bearer <token>`.
 
-pub mod binary;
-pub mod metrics;
 pub mod repository;
 pub mod v2;
 
@@ -25,9 +23,12 @@ use crossbeam_channel::Sender;
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
-use crate::engine::EngineError;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
 use crate::repository::watch::RepoEvent;
 use crate::serving::{Router, ServeError};
+use crate::telemetry::Metrics;
 
 /// What every handler shares.
 pub struct HttpState {
@@ -38,11 +39,9 @@ pub struct HttpState {
     /// Set once the initial repository scan has finished (SPEC §9).
     pub ready: Arc<AtomicBool>,
     /// Bearer token required on every route but health.
-    pub token: Option<String>,
-    /// MQTT counters, when MQTT is enabled.
-    pub mqtt: Option<Arc<crate::mqtt::stats::MqttStats>>,
-    /// Counters of the running cameras.
-    pub cameras: crate::camera::pipeline::CameraRegistry,
+    pub token: Option<Secret>,
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -83,14 +82,13 @@ impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> ApiError {
         let status = match &e {
             ServeError::UnknownModel(_) | ServeError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-            ServeError::Unavailable { .. } | ServeError::Expired => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::Engine(EngineError::Overloaded(_) | EngineError::Unavailable(_)) => {
+            ServeError::Unavailable { .. } | ServeError::Expired | ServeError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ServeError::Engine(EngineError::BadInput(_))
-            | ServeError::NoImageInput(_)
-            | ServeError::BadImage(_) => StatusCode::BAD_REQUEST,
-            ServeError::Engine(_) | ServeError::Postprocess(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::BadInput(_) | ServeError::NoImageInput(_) | ServeError::BadImage(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ServeError::Engine { .. } | ServeError::Postprocess(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,
@@ -126,7 +124,7 @@ pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
         .route("/v2/repository/models/{model}/unload", post(repository::unload))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -139,28 +137,27 @@ pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` — HTTPS when `tls` is given — until `stop` turns true; then the
-/// listener closes (new connections are refused) and requests in flight are answered. The
-/// returned task ends when the last connection has closed. Must be called inside the runtime.
+/// Serves `app` on `listener` — HTTPS when `tls` is given — until `shutdown` is cancelled;
+/// then the listener closes (new connections are refused) and requests in flight are
+/// answered. The returned task ends when the last connection has closed. Must be called
+/// inside the runtime. Every connection has Nagle off: small replies must not wait for
+/// delayed ACKs.
 pub fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let address = listener.local_addr()?;
     let Some(tls) = tls else {
         tracing::info!(%address, "HTTP listening");
-        let stopping = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        };
-        // Nagle off on every connection: small replies must not wait for delayed ACKs.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
         return Ok(tokio::spawn(async move {
+            let stopping = shutdown.cancelled_owned();
             if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopping).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
@@ -174,7 +171,7 @@ pub fn serve(
         .handle(handle.clone());
     tracing::info!(%address, "HTTPS listening");
     tokio::spawn(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
+        shutdown.cancelled().await;
         handle.graceful_shutdown(None);
     });
     Ok(tokio::spawn(async move {
@@ -184,6 +181,13 @@ pub fn serve(
     }))
 }
 
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        state.metrics.render(),
+    )
+}
+
 async fn require_token(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let given = request
@@ -191,7 +195,7 @@ async fn require_token(State(state): State<Arc<HttpState>>, request: Request, ne
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if given != Some(token.expose()) {
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "missing or wrong bearer token".into(),

@@ -13,13 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::binary::{encode_json_reply, run_encoded, RequestError, HEADER_LENGTH};
 use super::{ApiError, HttpState};
-use crate::engine::{EngineKind, TensorSpec};
-use crate::pipeline::preprocess::is_image;
-use crate::serving::image::{Image, ImageRequest};
+use crate::codec::{self, Payload, HEADER_LENGTH};
+use crate::model::{EngineKind, TensorSpec};
 use crate::serving::stats::VersionSnapshot;
-use crate::serving::{LoadedVersion, ModelHandle};
+use crate::serving::{LoadedVersion, ModelHandle, PayloadRequest, ServeError};
 
 /// Extensions onnxd implements (advertised by `GET /v2`).
 pub const EXTENSIONS: [&str; 5] = [
@@ -43,13 +41,18 @@ pub(super) async fn server_metadata() -> Json<Value> {
 }
 
 /// The model and version named by the path (`version` absent = the highest ready).
+/// A model that has no ready version is "not ready" for metadata, config and readiness
+/// alike: 400, as Triton answers readiness (inference on it is 503, unavailable).
 fn resolve(
     state: &HttpState,
     params: &HashMap<String, String>,
 ) -> Result<(Arc<ModelHandle>, Arc<LoadedVersion>), ApiError> {
     let handle = state.router.get(&params["model"])?;
     let version = parse_version(params)?;
-    let loaded = handle.pick(version)?;
+    let loaded = handle.pick(version).map_err(|e| match e {
+        ServeError::Unavailable { .. } => ApiError::bad_request(e.to_string()),
+        other => other.into(),
+    })?;
     Ok((handle, loaded))
 }
 
@@ -220,39 +223,22 @@ pub(super) async fn infer(
     })?;
     let header_length = headers
         .get(HEADER_LENGTH)
-        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
-        .map(|v| v.ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not a number")))
-        .transpose()?;
-    if header_length.unwrap_or(0) == 0 && is_image(&body) {
-        // An encoded image for a model with `[input]` pre-processing (raw body, or no header).
-        let image = state
-            .router
-            .infer_image(ImageRequest {
-                model: params["model"].clone(),
-                version: parse_version(&params)?,
-                id: None,
-                image: Image::Encoded(body),
-                deadline: None,
-            })
-            .await?;
-        let json = encode_json_reply(&image.response, Map::new());
-        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
-    }
-    let (decoded, response) = run_encoded(
-        &state.router,
-        &params["model"],
-        parse_version(&params)?,
-        &body,
-        header_length,
-        arrived,
-        None,
-    )
-    .await
-    .map_err(|e| match e {
-        RequestError::BadInput(message) => ApiError::bad_request(message),
-        RequestError::Serve(e) => e.into(),
-    })?;
-    let (bytes, json_length) = decoded.encode_reply(&response, Map::new());
+        .map(|v| codec::header_length(v.to_str().unwrap_or_default()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let payload = Payload::parse(body, header_length);
+    let encoding = payload.as_ref().map(Payload::encoding).unwrap_or_default();
+    let response = state
+        .router
+        .infer_payload(PayloadRequest {
+            model: params["model"].clone(),
+            version: parse_version(&params)?,
+            payload,
+            arrived,
+            deadline: None,
+        })
+        .await?;
+    let (bytes, json_length) = codec::encode(&response.reply(), &encoding, Map::new());
     Ok(match json_length {
         Some(length) => (
             [

@@ -1,7 +1,7 @@
 //! The broker connection: MQTT 5 options from `[mqtt]` (TLS with a pinned CA and client
-//! certificate through rustls/ring, user name and password file, persistent session with
-//! expiry, Last Will `offline` on `P/status`, manual acknowledgements, a packet limit above
-//! `max_payload_bytes`), and the task that polls `rumqttc`'s event loop.
+//! certificate through rustls/ring, user name and password, persistent session with expiry,
+//! Last Will `offline` on `P/status`, manual acknowledgements, a packet limit above
+//! `max_payload_bytes`, Nagle off), and the task that polls `rumqttc`'s event loop.
 //!
 //! The poll task never awaits the client (rumqtt#263: that can deadlock); it subscribes on
 //! every CONNACK (a broker without the session has no subscriptions), hands requests to their
@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use super::publisher::{Command, Delivery, LinkEvent, RequestAck};
 use super::requests::{Handler, Request};
 use super::topics::Topics;
+use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 
 /// First reconnect delay.
@@ -39,7 +40,8 @@ const PACKET_HEADROOM: u64 = 64 << 10;
 /// Capacity of the client's request queue.
 pub const CLIENT_QUEUE: usize = 1024;
 
-/// A configuration problem of `[mqtt]`.
+/// A configuration problem of `[mqtt]` the config check could not see (the TLS settings
+/// rustls refuses).
 #[derive(Debug, thiserror::Error)]
 #[error("mqtt.{key}: {message}")]
 pub struct ConfigError {
@@ -54,24 +56,9 @@ fn config_error(key: &'static str, message: impl std::fmt::Display) -> ConfigErr
     }
 }
 
-/// Client options for `config`; reads the password, CA, certificate and key files.
-pub fn options(config: &MqttConfig, client_id: &str, topics: &Topics) -> Result<MqttOptions, ConfigError> {
-    let (tls, rest) = if let Some(rest) = config.url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = config.url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err(config_error(
-            "url",
-            format!(
-                "'{}' is not mqtt://host[:port] or mqtts://host[:port]",
-                config.url
-            ),
-        ));
-    };
-    let (host, port) = host_port(rest.trim_end_matches('/'), if tls { 8883 } else { 1883 })
-        .ok_or_else(|| config_error("url", format!("'{}' has no valid host[:port]", config.url)))?;
-    let mut options = MqttOptions::new(client_id, host, port);
+/// Client options for a validated `[mqtt]` (its files were read when the config loaded).
+pub fn options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, ConfigError> {
+    let mut options = MqttOptions::new(&config.client_id, &config.broker.host, config.broker.port);
     // Nagle off: with it on, a small response waited ~40 ms for the broker's delayed ACK of
     // the previous segment (rumqttc leaves TCP_NODELAY off by default).
     let mut network = NetworkOptions::new();
@@ -94,22 +81,10 @@ pub fn options(config: &MqttConfig, client_id: &str, topics: &Topics) -> Result<
             true,
             None,
         ));
-    if !config.username.is_empty() {
-        let password = match config.password_file.as_os_str().is_empty() {
-            true => String::new(),
-            false => std::fs::read_to_string(&config.password_file)
-                .map_err(|e| {
-                    config_error(
-                        "password_file",
-                        format!("{}: {e}", config.password_file.display()),
-                    )
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-        };
-        options.set_credentials(config.username.clone(), password);
+    if let Some((user, password)) = &config.credentials {
+        options.set_credentials(user.clone(), password.expose().to_string());
     }
-    if tls {
+    if config.broker.tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
             tls_config(config)?,
         ))));
@@ -117,33 +92,18 @@ pub fn options(config: &MqttConfig, client_id: &str, topics: &Topics) -> Result<
     Ok(options)
 }
 
-fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, rest) = v6.split_once(']')?;
-        (host, rest.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => default_port,
-    };
-    (!host.is_empty()).then(|| (host.to_string(), port))
-}
-
 fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
-    if config.ca_file.as_os_str().is_empty() {
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-    } else {
-        let ca =
-            |e: &dyn std::fmt::Display| config_error("ca_file", format!("{}: {e}", config.ca_file.display()));
-        for cert in CertificateDer::pem_file_iter(&config.ca_file).map_err(|e| ca(&e))? {
-            roots.add(cert.map_err(|e| ca(&e))?).map_err(|e| ca(&e))?;
+    match &config.ca {
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| config_error("ca_file", e))?;
+                roots.add(cert).map_err(|e| config_error("ca_file", e))?;
+            }
         }
     }
     let builder =
@@ -151,18 +111,14 @@ fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, ConfigError> 
             .with_safe_default_protocol_versions()
             .map_err(|e| config_error("url", e))?
             .with_root_certificates(roots);
-    if config.client_cert.as_os_str().is_empty() {
+    let Some(identity) = &config.identity else {
         return Ok(builder.with_no_client_auth());
-    }
-    let cert = |e: &dyn std::fmt::Display| {
-        config_error("client_cert", format!("{}: {e}", config.client_cert.display()))
     };
-    let chain = CertificateDer::pem_file_iter(&config.client_cert)
-        .map_err(|e| cert(&e))?
+    let chain = CertificateDer::pem_slice_iter(&identity.cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert(&e))?;
-    let key = PrivateKeyDer::from_pem_file(&config.client_key)
-        .map_err(|e| config_error("client_key", format!("{}: {e}", config.client_key.display())))?;
+        .map_err(|e| config_error("client_cert", e))?;
+    let key = PrivateKeyDer::from_pem_slice(identity.key.expose().as_bytes())
+        .map_err(|e| config_error("client_key", e))?;
     builder
         .with_client_auth_cert(chain, key)
         .map_err(|e| config_error("client_cert", e))
@@ -189,7 +145,7 @@ impl EventLoopTask {
     /// failed attempt once `stop` is set.
     pub async fn run(mut self) {
         let mut epoch = 0u64;
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut connected = false;
         loop {
             let event = if connected {
@@ -204,7 +160,7 @@ impl EventLoopTask {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     epoch += 1;
                     connected = true;
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     self.handler.stats.connected();
                     tracing::info!(session_present = ack.session_present, "MQTT connected");
                     let filters = self
@@ -226,13 +182,12 @@ impl EventLoopTask {
                     if *self.stop.borrow() {
                         return;
                     }
-                    let delay = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.stop.wait_for(|stop| *stop) => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -300,48 +255,5 @@ impl EventLoopTask {
             .count();
         self.eventloop.pending.clear();
         self.link(LinkEvent::Disconnected { unprocessed });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_addresses_parse() {
-        assert_eq!(
-            host_port("127.0.0.1:1884", 1883),
-            Some(("127.0.0.1".into(), 1884))
-        );
-        assert_eq!(host_port("broker", 8883), Some(("broker".into(), 8883)));
-        assert_eq!(host_port("[::1]:9", 1883), Some(("::1".into(), 9)));
-        assert_eq!(host_port("host:x", 1883), None);
-        assert_eq!(host_port("", 1883), None);
-    }
-
-    #[test]
-    fn options_refuse_unknown_schemes_and_missing_files() {
-        let topics = Topics::new("onnxd", "n", "");
-        let mut config = MqttConfig {
-            url: "tcp://127.0.0.1".into(),
-            ..MqttConfig::default()
-        };
-        assert!(options(&config, "c", &topics)
-            .unwrap_err()
-            .to_string()
-            .starts_with("mqtt.url"));
-        config.url = "mqtts://127.0.0.1".into();
-        config.ca_file = "/nonexistent/ca.pem".into();
-        assert!(options(&config, "c", &topics)
-            .unwrap_err()
-            .to_string()
-            .starts_with("mqtt.ca_file"));
-        config.url = "mqtt://127.0.0.1".into();
-        config.username = "u".into();
-        config.password_file = "/nonexistent/pw".into();
-        assert!(options(&config, "c", &topics)
-            .unwrap_err()
-            .to_string()
-            .starts_with("mqtt.password_file"));
     }
 }

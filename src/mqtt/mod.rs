@@ -22,11 +22,12 @@ pub mod topics;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use rumqttc::v5::AsyncClient;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::serving::Router;
@@ -62,17 +63,16 @@ pub struct Mqtt {
 impl Mqtt {
     /// Connects (in the background) as configured; `None` when `mqtt.url` is empty. Must be
     /// called inside the tokio runtime.
-    pub fn start(config: &Config, router: Arc<Router>) -> Result<Option<Mqtt>, StartError> {
-        let mqtt = &config.mqtt;
-        if mqtt.url.is_empty() {
+    pub fn start(
+        config: &Config,
+        router: Arc<Router>,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Mqtt>, StartError> {
+        let Some(mqtt) = &config.mqtt else {
             return Ok(None);
-        }
-        let topics = Topics::new(&mqtt.topic_prefix, &config.node_id, &mqtt.share_group);
-        let client_id = match mqtt.client_id.as_str() {
-            "" => format!("onnxd-{}", config.node_id),
-            id => id.to_string(),
         };
-        let options = client::options(mqtt, &client_id, &topics)?;
+        let topics = Topics::new(&mqtt.topic_prefix, &config.node_id, &mqtt.share_group);
+        let options = client::options(mqtt, &topics)?;
         let outbox = Outbox::open(
             &config.state_dir.join("outbox"),
             OutboxLimits {
@@ -104,6 +104,7 @@ impl Mqtt {
             config.node_id.clone(),
             usize::try_from(mqtt.max_payload_bytes).unwrap_or(usize::MAX),
             stats.clone(),
+            shutdown,
         ));
         let task = EventLoopTask {
             eventloop,
@@ -113,7 +114,7 @@ impl Mqtt {
             handler: handler.clone(),
             stop: stopped,
         };
-        tracing::info!(url = %mqtt.url, %client_id, "MQTT starting");
+        tracing::info!(host = %mqtt.broker.host, port = mqtt.broker.port, tls = mqtt.broker.tls, client_id = %mqtt.client_id, "MQTT starting");
         Ok(Some(Mqtt {
             stats,
             publisher,
@@ -131,9 +132,9 @@ impl Mqtt {
         }
     }
 
-    /// Stops taking requests (later ones are left to the broker for the next session) and
-    /// waits at most `wait` for those in flight to be handed to the publisher; returns how
-    /// many did not finish.
+    /// Once the shutdown signal stopped intake (later requests are left to the broker for the
+    /// next session), waits at most `wait` for those in flight to be handed to the publisher;
+    /// returns how many did not finish.
     pub async fn drain(&self, wait: Duration) -> usize {
         self.handler.drain(wait).await
     }
@@ -160,7 +161,7 @@ impl Sink {
     /// away).
     pub fn publish(&self, topic: String, payload: Vec<u8>, content_type: &str) {
         let entry = outbox::Entry {
-            created_ms: now_ms(),
+            created_ms: crate::clock::now_ms(),
             topic,
             payload,
             retain: false,
@@ -177,11 +178,4 @@ impl Sink {
     pub fn retain(&self, topic: String, payload: Vec<u8>) {
         let _ = self.commands.send(Command::Retain { topic, payload });
     }
-}
-
-/// Wall-clock milliseconds since the epoch (outbox TTL).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -500,7 +500,7 @@ impl Publisher {
 
 fn status_entry(topic: String, payload: Vec<u8>) -> Entry {
     Entry {
-        created_ms: super::now_ms(),
+        created_ms: crate::clock::now_ms(),
         topic,
         payload,
         retain: true,

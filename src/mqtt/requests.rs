@@ -5,23 +5,20 @@
 //! to `P/models/<m>/result`; it echoes the request `id`. Every failure is a reply
 //! `{"id", "error"}` naming the problem — never silence — and is counted by reason.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::Publish;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::outbox::Entry;
 use super::stats::MqttStats;
 use super::topics::Topics;
-use crate::http::binary::{encode_json_reply, run_encoded, RequestError, HEADER_LENGTH};
-use crate::pipeline::preprocess::is_image;
-use crate::serving::image::{Image, ImageRequest};
-use crate::serving::{InferResponse, Router, ServeError};
+use crate::codec::{self, Payload, HEADER_LENGTH};
+use crate::serving::{PayloadRequest, Router};
 
 /// An incoming request, taken from its MQTT message.
 #[derive(Debug)]
@@ -63,15 +60,6 @@ impl Request {
     }
 }
 
-/// The fields of a JSON request an MQTT reply needs before the request is decoded.
-#[derive(Debug, Default, Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    reply_to: Option<String>,
-}
-
 /// Turns requests into replies through the router.
 pub struct Handler {
     /// The serving core.
@@ -90,8 +78,8 @@ pub struct Handler {
     pub running: Semaphore,
     /// Requests taken and not yet handed to the publisher; a drain waits for zero.
     in_flight: watch::Sender<usize>,
-    /// Cleared when the daemon stops taking requests.
-    accepting: AtomicBool,
+    /// The daemon's shutdown signal: no request is taken once it is cancelled.
+    shutdown: CancellationToken,
 }
 
 impl Handler {
@@ -102,6 +90,7 @@ impl Handler {
         node_id: String,
         max_payload_bytes: usize,
         stats: Arc<MqttStats>,
+        shutdown: CancellationToken,
     ) -> Handler {
         Handler {
             router,
@@ -111,25 +100,24 @@ impl Handler {
             stats,
             running: Semaphore::new(RUNNING),
             in_flight: watch::Sender::new(0),
-            accepting: AtomicBool::new(true),
+            shutdown,
         }
     }
 
     /// Takes a request unless the daemon is stopping; the request counts as in flight until
     /// the returned guard drops.
     pub fn take(self: &Arc<Self>) -> Option<Taken> {
-        if !self.accepting.load(Ordering::Acquire) {
+        if self.shutdown.is_cancelled() {
             return None;
         }
         self.in_flight.send_modify(|n| *n += 1);
         Some(Taken(self.clone()))
     }
 
-    /// Stops taking requests (those arriving later stay unacknowledged, so the broker
-    /// delivers them again to the next session) and waits at most `wait` for those in flight;
-    /// returns how many did not finish.
+    /// Waits at most `wait` for the requests in flight (once the shutdown signal is
+    /// cancelled, those arriving stay unacknowledged, so the broker delivers them again to the
+    /// next session); returns how many did not finish.
     pub async fn drain(&self, wait: Duration) -> usize {
-        self.accepting.store(false, Ordering::Release);
         let mut count = self.in_flight.subscribe();
         let _ = tokio::time::timeout(wait, count.wait_for(|n| *n == 0)).await;
         let left = *count.borrow();
@@ -154,7 +142,7 @@ impl Drop for Taken {
 }
 
 /// Default for [`Handler::running`]: half a model instance's queue.
-pub const RUNNING: usize = crate::engine::select::QUEUE_PER_INSTANCE / 2;
+pub const RUNNING: usize = crate::serving::QUEUE_PER_INSTANCE / 2;
 
 /// Why a request got an error reply: a reason label for metrics and the message for the sender.
 struct Failure {
@@ -176,55 +164,28 @@ impl Handler {
     pub async fn reply(&self, request: Request) -> Entry {
         let target = self.topics.parse_request(&request.topic);
         let model = target.as_ref().map_or("", |t| t.model.as_str());
-        let header_length = match request
-            .header_length
-            .as_deref()
-            .map(str::trim)
-            .map(str::parse::<usize>)
-        {
+        let payload = match &request.header_length {
             None => Ok(None),
-            Some(Ok(length)) => Ok(Some(length)),
-            Some(Err(_)) => Err(Failure::new(
-                "bad_input",
-                format!("{HEADER_LENGTH} is not a number: {:?}", request.header_length),
-            )),
-        };
-        let envelope = envelope(&request.payload, header_length.as_ref().ok().copied().flatten());
+            Some(value) => codec::header_length(value).map(Some),
+        }
+        .and_then(|length| Payload::parse(request.payload.clone(), length));
         let destination = request
             .response_topic
             .clone()
-            .or_else(|| envelope.reply_to.clone())
+            .or_else(|| payload.as_ref().ok()?.reply_to().map(str::to_string))
             .unwrap_or_else(|| self.topics.result(model));
-        let outcome = match header_length {
-            Ok(length) => self.run(&request, length, target).await,
-            Err(failure) => Err(failure),
-        };
-        let (payload, content_type, user_properties) = match outcome {
-            Ok((payload, json_length)) => {
+        let id = payload.as_ref().ok().and_then(|p| p.id().cloned());
+        let (body, content_type, user_properties) = match self.run(&request, payload, target).await {
+            Ok(reply) => {
                 self.stats.request("ok");
-                match json_length {
-                    Some(length) => (
-                        payload,
-                        "application/octet-stream",
-                        vec![(HEADER_LENGTH.to_string(), length.to_string())],
-                    ),
-                    None => (payload, "application/json", Vec::new()),
-                }
+                reply
             }
-            Err(failure) => {
-                self.stats.request(failure.reason);
-                tracing::debug!(topic = %request.topic, error = %failure.message, "MQTT request failed");
-                let mut body = json!({ "error": failure.message });
-                if let Some(id) = envelope.id {
-                    body["id"] = id;
-                }
-                (body.to_string().into_bytes(), "application/json", Vec::new())
-            }
+            Err(failure) => self.failed(&request, failure, id.as_ref()),
         };
         Entry {
-            created_ms: super::now_ms(),
+            created_ms: crate::clock::now_ms(),
             topic: destination,
-            payload,
+            payload: body,
             retain: false,
             content_type: Some(content_type.into()),
             correlation_data: request.correlation_data.map(|c| c.to_vec()),
@@ -232,12 +193,23 @@ impl Handler {
         }
     }
 
+    /// The error reply `{"id", "error"}`, counted by reason.
+    fn failed(&self, request: &Request, failure: Failure, id: Option<&Value>) -> Reply {
+        self.stats.request(failure.reason);
+        tracing::debug!(topic = %request.topic, error = %failure.message, "MQTT request failed");
+        (
+            codec::response::error(&failure.message, id),
+            "application/json",
+            Vec::new(),
+        )
+    }
+
     async fn run(
         &self,
         request: &Request,
-        header_length: Option<usize>,
+        payload: Result<Payload, codec::CodecError>,
         target: Option<super::topics::RequestTarget>,
-    ) -> Result<(Vec<u8>, Option<usize>), Failure> {
+    ) -> Result<Reply, Failure> {
         let target = target.ok_or_else(|| {
             Failure::new("bad_topic", format!("'{}' is not a request topic", request.topic))
         })?;
@@ -258,77 +230,30 @@ impl Handler {
         let deadline = request
             .expiry_secs
             .map(|secs| request.arrived + Duration::from_secs(secs.into()));
-        let serve_failure = |e: ServeError| Failure::new(e.reason(), e.to_string());
-        if header_length.is_none() && is_image(&request.payload) {
-            let image = self
-                .router
-                .infer_image(ImageRequest {
-                    model: target.model,
-                    version,
-                    id: None,
-                    image: Image::Encoded(request.payload.clone()),
-                    deadline,
-                })
-                .await
-                .map_err(serve_failure)?;
-            return Ok((
-                encode_json_reply(&image.response, self.extra(&image.response)),
-                None,
-            ));
-        }
-        let (decoded, response) = run_encoded(
-            &self.router,
-            &target.model,
-            version,
-            &request.payload,
-            header_length,
-            request.arrived,
-            deadline,
-        )
-        .await
-        .map_err(|e| match e {
-            RequestError::BadInput(message) => Failure::new("bad_input", message),
-            RequestError::Serve(e) => serve_failure(e),
-        })?;
-        Ok(decoded.encode_reply(&response, self.extra(&response)))
-    }
-
-    /// The fields SPEC §6 adds to MQTT responses, and the node that answered.
-    fn extra(&self, response: &InferResponse) -> Map<String, Value> {
+        let encoding = payload.as_ref().map(Payload::encoding).unwrap_or_default();
+        let response = self
+            .router
+            .infer_payload(PayloadRequest {
+                model: target.model,
+                version,
+                payload,
+                arrived: request.arrived,
+                deadline,
+            })
+            .await
+            .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
         let mut extra = Map::new();
-        extra.insert("engine".into(), response.engine.to_string().into());
-        extra.insert(
-            "inference_us".into(),
-            (response.compute_time.as_micros() as u64).into(),
-        );
         extra.insert("node".into(), self.node_id.clone().into());
-        extra
+        Ok(match codec::encode(&response.reply(), &encoding, extra) {
+            (body, Some(length)) => (
+                body,
+                "application/octet-stream",
+                vec![(HEADER_LENGTH.to_string(), length.to_string())],
+            ),
+            (body, None) => (body, "application/json", Vec::new()),
+        })
     }
 }
 
-/// The id and `reply_to` of a JSON request (or of a binary request's JSON header); empty when
-/// the payload is not JSON.
-fn envelope(payload: &[u8], header_length: Option<usize>) -> Envelope {
-    let json = match header_length {
-        Some(length) => payload.get(..length).unwrap_or_default(),
-        None => payload,
-    };
-    serde_json::from_slice(json).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_come_from_json_bodies_and_binary_headers() {
-        let json = br#"{"id": "a1", "reply_to": "r/1", "inputs": []}"#;
-        let e = envelope(json, None);
-        assert_eq!(e.id, Some(Value::from("a1")));
-        assert_eq!(e.reply_to.as_deref(), Some("r/1"));
-        let mut framed = br#"{"id": 7}"#.to_vec();
-        framed.extend_from_slice(&[0, 1, 2, 3]);
-        assert_eq!(envelope(&framed, Some(9)).id, Some(Value::from(7)));
-        assert!(envelope(b"\xff\xd8\xff", None).id.is_none());
-    }
-}
+/// A reply's payload, content type and user properties.
+type Reply = (Vec<u8>, &'static str, Vec<(String, String)>);

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use prometheus::Registry;
+
 use super::outbox::{OutboxError, OutboxStats};
+use crate::telemetry::{self, MetricsSource};
 
 /// Counters of the MQTT side of the daemon.
 #[derive(Debug, Default)]
@@ -142,4 +145,141 @@ impl MqttStats {
             outbox,
         }
     }
+}
+
+impl MetricsSource for MqttStats {
+    fn render(&self, registry: &Registry) {
+        render(registry, &self.snapshot());
+    }
+}
+
+/// A family without labels: one sample.
+fn plain_counter(registry: &Registry, name: &str, help: &str, value: u64) {
+    telemetry::counter(registry, name, help, &[])
+        .with_label_values(&[] as &[&str])
+        .inc_by(value);
+}
+
+/// A gauge without labels: one sample.
+fn plain_gauge(registry: &Registry, name: &str, help: &str, value: u64) {
+    telemetry::gauge(registry, name, help, &[])
+        .with_label_values(&[] as &[&str])
+        .set(value as i64);
+}
+
+fn render(registry: &Registry, m: &MqttSnapshot) {
+    render_connection(registry, m);
+    render_outbox(registry, m);
+}
+
+/// The connection, requests and publishes.
+fn render_connection(registry: &Registry, m: &MqttSnapshot) {
+    plain_gauge(
+        registry,
+        "onnxd_mqtt_connected",
+        "1 while the broker connection is up.",
+        u64::from(m.connected),
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_connections_total",
+        "Successful broker connections (CONNACK).",
+        m.connections,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_connection_errors_total",
+        "Failed connection attempts and dropped connections.",
+        m.connection_errors,
+    );
+    let requests = telemetry::counter(
+        registry,
+        "onnxd_mqtt_requests_total",
+        "MQTT requests by outcome (ok or the error reason).",
+        &["outcome"],
+    );
+    for (outcome, count) in &m.requests {
+        requests.with_label_values(&[outcome]).inc_by(*count);
+    }
+    plain_counter(
+        registry,
+        "onnxd_mqtt_duplicate_requests_total",
+        "Requests the broker redelivered (answered again).",
+        m.duplicates,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_retained_ignored_total",
+        "Retained messages on request topics, ignored.",
+        m.retained_ignored,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_published_total",
+        "Messages acknowledged by the broker.",
+        m.published,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_publish_refused_total",
+        "Messages the broker refused in its PUBACK.",
+        m.publish_refused,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_publish_timeouts_total",
+        "Messages not acknowledged in time (moved to the outbox).",
+        m.publish_timeouts,
+    );
+}
+
+/// The outbox: depth, appends, drops by cause, errors, torn bytes.
+fn render_outbox(registry: &Registry, m: &MqttSnapshot) {
+    plain_gauge(
+        registry,
+        "onnxd_mqtt_outbox_records",
+        "Undelivered messages in the outbox.",
+        m.outbox_records,
+    );
+    plain_gauge(
+        registry,
+        "onnxd_mqtt_outbox_bytes",
+        "Bytes of undelivered messages in the outbox.",
+        m.outbox_bytes,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_outbox_appended_total",
+        "Messages written to the outbox.",
+        m.outbox.appended,
+    );
+    let dropped = telemetry::counter(
+        registry,
+        "onnxd_mqtt_outbox_dropped_total",
+        "Outbox messages dropped, by cause (ttl, full, corrupt) - the only way a result is lost.",
+        &["cause"],
+    );
+    for (cause, count) in [
+        ("ttl", m.outbox.dropped_ttl),
+        ("full", m.outbox.dropped_full),
+        ("corrupt", m.outbox.dropped_corrupt),
+    ] {
+        dropped.with_label_values(&[cause]).inc_by(count);
+    }
+    let errors = telemetry::counter(
+        registry,
+        "onnxd_mqtt_outbox_errors_total",
+        "Outbox operations that failed, by kind (disk_full, io).",
+        &["kind"],
+    );
+    errors
+        .with_label_values(&["disk_full"])
+        .inc_by(m.outbox_disk_full);
+    errors.with_label_values(&["io"]).inc_by(m.outbox_errors);
+    plain_counter(
+        registry,
+        "onnxd_mqtt_outbox_torn_bytes_total",
+        "Bytes of torn outbox tail cut off at start.",
+        m.outbox.torn_bytes_cut,
+    );
 }

@@ -43,10 +43,9 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pipeline::preprocess::Transform;
-use crate::repository::sidecar::OutputProcessing;
 use crate::tensor::{decode_f64, DType, Tensor};
 
 /// Classes reported by `classify` when the sidecar sets no `top_k`.
@@ -108,6 +107,30 @@ pub struct Detection {
     /// `[x1, y1, x2, y2]` in input-image pixels (detectors only).
     #[serde(skip_serializing_if = "Option::is_none", rename = "box")]
     pub bbox: Option<[f32; 4]>,
+}
+
+/// `[output]` of a model's sidecar: post-processing of the model's outputs (the sidecar
+/// embeds this type; its checks are [`Postprocessor::new`]'s).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputProcessing {
+    /// `none`, `classify`, `yolo` or `ssd`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Classes reported by `classify`.
+    pub top_k: Option<usize>,
+    /// Minimum score kept.
+    pub score_threshold: Option<f64>,
+    /// NMS IoU threshold.
+    pub iou_threshold: Option<f64>,
+    /// Most detections reported.
+    pub max_detections: Option<usize>,
+    /// Labels file (relative to the model directory).
+    pub labels: Option<String>,
+}
+
+fn default_kind() -> String {
+    "none".into()
 }
 
 /// Why post-processing could not produce a result; each message says what was found and what
@@ -635,8 +658,8 @@ impl Postprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::preprocess::ImageInput;
     use crate::pipeline::preprocess::Preprocessor;
-    use crate::repository::sidecar::ImageInput;
 
     fn settings(toml: &str) -> OutputProcessing {
         toml::from_str(toml).unwrap()
@@ -948,6 +971,11 @@ mod tests {
             "{:?}",
             result[1]
         );
+    }
+
+    #[test]
+    fn ssd_outputs_found_by_shape_and_odd_values_dropped() {
+        let t = transform(600, 300, 300, "stretch");
         // Unnamed: by shape, in the order boxes, scores, classes; no input size or transform:
         // boxes stay normalised.
         let unnamed = [

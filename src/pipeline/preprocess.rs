@@ -43,27 +43,69 @@
 //! 0.016 and 3 with 4:4:4; the test's bounds are mean ≤ 0.6 and max ≤ 6.
 
 use std::fmt;
-use std::io::Cursor;
 use std::iter;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{ImageFormat, ImageReader};
 
-use crate::repository::sidecar::ImageInput;
+use serde::Deserialize;
+
+use super::decode::{decode, DecodeError};
 use crate::tensor::{DType, Tensor};
 
-/// The encoded formats accepted, with their names in messages.
-const FORMATS: [(ImageFormat, &str); 4] = [
-    (ImageFormat::Jpeg, "JPEG"),
-    (ImageFormat::Png, "PNG"),
-    (ImageFormat::Bmp, "BMP"),
-    (ImageFormat::WebP, "WebP"),
-];
+/// `[input]` of a model's sidecar: how an image becomes the model's input tensor (the
+/// sidecar embeds this type; its checks are [`Preprocessor::new`]'s).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// Target width.
+    pub width: u32,
+    /// Target height.
+    pub height: u32,
+    /// `stretch`, `letterbox` or `center_crop`.
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    /// `rgb`, `bgr` or `gray`.
+    #[serde(default = "default_color")]
+    pub color: String,
+    /// `nchw` or `nhwc`.
+    #[serde(default = "default_layout")]
+    pub layout: String,
+    /// Tensor datatype (KServe name).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Multiplier applied to 0–255 pixel values.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Per-channel mean subtracted after scaling.
+    #[serde(default)]
+    pub mean: Vec<f64>,
+    /// Per-channel std dividing after the mean.
+    #[serde(default)]
+    pub std: Vec<f64>,
+    /// Letterbox fill, 0–255.
+    #[serde(default = "default_pad")]
+    pub pad: u8,
+}
 
-/// BMP info-header sizes (core, OS/2 v2 short and long, v1 to v5): `BM` alone is too weak a
-/// signature to route a payload as an image.
-const BMP_HEADER_SIZES: [u32; 8] = [12, 16, 40, 52, 56, 64, 108, 124];
+fn default_resize() -> String {
+    "stretch".into()
+}
+fn default_color() -> String {
+    "rgb".into()
+}
+fn default_layout() -> String {
+    "nchw".into()
+}
+fn default_dtype() -> String {
+    "FP32".into()
+}
+fn default_scale() -> f64 {
+    1.0 / 255.0
+}
+fn default_pad() -> u8 {
+    114
+}
 
 /// Why pre-processing could not produce a tensor; each message says what was wrong and what
 /// was expected.
@@ -77,20 +119,9 @@ pub enum PreprocessError {
         /// What was wrong and what was expected.
         message: String,
     },
-    /// The payload is not an image in one of the accepted formats.
-    #[error("unsupported image format: {found} (expected JPEG, PNG, BMP or WebP)")]
-    UnsupportedFormat {
-        /// The format recognised, or the first bytes when none was.
-        found: String,
-    },
-    /// The payload has an accepted format's signature but cannot be decoded.
-    #[error("cannot decode the {format} image: {reason} (expected a complete, valid {format} file)")]
-    Decode {
-        /// The format its signature names.
-        format: &'static str,
-        /// The decoder's message (corrupt, truncated, over the memory limit).
-        reason: String,
-    },
+    /// The payload is not a decodable image in an accepted format.
+    #[error(transparent)]
+    Image(#[from] DecodeError),
     /// The image has no pixels.
     #[error("image is {width}x{height} pixels (expected a width and height of at least 1)")]
     Empty {
@@ -122,53 +153,6 @@ fn settings(key: &'static str, message: String) -> PreprocessError {
 
 fn internal(error: impl fmt::Display) -> PreprocessError {
     PreprocessError::Internal(error.to_string())
-}
-
-/// Whether `bytes` starts like an image [`Preprocessor::from_encoded`] accepts (JPEG, PNG,
-/// BMP, WebP), by magic bytes only; protocol layers use it to route image payloads.
-pub fn is_image(bytes: &[u8]) -> bool {
-    format_of(bytes).is_ok()
-}
-
-/// The accepted format `bytes` is in, by magic bytes, with its name.
-fn format_of(bytes: &[u8]) -> Result<(ImageFormat, &'static str), PreprocessError> {
-    let unsupported = |found: String| Err(PreprocessError::UnsupportedFormat { found });
-    let Ok(format) = image::guess_format(bytes) else {
-        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        return unsupported(if head.is_empty() {
-            "empty payload".into()
-        } else {
-            format!("unrecognised data starting with bytes {}", head.join(" "))
-        });
-    };
-    match FORMATS.iter().find(|(f, _)| *f == format) {
-        Some(&(ImageFormat::Bmp, _)) if !plausible_bmp(bytes) => {
-            unsupported("data starting with \"BM\" but no BMP header".into())
-        }
-        Some(&found) => Ok(found),
-        None => unsupported(format!("{format:?}").to_uppercase()),
-    }
-}
-
-/// Whether a JPEG's last scan is followed by its end-of-image marker (searching back from the
-/// end; markers cannot occur inside entropy-coded data). zune-jpeg decodes a truncated file
-/// into a partly grey image where Pillow's libjpeg refuses it, so this refuses it first.
-pub(crate) fn jpeg_complete(bytes: &[u8]) -> bool {
-    bytes
-        .windows(2)
-        .rev()
-        .find_map(|marker| match marker {
-            [0xFF, 0xD9] => Some(true),
-            [0xFF, 0xDA] => Some(false),
-            _ => None,
-        })
-        .unwrap_or(false)
-}
-
-fn plausible_bmp(bytes: &[u8]) -> bool {
-    bytes.get(14..18).is_some_and(|size| {
-        BMP_HEADER_SIZES.contains(&u32::from_le_bytes([size[0], size[1], size[2], size[3]]))
-    })
 }
 
 /// How the image is fitted into the model's input size.
@@ -333,25 +317,73 @@ fn append<E: Copy>(
     }
 }
 
+/// One of `choices` by name, or the `[input]` key's error listing them.
+fn choose<T: Copy>(key: &'static str, value: &str, choices: &[(&str, T)]) -> Result<T, PreprocessError> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            settings(key, format!("expected one of {names:?}, got \"{value}\""))
+        })
+}
+
+/// `scale`, `mean` and `std` checked and tabulated for the output dtype.
+fn normalisation(input: &ImageInput, channels: usize) -> Result<Tables, PreprocessError> {
+    let per_channel = |key: &'static str, values: &[f64], default: f64| match values {
+        [] => Ok([default; 3]),
+        [v] => Ok([*v; 3]),
+        [r, g, b] if channels == 3 => Ok([*r, *g, *b]),
+        _ => Err(settings(
+            key,
+            format!(
+                "expected 1 or {channels} values (one per channel of \"{}\"), got {}",
+                input.color,
+                values.len()
+            ),
+        )),
+    };
+    let mean = per_channel("mean", &input.mean, 0.0)?;
+    let std = per_channel("std", &input.std, 1.0)?;
+    if !input.scale.is_finite() || !mean.iter().all(|m| m.is_finite()) {
+        return Err(settings("scale/mean", "expected finite numbers".into()));
+    }
+    if !std.iter().all(|s| s.is_finite() && *s != 0.0) {
+        return Err(settings(
+            "std",
+            format!("expected finite non-zero numbers, got {:?}", input.std),
+        ));
+    }
+    let dtype = DType::from_kserve_name(&input.dtype).map_err(|e| settings("dtype", e.to_string()))?;
+    Ok(match dtype {
+        DType::F32 => Tables::F32(tables(input.scale, mean, std, |v| (v as f32).to_le_bytes())),
+        DType::F16 => Tables::F16(tables(input.scale, mean, std, |v| {
+            half::f16::from_f64(v).to_le_bytes()
+        })),
+        DType::U8 if input.mean.is_empty() && input.std.is_empty() => {
+            Tables::U8(tables(1.0, [0.0; 3], [1.0; 3], |v| [v as u8]))
+        }
+        DType::U8 => {
+            return Err(settings(
+                "mean/std",
+                "UINT8 input carries raw 0-255 pixels: expected no mean/std (or dtype FP32/FP16)".into(),
+            ))
+        }
+        other => {
+            return Err(settings(
+                "dtype",
+                format!("image pre-processing produces FP32, FP16 or UINT8, got {other}"),
+            ))
+        }
+    })
+}
+
 impl Preprocessor {
     /// Parses and checks `[input]`: sizes, `resize`, `color`, `layout`, a dtype among
     /// `FP32`, `FP16` and `UINT8`, finite `scale`, `mean` and `std` with 0, 1 or one value
     /// per channel, no zero `std`.
     pub fn new(input: &ImageInput) -> Result<Preprocessor, PreprocessError> {
-        fn choose<T: Copy>(
-            key: &'static str,
-            value: &str,
-            choices: &[(&str, T)],
-        ) -> Result<T, PreprocessError> {
-            choices
-                .iter()
-                .find(|(name, _)| *name == value)
-                .map(|&(_, v)| v)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-                    settings(key, format!("expected one of {names:?}, got \"{value}\""))
-                })
-        }
         let resize = choose(
             "resize",
             &input.resize,
@@ -384,52 +416,7 @@ impl Preprocessor {
                 ),
             ));
         }
-        let per_channel = |key: &'static str, values: &[f64], default: f64| match values {
-            [] => Ok([default; 3]),
-            [v] => Ok([*v; 3]),
-            [r, g, b] if channels == 3 => Ok([*r, *g, *b]),
-            _ => Err(settings(
-                key,
-                format!(
-                    "expected 1 or {channels} values (one per channel of \"{}\"), got {}",
-                    input.color,
-                    values.len()
-                ),
-            )),
-        };
-        let mean = per_channel("mean", &input.mean, 0.0)?;
-        let std = per_channel("std", &input.std, 1.0)?;
-        if !input.scale.is_finite() || !mean.iter().all(|m| m.is_finite()) {
-            return Err(settings("scale/mean", "expected finite numbers".into()));
-        }
-        if !std.iter().all(|s| s.is_finite() && *s != 0.0) {
-            return Err(settings(
-                "std",
-                format!("expected finite non-zero numbers, got {:?}", input.std),
-            ));
-        }
-        let dtype = DType::from_kserve_name(&input.dtype).map_err(|e| settings("dtype", e.to_string()))?;
-        let tables = match dtype {
-            DType::F32 => Tables::F32(tables(input.scale, mean, std, |v| (v as f32).to_le_bytes())),
-            DType::F16 => Tables::F16(tables(input.scale, mean, std, |v| {
-                half::f16::from_f64(v).to_le_bytes()
-            })),
-            DType::U8 if input.mean.is_empty() && input.std.is_empty() => {
-                Tables::U8(tables(1.0, [0.0; 3], [1.0; 3], |v| [v as u8]))
-            }
-            DType::U8 => {
-                return Err(settings(
-                    "mean/std",
-                    "UINT8 input carries raw 0-255 pixels: expected no mean/std (or dtype FP32/FP16)".into(),
-                ))
-            }
-            other => {
-                return Err(settings(
-                    "dtype",
-                    format!("image pre-processing produces FP32, FP16 or UINT8, got {other}"),
-                ))
-            }
-        };
+        let tables = normalisation(input, channels)?;
         Ok(Preprocessor {
             width: input.width,
             height: input.height,
@@ -465,20 +452,11 @@ impl Preprocessor {
         }
     }
 
-    /// Decodes a JPEG, PNG, BMP or WebP image (recognised by its magic bytes) and prepares it.
+    /// Decodes a JPEG, PNG, BMP or WebP image (recognised by its magic bytes, see
+    /// [`super::decode`]) and prepares it.
     pub fn from_encoded(&self, bytes: &[u8]) -> Result<Prepared, PreprocessError> {
-        let (format, name) = format_of(bytes)?;
-        let fail = |reason: String| PreprocessError::Decode { format: name, reason };
-        if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
-            return Err(fail(
-                "the data ends before its end-of-image marker (truncated)".into(),
-            ));
-        }
-        let decoded = ImageReader::with_format(Cursor::new(bytes), format)
-            .decode()
-            .map_err(|e| fail(e.to_string()))?;
-        let (width, height) = (decoded.width(), decoded.height());
-        self.prepare(width, height, decoded.into_rgb8().as_raw())
+        let image = decode(bytes)?;
+        self.prepare(image.width, image.height, &image.rgb)
     }
 
     /// Prepares a raw RGB8 frame (row-major, 3 bytes per pixel, no row padding), as cameras
@@ -638,6 +616,9 @@ impl fmt::Debug for Preprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::decode::is_image;
+    use image::ImageFormat;
+    use std::io::Cursor;
 
     fn input(width: u32, height: u32, edit: impl FnOnce(&mut ImageInput)) -> ImageInput {
         let mut input: ImageInput = toml::from_str(&format!("width = {width}\nheight = {height}")).unwrap();

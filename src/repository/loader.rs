@@ -1,7 +1,10 @@
 //! Loading one version of a model, with every check a reload must pass before the version may
 //! serve (SPEC §4 "the guarantee", step 2): the minisign signature when signatures are
-//! required, a valid ONNX file, an engine that loads it, one warm-up inference, and the golden
-//! sample of `[validate]` within its tolerances. Any failure is a [`LoadError`] naming the step.
+//! required, a valid ONNX file, an engine that loads it, one warm-up inference (see
+//! [`warmup`] for its inputs and when its failure refuses), and the golden sample of
+//! `[validate]` within its tolerances. Any failure is a [`LoadError`] naming the step.
+//! [`stage`] runs the checks that need no engine, so a `replace` reload can refuse a bad
+//! version before it drains the one serving.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -10,7 +13,9 @@ use minisign_verify::{PublicKey, Signature};
 
 use super::layout::SIGNATURE_SUFFIX;
 use super::sidecar::{Sidecar, Validate};
-use crate::engine::{select, EngineOptions, ModelFile};
+use super::warmup::{self, Origin};
+use crate::engine::{select, EngineChoice, EngineOptions};
+use crate::model::ModelFile;
 use crate::pipeline::postprocess::{Kind, Postprocessor};
 use crate::serving::image::ImagePipeline;
 use crate::serving::LoadedVersion;
@@ -26,6 +31,20 @@ pub struct LoadSettings {
     pub require_signatures: bool,
     /// Trusted minisign public keys (base64).
     pub trusted_keys: Vec<String>,
+    /// An engine that wins over the sidecar's (the CLI's `--engine`).
+    pub force_engine: Option<EngineChoice>,
+}
+
+impl LoadSettings {
+    /// The settings of a daemon's repository: `[engine]`, `state_dir` and the signature keys.
+    pub fn from_config(config: &crate::config::Config) -> LoadSettings {
+        LoadSettings {
+            engine: config.engine_options(),
+            require_signatures: config.repository.require_signatures,
+            trusted_keys: config.repository.trusted_keys.clone(),
+            force_engine: None,
+        }
+    }
 }
 
 /// Which check refused a version, and why.
@@ -54,8 +73,49 @@ pub struct VersionSource<'a> {
     pub sidecar: &'a Sidecar,
 }
 
+/// A version that passed every check that needs no engine: file read, signature, ONNX
+/// parsed, model facts expressible, the engine choice possible, `[input]` and `[output]`
+/// fitting the signature. A `replace` reload stages the new version before it drains the old.
+pub struct Staged {
+    file: ModelFile,
+    options: EngineOptions,
+    image: Option<ImagePipeline>,
+    post: Option<Postprocessor>,
+    labels: Option<Vec<String>>,
+    started: Instant,
+}
+
+/// How the warm-up inference went.
+#[derive(Clone, Debug)]
+pub struct WarmupReport {
+    /// Where its inputs came from.
+    pub origin: Origin,
+    /// `None` when it ran; the engine's complaint when it failed on inputs that do not refuse
+    /// the version (the version serves and pays the lazy initialisation on its first request).
+    pub skipped: Option<String>,
+}
+
+impl WarmupReport {
+    /// What the model's state says about it.
+    pub fn describe(&self) -> String {
+        match &self.skipped {
+            None => format!("ok on {}", self.origin.describe()),
+            Some(why) => format!(
+                "skipped: {} failed ({why}); the first request pays the engine's lazy initialisation",
+                self.origin.describe()
+            ),
+        }
+    }
+}
+
 /// Loads, warms up and validates one version; it is ready to be swapped in.
 pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<LoadedVersion, LoadError> {
+    let staged = stage(source, settings)?;
+    load_staged(source, staged)
+}
+
+/// The checks of a version that need no engine (see [`Staged`]).
+pub fn stage(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<Staged, LoadError> {
     let started = Instant::now();
     let fail = |step: &'static str, message: String| LoadError {
         version: source.version,
@@ -69,14 +129,16 @@ pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Resu
     }
     let file = ModelFile::from_bytes(source.file, &bytes).map_err(|e| fail("model", e.to_string()))?;
     drop(bytes);
-    let options = engine_options(&settings.engine, source.sidecar);
-    let model = select::load(source.name, &file, &options).map_err(|e| fail("model", e.to_string()))?;
-    drop(file);
+    let mut options = engine_options(&settings.engine, source.sidecar);
+    if let Some(engine) = settings.force_engine {
+        options.choice = engine;
+    }
+    select::precheck(&file, &options).map_err(|e| fail("model", e.to_string()))?;
     let image = source
         .sidecar
         .input
         .as_ref()
-        .map(|input| ImagePipeline::new(&model.info.inputs, input))
+        .map(|input| ImagePipeline::new(&file.info.inputs, input))
         .transpose()
         .map_err(|m| fail("input", m))?;
     let labels = super::layout::labels(source.dir);
@@ -91,20 +153,67 @@ pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Resu
         .transpose()
         .map_err(|e| fail("output", e.to_string()))?
         .filter(|post| post.kind() != Kind::None);
-    let warmup = model
-        .info
-        .synthetic_inputs()
-        .map_err(|e| fail("warmup", e.to_string()))?;
-    let outputs = model
-        .infer_blocking(warmup, None)
-        .and_then(|r| r.outputs)
-        .map_err(|e| fail("warmup", e.to_string()))?;
-    if let Some(post) = &post {
-        // The outputs must have the shape `[output]` expects.
-        post.apply(&outputs, None)
-            .map_err(|e| fail("output", e.to_string()))?;
-    }
-    if let Some(validate) = &source.sidecar.validate {
+    Ok(Staged {
+        file,
+        options,
+        image,
+        post,
+        labels,
+        started,
+    })
+}
+
+/// Loads a staged version in its engine, warms it up and checks the golden sample.
+pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedVersion, LoadError> {
+    let fail = |step: &'static str, message: String| LoadError {
+        version: source.version,
+        step,
+        message,
+    };
+    let Staged {
+        file,
+        options,
+        image,
+        post,
+        labels,
+        started,
+    } = staged;
+    let model = select::load(source.name, &file, &options).map_err(|e| fail("model", e.to_string()))?;
+    drop(file);
+    let validate = source.sidecar.validate.as_ref();
+    let chosen = warmup::choose(
+        &model.info,
+        validate.and_then(|v| v.warmup.as_ref()),
+        image.as_ref(),
+        source.dir,
+    )
+    .map_err(|m| fail("warmup", m))?;
+    let outcome = model.infer_blocking(chosen.inputs, None).and_then(|r| r.outputs);
+    let warmup = match outcome {
+        Ok(outputs) => {
+            if let Some(post) = &post {
+                // The outputs must have the shape `[output]` expects.
+                post.apply(&outputs, None)
+                    .map_err(|e| fail("output", e.to_string()))?;
+            }
+            WarmupReport {
+                origin: chosen.origin,
+                skipped: None,
+            }
+        }
+        Err(e) if chosen.origin.refuses() => {
+            return Err(fail("warmup", format!("on {}: {e}", chosen.origin.describe())))
+        }
+        Err(e) => {
+            let report = WarmupReport {
+                origin: chosen.origin,
+                skipped: Some(e.to_string()),
+            };
+            tracing::warn!(model = source.name, version = source.version, warmup = %report.describe(), "serving without a warm-up");
+            report
+        }
+    };
+    if let Some(validate) = validate.filter(|v| v.input.is_some()) {
         check_golden(&model, source.dir, validate).map_err(|m| fail("golden", m))?;
     }
     Ok(LoadedVersion {
@@ -116,6 +225,7 @@ pub fn load_version(source: &VersionSource<'_>, settings: &LoadSettings) -> Resu
         labels,
         image,
         post,
+        warmup: warmup.describe(),
     })
 }
 
@@ -170,16 +280,20 @@ fn check_golden(
         let path = dir.join(p);
         std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
-    let request: InferRequestBody = serde_json::from_slice(&read(&validate.input)?)
-        .map_err(|e| format!("{}: {e}", validate.input.display()))?;
+    let (Some(input), Some(expected)) = (&validate.input, &validate.expected) else {
+        return Ok(());
+    };
+    let request: InferRequestBody =
+        serde_json::from_slice(&read(input)?).map_err(|e| format!("{}: {e}", input.display()))?;
+    let expected_path = expected;
     let expected: InferResponseBody = serde_json::from_value({
-        let mut v: serde_json::Value = serde_json::from_slice(&read(&validate.expected)?)
-            .map_err(|e| format!("{}: {e}", validate.expected.display()))?;
+        let mut v: serde_json::Value = serde_json::from_slice(&read(expected_path)?)
+            .map_err(|e| format!("{}: {e}", expected_path.display()))?;
         v.as_object_mut()
             .map(|o| o.entry("model_name").or_insert_with(|| "golden".into()));
         v
     })
-    .map_err(|e| format!("{}: {e}", validate.expected.display()))?;
+    .map_err(|e| format!("{}: {e}", expected_path.display()))?;
     let inputs = request.tensors().map_err(|e| format!("golden {e}"))?;
     let names: Vec<String> = expected.outputs.iter().map(|o| o.name.clone()).collect();
     let outputs = model

@@ -14,6 +14,7 @@
 pub mod layout;
 pub mod loader;
 pub mod sidecar;
+pub mod warmup;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,6 +41,34 @@ struct ModelRecord {
     failed: BTreeMap<u64, (Fingerprint, String)>,
 }
 
+/// One sync of one model: what it works on and what it has decided so far.
+struct Pass<'a> {
+    name: &'a str,
+    dir: &'a Path,
+    sidecar: &'a Sidecar,
+    handle: &'a ModelHandle,
+    record: ModelRecord,
+    report: SyncReport,
+    /// Wanted versions that serve (or will, once loaded).
+    next: Versions,
+    /// Versions serving but no longer wanted (kept until every wanted version is ready).
+    outgoing: Versions,
+    /// Fingerprints of what served before this pass (to restore after a failed replace).
+    previous: BTreeMap<u64, Fingerprint>,
+}
+
+impl Pass<'_> {
+    fn source<'b>(&'b self, version: u64, file: &'b Path) -> VersionSource<'b> {
+        VersionSource {
+            name: self.name,
+            dir: self.dir,
+            version,
+            file,
+            sidecar: self.sidecar,
+        }
+    }
+}
+
 /// The outcome of syncing one model, for `onnxd check` and logs.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SyncReport {
@@ -63,6 +92,8 @@ pub struct Repository {
     retired: Vec<Arc<LoadedVersion>>,
     /// Models unloaded through the API: left alone until loaded through the API again.
     held: HashSet<String>,
+    /// Reads `MemAvailable` (bytes) for the memory admission rule.
+    memory: fn() -> Option<u64>,
 }
 
 impl Repository {
@@ -76,7 +107,14 @@ impl Repository {
             records: HashMap::new(),
             retired: Vec::new(),
             held: HashSet::new(),
+            memory: mem_available,
         }
+    }
+
+    /// Replaces how available memory is read (default: `MemAvailable` of `/proc/meminfo`):
+    /// for platforms without it, and for tests of the memory-short path.
+    pub fn set_memory_probe(&mut self, probe: fn() -> Option<u64>) {
+        self.memory = probe;
     }
 
     /// The router this repository publishes to.
@@ -155,61 +193,43 @@ impl Repository {
             ));
         }
         // Versions serving now but no longer wanted stay until every wanted version is ready.
-        let (mut next, mut outgoing): (Versions, Versions) = handle
+        let (next, outgoing): (Versions, Versions) = handle
             .versions()
             .iter()
             .map(|(v, m)| (*v, m.clone()))
             .partition(|(v, _)| wanted.contains(v));
-        record.loaded.retain(|v, _| wanted.contains(v));
+        // Fingerprints of what still serves are kept: a replace reload restores from them.
+        record
+            .loaded
+            .retain(|v, _| wanted.contains(v) || outgoing.contains_key(v));
+        let previous = record.loaded.clone();
         record.failed.retain(|v, _| wanted.contains(v));
         let changed: Vec<(u64, PathBuf, Fingerprint)> = wanted
             .iter()
             .map(|&v| (v, present[&v].clone(), Fingerprint::of(&dir, &present[&v])))
             .filter(|(v, _, fp)| record.loaded.get(v) != Some(fp) || !next.contains_key(v))
             .collect();
+        let mut pass = Pass {
+            name,
+            dir: &dir,
+            sidecar: &sidecar,
+            handle: &handle,
+            record,
+            report,
+            next,
+            outgoing,
+            previous,
+        };
         for (version, file, fingerprint) in changed {
-            if let Some((failed_fp, why)) = record.failed.get(&version) {
-                if *failed_fp == fingerprint {
-                    report.errors.push(why.clone());
-                    continue;
-                }
-            }
-            if self.mode == ReloadMode::Replace || !memory_admits(&file) {
-                // Drain and free what this version replaces before loading it (`next` already
-                // lacks the versions no longer wanted); requests wait while nothing serves.
-                next.remove(&version);
-                outgoing.clear();
-                // An empty set without error publishes LOADING: requests wait for the new one.
-                let old = handle.publish(next.clone(), None);
-                self.retire(old, &next);
-                self.drain_retired(DRAIN_TIMEOUT);
-            }
-            let source = VersionSource {
-                name,
-                dir: &dir,
-                version,
-                file: &file,
-                sidecar: &sidecar,
-            };
-            let started = Instant::now();
-            match load_version(&source, &self.settings) {
-                Ok(loaded) => {
-                    tracing::info!(model = name, version, engine = %loaded.model.engine, provider = %loaded.model.provider,
-                        ms = started.elapsed().as_millis() as u64, "version ready");
-                    next.insert(version, Arc::new(loaded));
-                    record.loaded.insert(version, fingerprint);
-                    record.failed.remove(&version);
-                    report.loaded.push(version);
-                    handle.stats.reload("ok");
-                }
-                Err(e) => {
-                    tracing::error!(model = name, error = %e, "version refused; what served before keeps serving");
-                    record.failed.insert(version, (fingerprint, e.to_string()));
-                    report.errors.push(e.to_string());
-                    handle.stats.reload("failed");
-                }
-            }
+            self.load_changed(&mut pass, version, &file, fingerprint);
         }
+        let Pass {
+            record,
+            report,
+            mut next,
+            outgoing,
+            ..
+        } = pass;
         if wanted.iter().any(|v| !next.contains_key(v)) {
             next.extend(outgoing);
         }
@@ -217,12 +237,117 @@ impl Repository {
         self.finish(&handle, next, report)
     }
 
+    /// Loads one changed version into `pass.next`, or records why it was refused. In replace
+    /// mode (or when memory is short) the version is staged first — everything checked that
+    /// needs no engine — and only then is what it replaces drained and freed; if the load
+    /// still fails, the drained versions are loaded again from their files.
+    fn load_changed(&mut self, pass: &mut Pass<'_>, version: u64, file: &Path, fingerprint: Fingerprint) {
+        if let Some((failed_fp, why)) = pass.record.failed.get(&version) {
+            if *failed_fp == fingerprint {
+                pass.report.errors.push(why.clone());
+                return;
+            }
+        }
+        let source = VersionSource {
+            name: pass.name,
+            dir: pass.dir,
+            version,
+            file,
+            sidecar: pass.sidecar,
+        };
+        let started = Instant::now();
+        let replace = self.mode == ReloadMode::Replace || !memory_admits(file, (self.memory)());
+        let loaded = loader::stage(&source, &self.settings).and_then(|staged| {
+            let drained = if replace {
+                self.drain_for(pass, version)
+            } else {
+                Vec::new()
+            };
+            loader::load_staged(&source, staged).inspect_err(|_| self.restore(pass, drained))
+        });
+        match loaded {
+            Ok(loaded) => {
+                tracing::info!(model = pass.name, version, engine = %loaded.model.engine, provider = %loaded.model.provider,
+                    warmup = %loaded.warmup, ms = started.elapsed().as_millis() as u64, "version ready");
+                pass.next.insert(version, Arc::new(loaded));
+                pass.record.loaded.insert(version, fingerprint);
+                pass.record.failed.remove(&version);
+                pass.report.loaded.push(version);
+                pass.handle.stats.reload("ok");
+            }
+            Err(e) => {
+                if pass.next.is_empty() && pass.outgoing.is_empty() {
+                    tracing::error!(model = pass.name, error = %e, "version refused; the model has no version serving");
+                } else {
+                    tracing::error!(model = pass.name, error = %e, "version refused; what served before keeps serving");
+                }
+                pass.record.failed.insert(version, (fingerprint, e.to_string()));
+                pass.report.errors.push(e.to_string());
+                pass.handle.stats.reload("failed");
+            }
+        }
+    }
+
+    /// Drains and frees what loading `version` replaces (the same version, and the versions
+    /// no longer wanted); requests wait (bounded) while nothing serves. Returns the drained
+    /// versions' numbers and files, for [`Self::restore`].
+    fn drain_for(&mut self, pass: &mut Pass<'_>, version: u64) -> Vec<(u64, PathBuf)> {
+        let mut drained: Vec<(u64, PathBuf)> = pass
+            .outgoing
+            .values()
+            .chain(pass.next.get(&version))
+            .map(|v| (v.version, v.file.clone()))
+            .collect();
+        drained.sort();
+        pass.next.remove(&version);
+        pass.outgoing.clear();
+        // An empty set without error publishes LOADING: requests wait for the new one.
+        let old = pass.handle.publish(pass.next.clone(), None);
+        self.retire(pass.name, old, &pass.next);
+        self.drain_retired(DRAIN_TIMEOUT);
+        drained
+    }
+
+    /// After a failed load in replace mode: loads the drained versions again from their
+    /// files, when those are unchanged, and reports each restore (or why it was impossible).
+    fn restore(&mut self, pass: &mut Pass<'_>, drained: Vec<(u64, PathBuf)>) {
+        for (version, file) in drained {
+            let now = Fingerprint::of(pass.dir, &file);
+            if pass.previous.get(&version) != Some(&now) {
+                let why = format!("version {version} cannot be restored: its files changed");
+                tracing::error!(model = pass.name, "{why}");
+                pass.report.errors.push(why);
+                continue;
+            }
+            match load_version(&pass.source(version, &file), &self.settings) {
+                Ok(loaded) => {
+                    tracing::warn!(
+                        model = pass.name,
+                        version,
+                        "version restored after the failed load"
+                    );
+                    pass.report
+                        .errors
+                        .push(format!("version {version} restored after the failed load"));
+                    pass.record.loaded.insert(version, now);
+                    pass.next.insert(version, Arc::new(loaded));
+                }
+                Err(e) => {
+                    tracing::error!(model = pass.name, error = %e, "version could not be restored");
+                    pass.report
+                        .errors
+                        .push(format!("version {version} could not be restored: {e}"));
+                }
+            }
+        }
+    }
+
     /// Publishes the new set of versions and retires what it replaced.
     fn finish(&mut self, handle: &ModelHandle, next: Versions, mut report: SyncReport) -> SyncReport {
         report.serving = next.keys().copied().collect();
         let error = (!report.errors.is_empty()).then(|| report.errors.join("; "));
         let old = handle.publish(next.clone(), error);
-        self.retire(old, &next);
+        self.retire(&handle.name, old, &next);
         self.reap();
         report
     }
@@ -237,16 +362,28 @@ impl Repository {
             );
             handle.stats.reload("unloaded");
             let old = handle.publish(BTreeMap::new(), Some("unloaded".into()));
-            self.retire(old, &Versions::new());
+            self.retire(name, old, &Versions::new());
         }
         self.reap();
     }
 
     /// Retires the versions of `old` that `next` no longer has; `old` itself is dropped here,
     /// so the retired list holds the only other references.
-    fn retire(&mut self, old: Arc<Versions>, next: &Versions) {
-        let gone = old.values().filter(|o| !next.values().any(|n| Arc::ptr_eq(n, o)));
-        self.retired.extend(gone.cloned());
+    fn retire(&mut self, model: &str, old: Arc<Versions>, next: &Versions) {
+        for gone in old.values().filter(|o| !next.values().any(|n| Arc::ptr_eq(n, o))) {
+            let why = if next.contains_key(&gone.version) {
+                "replaced by a new load"
+            } else {
+                "no longer served (version policy, unload or replace reload)"
+            };
+            tracing::info!(
+                model,
+                version = gone.version,
+                why,
+                "version retired: freed after its last request"
+            );
+            self.retired.push(gone.clone());
+        }
     }
 
     /// Frees retired versions whose last request has finished; returns whether some are
@@ -265,10 +402,56 @@ impl Repository {
     }
 }
 
-/// Whether `MemAvailable` leaves room to load `file` beside what serves.
-fn memory_admits(file: &Path) -> bool {
+/// A router serving one model outside a repository (the CLI): a model directory, with its
+/// sidecar, labels and versions, or a lone `.onnx` file as version 1 with default settings.
+/// The model goes through every check a reload makes. Returns the model's name.
+pub fn serve_one(path: &Path, settings: &LoadSettings) -> Result<(String, Arc<Router>), String> {
+    let router = Arc::new(Router::default());
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string();
+    if path.is_dir() {
+        let root = path.parent().unwrap_or(Path::new("."));
+        let mut repository = Repository::new(root, settings.clone(), ReloadMode::Beside, router.clone());
+        let report = repository.sync_model(&name);
+        if report.serving.is_empty() {
+            return Err(match report.errors.is_empty() {
+                true => format!("{}: no model directory here", path.display()),
+                false => report.errors.join("; "),
+            });
+        }
+        return Ok((name, router));
+    }
+    if !path.is_file() {
+        return Err(format!(
+            "{}: cannot read: no such file or model directory",
+            path.display()
+        ));
+    }
+    let sidecar = Sidecar::default();
+    let source = VersionSource {
+        name: &name,
+        dir: path.parent().unwrap_or(Path::new(".")),
+        version: 1,
+        file: path,
+        sidecar: &sidecar,
+    };
+    let loaded = load_version(&source, settings).map_err(|e| match e.step {
+        "model" => e.message,
+        step => format!("{step}: {}", e.message),
+    })?;
+    router
+        .handle_or_insert(&name)
+        .publish(BTreeMap::from([(1, Arc::new(loaded))]), None);
+    Ok((name, router))
+}
+
+/// Whether `available` memory leaves room to load `file` beside what serves.
+fn memory_admits(file: &Path, available: Option<u64>) -> bool {
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-    admits(size, mem_available())
+    admits(size, available)
 }
 
 /// The admission rule: a model needs about three times its file size while it loads

@@ -3,11 +3,14 @@
 //! with unknown keys refused and then validated, so an error names the file, the key and
 //! what was expected. Everything absent comes from the ONNX file itself.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::engine::{EngineChoice, Provider};
+use crate::pipeline::postprocess::OutputProcessing;
+use crate::pipeline::preprocess::ImageInput;
 
 /// File name of the sidecar inside a model directory.
 pub const FILE_NAME: &str = "model.toml";
@@ -85,96 +88,47 @@ fn default_queue_delay() -> u64 {
     500
 }
 
-/// `[input]`: how an image becomes the model's input tensor.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageInput {
-    /// Target width.
-    pub width: u32,
-    /// Target height.
-    pub height: u32,
-    /// `stretch`, `letterbox` or `center_crop`.
-    #[serde(default = "default_resize")]
-    pub resize: String,
-    /// `rgb`, `bgr` or `gray`.
-    #[serde(default = "default_color")]
-    pub color: String,
-    /// `nchw` or `nhwc`.
-    #[serde(default = "default_layout")]
-    pub layout: String,
-    /// Tensor datatype (KServe name).
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
-    /// Multiplier applied to 0–255 pixel values.
-    #[serde(default = "default_scale")]
-    pub scale: f64,
-    /// Per-channel mean subtracted after scaling.
-    #[serde(default)]
-    pub mean: Vec<f64>,
-    /// Per-channel std dividing after the mean.
-    #[serde(default)]
-    pub std: Vec<f64>,
-    /// Letterbox fill, 0–255.
-    #[serde(default = "default_pad")]
-    pub pad: u8,
-}
-
-fn default_resize() -> String {
-    "stretch".into()
-}
-fn default_color() -> String {
-    "rgb".into()
-}
-fn default_layout() -> String {
-    "nchw".into()
-}
-fn default_dtype() -> String {
-    "FP32".into()
-}
-fn default_scale() -> f64 {
-    1.0 / 255.0
-}
-fn default_pad() -> u8 {
-    114
-}
-
-/// `[output]`: post-processing of the model's outputs.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputProcessing {
-    /// `none`, `classify`, `yolo` or `ssd`.
-    #[serde(default = "default_kind")]
-    pub kind: String,
-    /// Classes reported by `classify`.
-    pub top_k: Option<usize>,
-    /// Minimum score kept.
-    pub score_threshold: Option<f64>,
-    /// NMS IoU threshold.
-    pub iou_threshold: Option<f64>,
-    /// Most detections reported.
-    pub max_detections: Option<usize>,
-    /// Labels file (relative to the model directory).
-    pub labels: Option<String>,
-}
-
-fn default_kind() -> String {
-    "none".into()
-}
-
-/// `[validate]`: the golden sample.
-#[derive(Clone, Debug, Deserialize)]
+/// `[validate]`: the golden sample and the warm-up inputs.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Validate {
-    /// V2 request JSON (relative to the model directory).
-    pub input: PathBuf,
-    /// V2 response JSON with the expected outputs.
-    pub expected: PathBuf,
+    /// Golden request: V2 request JSON (relative to the model directory).
+    pub input: Option<PathBuf>,
+    /// Golden response: V2 response JSON with the expected outputs.
+    pub expected: Option<PathBuf>,
     /// Relative tolerance.
     #[serde(default = "default_rtol")]
     pub rtol: f64,
     /// Absolute tolerance.
     #[serde(default = "default_atol")]
     pub atol: f64,
+    /// Explicit warm-up inputs (`[validate.warmup]`); a warm-up on them that fails refuses
+    /// the version.
+    pub warmup: Option<Warmup>,
+}
+
+/// `[validate.warmup]`: the inputs of the warm-up inference — a request file, or per input a
+/// shape with a fill value or a `.npy` file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// A V2 request JSON holding every input (relative to the model directory).
+    pub request: Option<PathBuf>,
+    /// Per input name: `{ shape = [1, 3, 320, 320], value = 0.5 }` or `{ file = "x.npy" }`.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, WarmupInput>,
+}
+
+/// One explicit warm-up input.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupInput {
+    /// Concrete shape, filled with `value`.
+    pub shape: Option<Vec<usize>>,
+    /// Fill value (default 0).
+    pub value: Option<f64>,
+    /// A `.npy` file (relative to the model directory).
+    pub file: Option<PathBuf>,
 }
 
 fn default_rtol() -> f64 {
@@ -235,9 +189,7 @@ impl Sidecar {
             }
         }
         if let Some(v) = &self.validate {
-            if !(v.rtol >= 0.0 && v.atol >= 0.0) {
-                return Err("validate.rtol/atol: expected non-negative numbers".into());
-            }
+            v.check()?;
         }
         Ok(())
     }
@@ -260,6 +212,42 @@ impl Sidecar {
             }
             Some(VersionsField::List(list)) => Ok(VersionPolicy::Specific(list.clone())),
         }
+    }
+}
+
+impl Validate {
+    fn check(&self) -> Result<(), String> {
+        if !(self.rtol >= 0.0 && self.atol >= 0.0) {
+            return Err("validate.rtol/atol: expected non-negative numbers".into());
+        }
+        if self.input.is_some() != self.expected.is_some() {
+            return Err(
+                "validate.input/expected: a golden sample needs both the request and the expected response"
+                    .into(),
+            );
+        }
+        let Some(warmup) = &self.warmup else {
+            return Ok(());
+        };
+        if warmup.request.is_some() != warmup.inputs.is_empty() {
+            return Err(
+                "validate.warmup: expected either `request = \"file.json\"` or `[validate.warmup.inputs]`, not both or neither"
+                    .into(),
+            );
+        }
+        for (name, input) in &warmup.inputs {
+            if input.file.is_some() == input.shape.is_some() {
+                return Err(format!(
+                    "validate.warmup.inputs.{name}: expected either `shape` (with an optional `value`) or `file`"
+                ));
+            }
+            if input.file.is_some() && input.value.is_some() {
+                return Err(format!(
+                    "validate.warmup.inputs.{name}: `value` goes with `shape`, not with `file`"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -330,6 +318,17 @@ mod tests {
         assert!(err.contains("instances"), "{err}");
         let err = sidecar("[output]\nkind = \"segment\"").unwrap_err().to_string();
         assert!(err.contains("output.kind"), "{err}");
+        let err = sidecar("[validate]\ninput = \"a.json\"").unwrap_err().to_string();
+        assert!(err.contains("validate.input/expected"), "{err}");
+        let err = sidecar("[validate.warmup]\n").unwrap_err().to_string();
+        assert!(err.contains("validate.warmup: expected either"), "{err}");
+        let err = sidecar("[validate.warmup.inputs.x]\nvalue = 1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("validate.warmup.inputs.x"), "{err}");
+        let ok = sidecar("[validate.warmup.inputs.x]\nshape = [1, 3]\nvalue = 0.5\n").unwrap();
+        let warmup = ok.validate.unwrap().warmup.unwrap();
+        assert_eq!(warmup.inputs["x"].shape, Some(vec![1, 3]));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct LoadedVersion {
     pub image: Option<super::image::ImagePipeline>,
     /// Output post-processing, when the sidecar has `[output]` with a kind other than `none`.
     pub post: Option<crate::pipeline::postprocess::Postprocessor>,
+    /// How its warm-up went (`ok on …`, or `skipped: …` with the reason).
+    pub warmup: String,
 }
 
 /// Lifecycle state of a model.
@@ -65,6 +67,8 @@ pub struct ModelState {
     pub loaded_at: Option<u64>,
     /// The last load error (kept while an older version serves on).
     pub error: Option<String>,
+    /// How that version's warm-up went (`skipped: …` when it served without one).
+    pub warmup: Option<String>,
 }
 
 impl ModelState {
@@ -78,6 +82,7 @@ impl ModelState {
             sha256: None,
             loaded_at: None,
             error: None,
+            warmup: None,
         }
     }
 }
@@ -161,6 +166,7 @@ impl ModelHandle {
                 .and_then(|v| v.loaded_at.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             error,
+            warmup: newest.map(|v| v.warmup.clone()),
         };
         // State first: a reader that finds no version checks the state, which must already
         // say LOADING (replace gap) rather than the READY of the set being replaced.

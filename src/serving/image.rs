@@ -1,20 +1,13 @@
 //! Requests that carry an image instead of tensors (SPEC §4 `[input]`): an encoded image from
-//! MQTT or HTTP, or a raw RGB frame from a camera. The version that runs it is chosen first;
-//! its [`ImagePipeline`] turns the image into the model's input tensor — on a blocking thread,
-//! since decoding and resizing take milliseconds — and the request then runs like any other,
-//! its detections mapped back to the image's pixels.
-//! Every source goes through this one path, so an image is processed identically wherever it
-//! came from.
-
-use std::sync::Arc;
-use std::time::Instant;
+//! MQTT, HTTP or a file, or a raw RGB frame from a camera. [`ImagePipeline`] is a version's
+//! `[input]` pre-processing checked against its input; the [`super::Router`] runs it on a
+//! blocking thread (decoding and resizing take milliseconds) for the version it picked.
 
 use bytes::Bytes;
+use serde_json::Value;
 
-use super::{InferRequest, InferResponse, LoadedVersion, Router, ServeError};
-use crate::engine::model::{TensorSpec, ValueKind};
-use crate::pipeline::preprocess::{Preprocessor, Transform};
-use crate::repository::sidecar::ImageInput;
+use crate::model::{TensorSpec, ValueKind};
+use crate::pipeline::preprocess::{ImageInput, Prepared, PreprocessError, Preprocessor};
 use crate::tensor::Dim;
 
 /// The image pipeline of a model version: its `[input]` pre-processing and the input it feeds.
@@ -59,6 +52,18 @@ impl ImagePipeline {
             pre,
         })
     }
+
+    /// The model input made from `image`.
+    pub fn prepare(&self, image: &Image) -> Result<Prepared, PreprocessError> {
+        match image {
+            Image::Encoded(bytes) => self.pre.from_encoded(bytes),
+            Image::Rgb {
+                width,
+                height,
+                pixels,
+            } => self.pre.from_rgb(*width, *height, pixels),
+        }
+    }
 }
 
 /// The image a request carries.
@@ -85,67 +90,9 @@ pub struct ImageRequest {
     /// Version, or the highest ready one.
     pub version: Option<u64>,
     /// Caller's id, echoed.
-    pub id: Option<String>,
+    pub id: Option<Value>,
     /// The image.
     pub image: Image,
     /// Not run after this instant.
-    pub deadline: Option<Instant>,
-}
-
-/// The answer to an image request.
-#[derive(Debug)]
-pub struct ImageResponse {
-    /// The model's outputs.
-    pub response: InferResponse,
-    /// How model-input pixels map back to the image.
-    pub transform: Transform,
-}
-
-impl Router {
-    /// Pre-processes an image as the chosen version's `[input]` says, then runs it.
-    pub async fn infer_image(&self, request: ImageRequest) -> Result<ImageResponse, ServeError> {
-        let handle = self.get(&request.model)?;
-        let version: Arc<LoadedVersion> = self.pick(&handle, request.version, request.deadline).await?;
-        let Some(pipeline) = version.image.as_ref() else {
-            handle.stats.failure(Some(version.version), "unsupported");
-            return Err(ServeError::NoImageInput(request.model));
-        };
-        let input = pipeline.input.clone();
-        let prepare = version.clone();
-        let image = request.image;
-        let prepared = tokio::task::spawn_blocking(move || {
-            let pre = &prepare.image.as_ref().expect("checked above").pre;
-            match &image {
-                Image::Encoded(bytes) => pre.from_encoded(bytes),
-                Image::Rgb {
-                    width,
-                    height,
-                    pixels,
-                } => pre.from_rgb(*width, *height, pixels),
-            }
-        })
-        .await
-        .map_err(|e| ServeError::BadImage(format!("pre-processing stopped: {e}")))?
-        .map_err(|e| {
-            handle.stats.failure(Some(version.version), "bad_input");
-            ServeError::BadImage(e.to_string())
-        })?;
-        let response = self
-            .infer_from(
-                InferRequest {
-                    model: request.model,
-                    version: Some(version.version),
-                    id: request.id,
-                    inputs: vec![(input, prepared.tensor)],
-                    outputs: None,
-                    deadline: request.deadline,
-                },
-                Some(&prepared.transform),
-            )
-            .await?;
-        Ok(ImageResponse {
-            response,
-            transform: prepared.transform,
-        })
-    }
+    pub deadline: Option<std::time::Instant>,
 }

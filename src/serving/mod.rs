@@ -1,22 +1,35 @@
-//! The serving core: every source (MQTT, HTTP, cameras, the CLI) turns its input into an
-//! [`InferRequest`] and gets an [`InferResponse`] back, through the [`Router`], which finds
-//! the model's [`ModelHandle`] and the version to use. Versions are swapped atomically under
-//! readers (`ArcSwap`); a request keeps the version it started on until it completes.
+//! The serving core: one entry point for every source. HTTP and MQTT hand in a
+//! [`PayloadRequest`] (bytes in a KServe wire form), gRPC and the CLI an [`InferRequest`]
+//! (tensors), cameras and image files an [`ImageRequest`]; the [`Router`] picks the model's
+//! version **once**, decodes or pre-processes against that version, runs the request on it and
+//! post-processes — so a request can never be decoded for one version and run on another
+//! (the hot-reload guarantee lives here). Versions are swapped atomically under readers
+//! (`ArcSwap`); a request keeps the version it started on until it completes.
 
 pub mod handle;
 pub mod image;
+pub mod metrics;
 pub mod router;
 pub mod stats;
 
 use std::time::{Duration, Instant};
 
-use crate::engine::{EngineError, EngineKind, Tensors};
+use serde_json::Value;
+
+use crate::codec::{CodecError, Payload, Reply};
+use crate::engine::EngineError;
+use crate::model::EngineKind;
 use crate::pipeline::postprocess::Detection;
+use crate::tensor::Tensors;
 pub use handle::{LoadedVersion, ModelHandle, ModelState, State};
+pub use image::{Image, ImageRequest};
 pub use router::Router;
 pub use stats::ModelStats;
 
-/// A request from any source.
+/// Requests a model instance's queue holds (a full queue answers `overloaded`).
+pub const QUEUE_PER_INSTANCE: usize = crate::engine::select::QUEUE_PER_INSTANCE;
+
+/// A request of typed tensors (gRPC, the CLI, tests).
 #[derive(Debug, Default)]
 pub struct InferRequest {
     /// Model name.
@@ -24,7 +37,7 @@ pub struct InferRequest {
     /// Version; the highest ready version when `None`.
     pub version: Option<u64>,
     /// Caller's id, echoed.
-    pub id: Option<String>,
+    pub id: Option<Value>,
     /// Named input tensors.
     pub inputs: Tensors,
     /// Requested outputs (all when `None`).
@@ -33,7 +46,24 @@ pub struct InferRequest {
     pub deadline: Option<Instant>,
 }
 
-/// The answer to an [`InferRequest`].
+/// A request as bytes in one of the KServe wire forms (HTTP and MQTT bodies), decoded against
+/// the version that runs it.
+#[derive(Debug)]
+pub struct PayloadRequest {
+    /// Model name.
+    pub model: String,
+    /// Version; the highest ready version when `None`.
+    pub version: Option<u64>,
+    /// The payload, classified and parsed — or why it could not be, reported (and counted on
+    /// the version) only once the model and version are known to exist.
+    pub payload: Result<Payload, CodecError>,
+    /// When it arrived (the KServe `timeout` counts from here).
+    pub arrived: Instant,
+    /// The transport's own deadline (an MQTT message expiry), if any.
+    pub deadline: Option<Instant>,
+}
+
+/// The answer to a request.
 #[derive(Debug)]
 pub struct InferResponse {
     /// Model name.
@@ -41,7 +71,7 @@ pub struct InferResponse {
     /// Version that ran it.
     pub version: u64,
     /// Echo of the request id.
-    pub id: Option<String>,
+    pub id: Option<Value>,
     /// Output tensors, in the order asked for.
     pub outputs: Tensors,
     /// Engine that ran it.
@@ -57,7 +87,27 @@ pub struct InferResponse {
     pub result: Option<Vec<Detection>>,
 }
 
-/// Why a request was not answered with outputs.
+impl InferResponse {
+    /// What the codec encodes of it.
+    pub fn reply(&self) -> Reply<'_> {
+        Reply {
+            model: &self.model,
+            version: self.version,
+            id: self.id.as_ref(),
+            engine: match self.engine {
+                EngineKind::Ort => "onnxruntime",
+                EngineKind::Tract => "tract",
+            },
+            provider: &self.provider,
+            inference_us: self.compute_time.as_micros() as u64,
+            result: self.result.as_deref(),
+            outputs: &self.outputs,
+        }
+    }
+}
+
+/// Why a request was not answered with outputs. Transports map these to their status codes;
+/// [`ServeError::reason`] is the metrics label.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServeError {
     /// No such model in the repository.
@@ -81,6 +131,9 @@ pub enum ServeError {
         /// Its state's error.
         reason: String,
     },
+    /// The request does not decode or does not fit the model's signature.
+    #[error("{0}")]
+    BadInput(String),
     /// An image was sent to a model without `[input]` pre-processing.
     #[error(
         "model '{0}' has no [input] image pre-processing: image payloads are not supported for this model"
@@ -95,9 +148,35 @@ pub enum ServeError {
     /// The deadline passed before the request ran.
     #[error("request expired before it ran")]
     Expired,
-    /// The engine refused or failed the request.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
+    /// The model's queue is full.
+    #[error("model '{0}' is overloaded: its request queue is full")]
+    Overloaded(String),
+    /// The engine failed the request.
+    #[error("{message}")]
+    Engine {
+        /// Metrics label (`engine`, `load`, ...).
+        reason: &'static str,
+        /// The engine's error.
+        message: String,
+    },
+}
+
+impl From<EngineError> for ServeError {
+    fn from(e: EngineError) -> ServeError {
+        match e {
+            EngineError::BadInput(message) => ServeError::BadInput(message),
+            EngineError::Overloaded(model) => ServeError::Overloaded(model),
+            EngineError::Expired => ServeError::Expired,
+            EngineError::Unavailable(model) => ServeError::Unavailable {
+                model,
+                reason: "its inference threads have stopped".into(),
+            },
+            other => ServeError::Engine {
+                reason: other.reason(),
+                message: other.to_string(),
+            },
+        }
+    }
 }
 
 impl ServeError {
@@ -108,9 +187,10 @@ impl ServeError {
             ServeError::Unavailable { .. } => "unavailable",
             ServeError::Expired => "expired",
             ServeError::NoImageInput(_) => "unsupported",
-            ServeError::BadImage(_) => "bad_input",
+            ServeError::BadImage(_) | ServeError::BadInput(_) => "bad_input",
             ServeError::Postprocess(_) => "postprocess",
-            ServeError::Engine(e) => e.reason(),
+            ServeError::Overloaded(_) => "overloaded",
+            ServeError::Engine { reason, .. } => reason,
         }
     }
 }

@@ -1,16 +1,23 @@
-//! [`Router`]: model name (+ optional version) → the version that runs a request. It waits,
-//! bounded, while a model is `LOADING` (a first load, or a `replace` reload's gap) instead of
-//! failing, validates nothing itself (the model's signature check does), and keeps each
-//! model's counters.
+//! [`Router`]: the one serving entry point. Model name (+ optional version) → the version that
+//! runs a request, picked once per request; the request is decoded (or its image
+//! pre-processed) against that version, run on it and post-processed. It waits, bounded,
+//! while a model is `LOADING` (a first load, or a `replace` reload's gap) instead of failing,
+//! and keeps each model's counters.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{InferRequest, InferResponse, LoadedVersion, ModelHandle, ServeError, State};
-use crate::engine::EngineError;
+use serde_json::Value;
+
+use super::{
+    Image, ImageRequest, InferRequest, InferResponse, LoadedVersion, ModelHandle, PayloadRequest, ServeError,
+    State,
+};
+use crate::codec::request::image_in_tensors;
 use crate::pipeline::preprocess::Transform;
+use crate::tensor::Tensors;
 
 /// Longest wait for a `LOADING` model before the request fails as unavailable.
 pub const LOADING_WAIT: Duration = Duration::from_secs(30);
@@ -76,29 +83,77 @@ impl Router {
             .collect()
     }
 
-    /// Runs a request on the model's chosen version, counting the outcome on that version
-    /// (or on the model when no version could be chosen).
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, ServeError> {
-        self.infer_from(request, None).await
+    /// Runs a request that arrived as bytes (HTTP, MQTT): picks the version once, decodes the
+    /// payload against that version's signature — or, for an image (a payload, or a single
+    /// `BYTES` element holding one, for a model with `[input]`), pre-processes it with that
+    /// version's pipeline — and runs it on that same version.
+    pub async fn infer_payload(&self, request: PayloadRequest) -> Result<InferResponse, ServeError> {
+        let PayloadRequest {
+            model,
+            version,
+            payload,
+            arrived,
+            deadline,
+        } = request;
+        let timeout = payload.as_ref().ok().and_then(|p| p.timeout());
+        let deadline = timeout.map(|t| arrived + t).into_iter().chain(deadline).min();
+        let (handle, chosen) = self.choose(&model, version, deadline).await?;
+        let payload = payload.map_err(|e| {
+            handle.stats.failure(Some(chosen.version), "bad_input");
+            ServeError::BadInput(e.to_string())
+        })?;
+        let id = payload.id().cloned();
+        let image = match payload.image() {
+            Some(image) => image,
+            None => {
+                let inputs = payload.decode(&chosen.model.info).map_err(|e| {
+                    handle.stats.failure(Some(chosen.version), "bad_input");
+                    ServeError::BadInput(e.to_string())
+                })?;
+                match chosen.image.as_ref().and(image_in_tensors(&inputs)) {
+                    Some(image) => image,
+                    None => {
+                        let run = Run::new(&handle, &chosen, arrived, deadline, id);
+                        return run.tensors(inputs, payload.outputs(), None).await;
+                    }
+                }
+            }
+        };
+        let run = Run::new(&handle, &chosen, arrived, deadline, id);
+        run.image(Image::Encoded(image)).await
     }
 
-    /// [`Router::infer`] for inputs made from an image: `transform` maps model-input pixels
-    /// back to it, for detections.
-    pub(super) async fn infer_from(
-        &self,
-        request: InferRequest,
-        transform: Option<&Transform>,
-    ) -> Result<InferResponse, ServeError> {
+    /// Runs a request of tensors on the version it names (or the highest ready one).
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, ServeError> {
         let arrived = Instant::now();
-        let handle = self.get(&request.model)?;
-        let version = self.pick(&handle, request.version, request.deadline).await?;
-        let stats = handle.stats.version(version.version);
-        let result = run_on(&handle.name, &version, request, transform).await;
-        match &result {
-            Ok(r) => stats.success(arrived.elapsed(), r.queue_time, r.compute_time),
-            Err(e) => stats.failure(e.reason()),
-        }
-        result
+        let (handle, chosen) = self
+            .choose(&request.model, request.version, request.deadline)
+            .await?;
+        let run = Run::new(&handle, &chosen, arrived, request.deadline, request.id);
+        run.tensors(request.inputs, request.outputs, None).await
+    }
+
+    /// Runs an image through the chosen version's `[input]` pre-processing, then the model;
+    /// detections come back in the image's pixels.
+    pub async fn infer_image(&self, request: ImageRequest) -> Result<InferResponse, ServeError> {
+        let arrived = Instant::now();
+        let (handle, chosen) = self
+            .choose(&request.model, request.version, request.deadline)
+            .await?;
+        let run = Run::new(&handle, &chosen, arrived, request.deadline, request.id);
+        run.image(request.image).await
+    }
+
+    /// The model's handle and the version a request runs on (see [`Router::pick`]).
+    async fn choose(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        deadline: Option<Instant>,
+    ) -> Result<(Arc<ModelHandle>, Arc<LoadedVersion>), ServeError> {
+        let handle = self.get(model)?;
+        let chosen = self.pick(&handle, version, deadline).await?;
+        Ok((handle, chosen))
     }
 
     /// The version a request for `version` (or the highest ready one) runs on, waiting
@@ -133,7 +188,7 @@ impl Router {
                 Err(e) => {
                     if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
                         self.waiting.fetch_sub(1, Ordering::Relaxed);
-                        return Err(EngineError::Overloaded(handle.name.clone()).into());
+                        return Err(ServeError::Overloaded(handle.name.clone()));
                     }
                     let waited = tokio::time::timeout_at(until.into(), changes.changed()).await;
                     self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -150,42 +205,108 @@ impl Router {
     }
 }
 
-/// Runs a request on one version; a deadline is checked before queueing and again by the
-/// inference thread when the request leaves the queue.
-async fn run_on(
-    model: &str,
-    version: &LoadedVersion,
-    request: InferRequest,
-    transform: Option<&Transform>,
-) -> Result<InferResponse, ServeError> {
-    if request.deadline.is_some_and(|d| Instant::now() >= d) {
-        return Err(ServeError::Expired);
+/// One request on the version chosen for it: runs it there, counts the outcome on that
+/// version.
+struct Run<'a> {
+    handle: &'a ModelHandle,
+    version: &'a Arc<LoadedVersion>,
+    arrived: Instant,
+    deadline: Option<Instant>,
+    id: Option<Value>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        handle: &'a ModelHandle,
+        version: &'a Arc<LoadedVersion>,
+        arrived: Instant,
+        deadline: Option<Instant>,
+        id: Option<Value>,
+    ) -> Run<'a> {
+        Run {
+            handle,
+            version,
+            arrived,
+            deadline,
+            id,
+        }
     }
-    let reply = version
-        .model
-        .submit(request.inputs, request.outputs.as_deref(), request.deadline)?;
-    let result = reply
+
+    /// Pre-processes the image on a blocking thread with this version's `[input]`, then runs
+    /// it with detections mapped back to the image.
+    async fn image(self, image: Image) -> Result<InferResponse, ServeError> {
+        if self.version.image.is_none() {
+            self.handle
+                .stats
+                .failure(Some(self.version.version), "unsupported");
+            return Err(ServeError::NoImageInput(self.handle.name.clone()));
+        }
+        let version = self.version.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let pipeline = version.image.as_ref().expect("checked above");
+            pipeline.prepare(&image).map(|p| (pipeline.input.clone(), p))
+        })
         .await
-        .map_err(|_| EngineError::Unavailable(model.to_string()))?;
-    let outputs = result.outputs.map_err(|e| match e {
-        EngineError::Expired => ServeError::Expired,
-        e => ServeError::Engine(e),
-    })?;
-    let detections = version
-        .post
-        .as_ref()
-        .map(|post| post.apply(&outputs, transform))
-        .transpose()
-        .map_err(|e| ServeError::Postprocess(e.to_string()))?;
-    Ok(InferResponse {
-        model: model.to_string(),
-        version: version.version,
-        id: request.id,
-        outputs,
-        engine: version.model.engine,
-        provider: version.model.provider.clone(),
-        queue_time: result.queue_time,
-        compute_time: result.compute_time,
-        result: detections,
-    })
+        .map_err(|e| ServeError::BadImage(format!("pre-processing stopped: {e}")))?;
+        let (input, prepared) = prepared.map_err(|e| {
+            self.handle.stats.failure(Some(self.version.version), "bad_input");
+            ServeError::BadImage(e.to_string())
+        })?;
+        let transform = prepared.transform;
+        self.tensors(vec![(input, prepared.tensor)], None, Some(&transform))
+            .await
+    }
+
+    /// Runs tensors; a deadline is checked before queueing and again by the inference thread
+    /// when the request leaves the queue.
+    async fn tensors(
+        self,
+        inputs: Tensors,
+        outputs: Option<Vec<String>>,
+        transform: Option<&Transform>,
+    ) -> Result<InferResponse, ServeError> {
+        let stats = self.handle.stats.version(self.version.version);
+        let arrived = self.arrived;
+        let result = self.run(inputs, outputs, transform).await;
+        match &result {
+            Ok(r) => stats.success(arrived.elapsed(), r.queue_time, r.compute_time),
+            Err(e) => stats.failure(e.reason()),
+        }
+        result
+    }
+
+    async fn run(
+        self,
+        inputs: Tensors,
+        outputs: Option<Vec<String>>,
+        transform: Option<&Transform>,
+    ) -> Result<InferResponse, ServeError> {
+        let version = self.version;
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(ServeError::Expired);
+        }
+        let reply = version.model.submit(inputs, outputs.as_deref(), self.deadline)?;
+        let result = reply.await.map_err(|_| ServeError::Unavailable {
+            model: self.handle.name.clone(),
+            reason: "its inference threads have stopped".into(),
+        })?;
+        let outputs = result.outputs?;
+        let detections = version
+            .post
+            .as_ref()
+            .map(|post| post.apply(&outputs, transform))
+            .transpose()
+            .map_err(|e| ServeError::Postprocess(e.to_string()))?;
+        Ok(InferResponse {
+            model: self.handle.name.clone(),
+            version: version.version,
+            id: self.id,
+            outputs,
+            engine: version.model.engine,
+            provider: version.model.provider.clone(),
+            queue_time: result.queue_time,
+            compute_time: result.compute_time,
+            result: detections,
+        })
+    }
 }

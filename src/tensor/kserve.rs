@@ -11,9 +11,13 @@ use super::{element_count, shape_from_i64, DType, Tensor, TensorData, TensorErro
 /// A V2 inference request body.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct InferRequestBody {
-    /// Caller's request id, echoed in the response.
+    /// Caller's request id, echoed in the response as given (KServe says a string; MQTT 3.1.1
+    /// clients also send numbers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<Value>,
+    /// Where MQTT 3.1.1 clients (which have no response topic) want the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
     /// Request parameters (`timeout`, `binary_data_output`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
@@ -61,7 +65,7 @@ pub struct InferResponseBody {
     pub model_version: Option<String>,
     /// Echo of the request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<Value>,
     /// Response parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,

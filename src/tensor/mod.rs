@@ -256,6 +256,9 @@ pub fn format_dims(dims: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Named tensors, in model order.
+pub type Tensors = Vec<(String, Tensor)>;
+
 /// The elements of a tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
@@ -381,6 +384,18 @@ impl Tensor {
             rest = &tail[len..];
         }
         Tensor::from_strings(shape, elements)
+    }
+
+    /// A tensor of `shape` with every element `value` (converted to `dtype`; `BYTES` elements
+    /// are the value's decimal text).
+    pub fn filled(dtype: DType, shape: Vec<usize>, value: f64) -> Result<Tensor, TensorError> {
+        let count = element_count(&shape)?;
+        if dtype == DType::Bytes {
+            return Tensor::from_strings(shape, vec![value.to_string().into_bytes(); count]);
+        }
+        let element = encode_f64(dtype, value);
+        let bytes = element.repeat(count);
+        Tensor::from_raw(dtype, shape, bytes)
     }
 
     /// Builds a tensor from typed values (test and fixture helper).
@@ -537,6 +552,27 @@ pub fn decode_f64(dtype: DType, c: &[u8]) -> f64 {
     }
 }
 
+/// The little-endian bytes of `value` as one element of a fixed-size type (integers
+/// saturate, `BOOL` is `value != 0`); empty for `BYTES`.
+pub fn encode_f64(dtype: DType, value: f64) -> Vec<u8> {
+    match dtype {
+        DType::Bool => vec![u8::from(value != 0.0)],
+        DType::U8 => vec![value as u8],
+        DType::I8 => (value as i8).to_le_bytes().to_vec(),
+        DType::U16 => (value as u16).to_le_bytes().to_vec(),
+        DType::I16 => (value as i16).to_le_bytes().to_vec(),
+        DType::U32 => (value as u32).to_le_bytes().to_vec(),
+        DType::I32 => (value as i32).to_le_bytes().to_vec(),
+        DType::U64 => (value as u64).to_le_bytes().to_vec(),
+        DType::I64 => (value as i64).to_le_bytes().to_vec(),
+        DType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
+        DType::BF16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
+        DType::F32 => (value as f32).to_le_bytes().to_vec(),
+        DType::F64 => value.to_le_bytes().to_vec(),
+        DType::Bytes => Vec::new(),
+    }
+}
+
 /// Rust types that are elements of a fixed-size [`DType`].
 pub trait Element: Copy {
     /// The matching datatype.
@@ -622,6 +658,17 @@ mod tests {
         assert!(err.to_string().contains("length prefix"), "{err}");
         let err = Tensor::from_wire(DType::Bytes, vec![3], &wire).unwrap_err();
         assert!(err.to_string().contains("2 elements"), "{err}");
+    }
+
+    #[test]
+    fn filled_tensors_round_trip_through_f64() {
+        for dtype in DType::ALL {
+            let t = Tensor::filled(dtype, vec![2, 2], 1.0).unwrap();
+            assert_eq!(t.len(), 4, "{dtype}");
+            if dtype != DType::Bytes {
+                assert_eq!(t.to_f64_vec().unwrap(), vec![1.0; 4], "{dtype}");
+            }
+        }
     }
 
     #[test]

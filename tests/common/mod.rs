@@ -150,6 +150,53 @@ pub fn value_model(value: f32, padding: usize) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// A model whose signature depends on `cols`: `y = ReduceSum(x, axis 1) + value`, x FP32
+/// `[N, cols]`, y FP32 `[N]`. Versions of it with different `cols` decode the same raw body
+/// into different shapes.
+pub fn sum_model(cols: i64, value: f32) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{tensor_shape_proto::dimension, NodeProto, TensorProto};
+    let mut model = tract_onnx::pb::ModelProto::decode(&value_model(value, 0)[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let x_shape = graph.input[0].r#type.as_mut().unwrap();
+    if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) = x_shape.value.as_mut() {
+        t.shape.as_mut().unwrap().dim[1].value = Some(dimension::Value::DimValue(cols));
+    }
+    if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+        graph.output[0].r#type.as_mut().unwrap().value.as_mut()
+    {
+        t.shape.as_mut().unwrap().dim.truncate(1);
+    }
+    graph.initializer.push(TensorProto {
+        name: "axes".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![1],
+        ..Default::default()
+    });
+    graph.node = vec![
+        NodeProto {
+            op_type: "ReduceSum".into(),
+            input: vec!["x".into(), "axes".into()],
+            output: vec!["s".into()],
+            attribute: vec![tract_onnx::pb::AttributeProto {
+                name: "keepdims".into(),
+                r#type: 2,
+                i: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        NodeProto {
+            op_type: "Add".into(),
+            input: vec!["s".into(), "c".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        },
+    ];
+    model.encode_to_vec()
+}
+
 /// A model using an op no engine has.
 pub fn unsupported_model() -> Vec<u8> {
     use prost::Message;

@@ -1,11 +1,13 @@
-//! What an ONNX file says about itself, read once from its protobuf before any engine sees it.
+//! Model facts: what an ONNX file says about itself, read once from its protobuf before any
+//! engine sees it, and which engine runs it. Every layer reports these (metadata, status,
+//! metrics) without knowing an engine.
 //!
 //! [`ModelFile::open`] reads the file into memory (no mmap: a file truncated while mapped
 //! would kill the process with SIGBUS), hashes it and decodes the `ModelProto`; a corrupt,
-//! truncated, empty or non-ONNX file is refused here with a clear [`EngineError::InvalidModel`].
-//! [`ModelInfo`] holds the facts every layer reports (inputs, outputs, opsets, producer,
-//! metadata) and validates requests against the model's signature, so both engines reject bad
-//! inputs with the same messages.
+//! truncated, empty or non-ONNX file is refused here with a clear [`ModelError::InvalidModel`].
+//! [`ModelInfo`] holds the facts (inputs, outputs, opsets, producer, metadata) and validates
+//! requests against the model's signature, so both engines reject bad inputs with the same
+//! messages.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +17,45 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tract_onnx::pb::{self, tensor_shape_proto::dimension, type_proto, ModelProto};
 
-use super::EngineError;
 use crate::tensor::{format_dims, onnx_type_name, DType, Dim, Tensor};
+
+/// Why a model file or a request does not fit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    /// The file is not a usable ONNX model.
+    #[error("{path}: {reason}")]
+    InvalidModel {
+        /// Model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The model has inputs or outputs that are not KServe tensors.
+    #[error("model not supported by onnxd: {0}")]
+    NotExpressible(String),
+    /// The request does not fit the model's signature.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// The engines onnxd has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// ONNX Runtime.
+    Ort,
+    /// tract.
+    Tract,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Ort => "onnxruntime",
+            EngineKind::Tract => "tract",
+        })
+    }
+}
 
 /// The type of a model input or output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +113,7 @@ impl TensorSpec {
 }
 
 /// Facts about a model, engine-independent.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ModelInfo {
     /// Graph inputs (initializers excluded), in graph order.
     pub inputs: Vec<TensorSpec>,
@@ -108,8 +147,8 @@ pub struct ModelFile {
 
 impl ModelFile {
     /// Reads, hashes and decodes an ONNX file.
-    pub fn open(path: &Path) -> Result<ModelFile, EngineError> {
-        let bytes = std::fs::read(path).map_err(|e| EngineError::InvalidModel {
+    pub fn open(path: &Path) -> Result<ModelFile, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::InvalidModel {
             path: path.to_path_buf(),
             reason: format!("cannot read: {e}"),
         })?;
@@ -117,8 +156,8 @@ impl ModelFile {
     }
 
     /// Hashes and decodes the bytes of an ONNX file already read from `path`.
-    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<ModelFile, EngineError> {
-        let invalid = |reason: String| EngineError::InvalidModel {
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<ModelFile, ModelError> {
+        let invalid = |reason: String| ModelError::InvalidModel {
             path: path.to_path_buf(),
             reason,
         };
@@ -221,7 +260,7 @@ fn tensor_spec(value: &pb::ValueInfoProto) -> TensorSpec {
 
 impl ModelInfo {
     /// Refuses models whose inputs or outputs onnxd cannot carry.
-    pub fn check_expressible(&self) -> Result<(), EngineError> {
+    pub fn check_expressible(&self) -> Result<(), ModelError> {
         let odd: Vec<String> = self
             .inputs
             .iter()
@@ -233,7 +272,7 @@ impl ModelInfo {
         if odd.is_empty() {
             Ok(())
         } else {
-            Err(EngineError::NotExpressible(odd.join("; ")))
+            Err(ModelError::NotExpressible(odd.join("; ")))
         }
     }
 
@@ -245,23 +284,33 @@ impl ModelInfo {
             .all(TensorSpec::has_symbolic_batch)
     }
 
-    /// Deterministic inputs for a model: symbolic dimensions set to 1, floats in [-1, 1),
-    /// integers small and non-negative, strings short.
-    pub fn synthetic_inputs(&self) -> Result<Vec<(String, Tensor)>, EngineError> {
+    /// Deterministic inputs for a model: each symbolic dimension sized by `size(spec, axis)`
+    /// (`None`: no size known, an error naming it), floats in [-1, 1), integers small and
+    /// non-negative, strings short.
+    pub fn synthetic_inputs(
+        &self,
+        size: impl Fn(&TensorSpec, usize) -> Option<usize>,
+    ) -> Result<Vec<(String, Tensor)>, ModelError> {
         self.inputs
             .iter()
             .map(|spec| {
                 let dtype = spec.dtype().ok_or_else(|| {
-                    EngineError::NotExpressible(format!("input '{}' is {}", spec.name, spec.kind))
+                    ModelError::NotExpressible(format!("input '{}' is {}", spec.name, spec.kind))
                 })?;
-                let shape: Vec<usize> = spec
+                let shape = spec
                     .dims
                     .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => *n as usize,
-                        Dim::Symbolic(_) => 1,
+                    .enumerate()
+                    .map(|(axis, d)| match d {
+                        Dim::Fixed(n) => Ok(*n as usize),
+                        Dim::Symbolic(_) => size(spec, axis).ok_or_else(|| {
+                            ModelError::BadInput(format!(
+                                "no size for dimension {axis} ({d}) of input '{}'",
+                                spec.name
+                            ))
+                        }),
                     })
-                    .collect();
+                    .collect::<Result<Vec<usize>, _>>()?;
                 let count: usize = shape.iter().product();
                 let tensor = synthetic_tensor(dtype, shape, count);
                 Ok((spec.name.clone(), tensor))
@@ -269,11 +318,16 @@ impl ModelInfo {
             .collect()
     }
 
+    /// [`ModelInfo::synthetic_inputs`] with every symbolic dimension 1.
+    pub fn unit_inputs(&self) -> Result<Vec<(String, Tensor)>, ModelError> {
+        self.synthetic_inputs(|_, _| Some(1))
+    }
+
     /// Checks named inputs against the signature and returns them in graph order.
     pub fn order_inputs(
         &self,
         mut given: Vec<(String, Tensor)>,
-    ) -> Result<Vec<(String, Tensor)>, EngineError> {
+    ) -> Result<Vec<(String, Tensor)>, ModelError> {
         let expected = || {
             self.inputs
                 .iter()
@@ -283,19 +337,19 @@ impl ModelInfo {
         };
         for (i, (name, _)) in given.iter().enumerate() {
             if !self.inputs.iter().any(|s| &s.name == name) {
-                return Err(EngineError::BadInput(format!(
+                return Err(ModelError::BadInput(format!(
                     "unknown input '{name}'; the model's inputs are: {}",
                     expected()
                 )));
             }
             if given[..i].iter().any(|(n, _)| n == name) {
-                return Err(EngineError::BadInput(format!("input '{name}' is given twice")));
+                return Err(ModelError::BadInput(format!("input '{name}' is given twice")));
             }
         }
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
             let Some(pos) = given.iter().position(|(n, _)| n == &spec.name) else {
-                return Err(EngineError::BadInput(format!(
+                return Err(ModelError::BadInput(format!(
                     "missing input '{}' ({})",
                     spec.name,
                     spec.describe()
@@ -309,14 +363,14 @@ impl ModelInfo {
     }
 
     /// Resolves the requested output names (all outputs when `None`), refusing unknown ones.
-    pub fn select_outputs(&self, requested: Option<&[String]>) -> Result<Vec<String>, EngineError> {
+    pub fn select_outputs(&self, requested: Option<&[String]>) -> Result<Vec<String>, ModelError> {
         let all = || self.outputs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
         let Some(requested) = requested else {
             return Ok(all());
         };
         for name in requested {
             if !self.outputs.iter().any(|s| &s.name == name) {
-                return Err(EngineError::BadInput(format!(
+                return Err(ModelError::BadInput(format!(
                     "unknown output '{name}'; the model's outputs are: {}",
                     all().join(", ")
                 )));
@@ -326,9 +380,9 @@ impl ModelInfo {
     }
 }
 
-fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<(), EngineError> {
+fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ModelError> {
     if spec.dtype() != Some(tensor.dtype()) {
-        return Err(EngineError::BadInput(format!(
+        return Err(ModelError::BadInput(format!(
             "input '{}' is {} but the model expects {}",
             spec.name,
             tensor.dtype(),
@@ -339,7 +393,7 @@ fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<(), EngineError> {
     let fits = !spec.rank_known
         || (spec.dims.len() == shape.len() && spec.dims.iter().zip(shape).all(|(d, &s)| d.accepts(s)));
     if !fits {
-        return Err(EngineError::BadInput(format!(
+        return Err(ModelError::BadInput(format!(
             "input '{}' has shape {:?} but the model expects {}",
             spec.name,
             shape,

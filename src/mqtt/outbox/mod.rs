@@ -44,45 +44,24 @@
 //! exceed [`OutboxLimits::max_bytes`] (which bounds undelivered records) by about one segment
 //! of already delivered records.
 
+mod record;
+mod segment;
+
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_ms;
+pub use record::Entry;
+use record::{decode_record, encode_record, encoded_len};
+use segment::{
+    parse_segment_name, read_cursor, segment_path, sync_dir, truncate_to, write_cursor, CURSOR_FILE,
+};
 
 /// Position of a record (monotonic across segments and restarts).
 pub type Seq = u64;
-
-/// Bytes before each record body: length and CRC.
-const HEADER: usize = 8;
-/// Version byte at the start of each record body.
-const FORMAT_VERSION: u8 = 1;
-const FLAG_RETAIN: u8 = 1;
-const FLAG_CONTENT_TYPE: u8 = 2;
-const FLAG_CORRELATION: u8 = 4;
-const SEGMENT_SUFFIX: &str = ".seg";
-const CURSOR_FILE: &str = "cursor";
-const CURSOR_TMP: &str = "cursor.tmp";
-const CURSOR_MAGIC: &[u8; 4] = b"OBXC";
-
-/// One message to publish later.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Wall clock when the message was produced, ms since the UNIX epoch (for the TTL).
-    pub created_ms: u64,
-    /// MQTT topic.
-    pub topic: String,
-    /// Message payload.
-    pub payload: Vec<u8>,
-    /// MQTT retain flag.
-    pub retain: bool,
-    /// MQTT 5 content type.
-    pub content_type: Option<String>,
-    /// MQTT 5 correlation data.
-    pub correlation_data: Option<Vec<u8>>,
-    /// MQTT 5 user properties, in order.
-    pub user_properties: Vec<(String, String)>,
-}
 
 /// Size and age limits of the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,66 +249,13 @@ impl Outbox {
             buf: Vec::new(),
             stats: OutboxStats::default(),
         };
-        let mut changed = false;
-        let mut torn = false;
-        for first in firsts {
-            let path = segment_path(dir, first);
-            if torn || first < outbox.next_seq {
-                // After a torn tail, or overlapping the previous segment: not trustworthy.
-                let len = fs::metadata(&path)
-                    .map_err(|e| io_error("reading", &path, e))?
-                    .len();
-                fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))?;
-                outbox.stats.torn_bytes_cut += len;
-                torn = true;
-                changed = true;
-                continue;
-            }
-            let scan = scan_segment(&path).map_err(|e| io_error("reading", &path, e))?;
-            if scan.good_len < scan.file_len {
-                torn = true;
-                changed = true;
-                outbox.stats.torn_bytes_cut += scan.file_len - scan.good_len;
-                if scan.good_len > 0 {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| io_error("opening", &path, e))?;
-                    file.set_len(scan.good_len)
-                        .map_err(|e| io_error("truncating", &path, e))?;
-                    file.sync_all().map_err(|e| io_error("syncing", &path, e))?;
-                }
-            }
-            if scan.recs.is_empty() {
-                // Created but never written (or nothing intact): its name still counts.
-                fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))?;
-                changed = true;
-                outbox.next_seq = outbox.next_seq.max(first);
-                continue;
-            }
-            for (i, &(offset, size, created_ms)) in scan.recs.iter().enumerate() {
-                let seq = first + i as u64;
-                if seq >= cursor {
-                    outbox.index.push_back(Rec {
-                        seq,
-                        segment: first,
-                        offset,
-                        size,
-                        created_ms,
-                        done: false,
-                    });
-                    outbox.undelivered += 1;
-                    outbox.bytes += u64::from(size);
-                }
-            }
-            let count = scan.recs.len() as u64;
-            outbox.closed.push_back(Segment {
-                first,
-                count,
-                bytes: scan.good_len,
-            });
-            outbox.next_seq = first + count;
-        }
+        let found = segment::recover(dir, &firsts, cursor)?;
+        outbox.closed = found.closed;
+        outbox.index = found.index;
+        outbox.next_seq = found.next_seq;
+        outbox.undelivered = found.undelivered;
+        outbox.bytes = found.bytes;
+        outbox.stats.torn_bytes_cut = found.torn_bytes_cut;
         if outbox.stats.torn_bytes_cut > 0 {
             tracing::warn!(
                 dir = %dir.display(),
@@ -340,7 +266,7 @@ impl Outbox {
         outbox.next_seq = outbox.next_seq.max(cursor);
         outbox.hand = outbox.cursor();
         outbox.delete_delivered_segments();
-        if changed {
+        if found.changed {
             sync_dir(dir).map_err(|e| io_error("syncing", dir, e))?;
         }
         Ok(outbox)
@@ -678,250 +604,9 @@ impl Outbox {
     }
 }
 
-fn segment_path(dir: &Path, first: Seq) -> PathBuf {
-    dir.join(format!("{first:020}{SEGMENT_SUFFIX}"))
-}
-
-fn parse_segment_name(name: &str) -> Option<Seq> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.parse().ok()
-    } else {
-        None
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn truncate_to(file: &mut File, len: u64) -> io::Result<()> {
-    file.set_len(len)?;
-    file.seek(SeekFrom::Start(len)).map(|_| ())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The cursor file's content; `None` (logged unless absent) means "replay everything".
-fn read_cursor(path: &Path) -> Option<Seq> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "outbox: cursor unreadable, replaying everything on disk");
-            return None;
-        }
-    };
-    let valid = bytes.len() == 16
-        && bytes[..4] == CURSOR_MAGIC[..]
-        && crc32fast::hash(&bytes[..12]).to_le_bytes() == bytes[12..16];
-    if !valid {
-        tracing::warn!(path = %path.display(), "outbox: cursor corrupt, replaying everything on disk");
-        return None;
-    }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&bytes[4..12]);
-    Some(u64::from_le_bytes(seq))
-}
-
-fn write_cursor(dir: &Path, cursor: Seq) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity(16);
-    bytes.extend_from_slice(CURSOR_MAGIC);
-    bytes.extend_from_slice(&cursor.to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
-    let tmp = dir.join(CURSOR_TMP);
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, dir.join(CURSOR_FILE))?;
-    sync_dir(dir)
-}
-
-/// Encoded size of a record (header included).
-fn encoded_len(e: &Entry) -> u64 {
-    let field = |len: usize| 4 + len as u64;
-    let mut len = (HEADER + 1 + 8 + 1) as u64 + field(e.topic.len()) + field(e.payload.len()) + 4;
-    len += e.content_type.as_ref().map_or(0, |s| field(s.len()));
-    len += e.correlation_data.as_ref().map_or(0, |d| field(d.len()));
-    len += e
-        .user_properties
-        .iter()
-        .map(|(k, v)| field(k.len()) + field(v.len()))
-        .sum::<u64>();
-    len
-}
-
-/// Encodes a record into `buf`; the caller checked that the body fits a `u32` length, so
-/// every field does too.
-fn encode_record(e: &Entry, buf: &mut Vec<u8>) {
-    fn put(buf: &mut Vec<u8>, bytes: &[u8]) {
-        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        buf.extend_from_slice(bytes);
-    }
-    buf.clear();
-    buf.extend_from_slice(&[0; HEADER]);
-    buf.push(FORMAT_VERSION);
-    buf.extend_from_slice(&e.created_ms.to_le_bytes());
-    let mut flags = 0;
-    if e.retain {
-        flags |= FLAG_RETAIN;
-    }
-    if e.content_type.is_some() {
-        flags |= FLAG_CONTENT_TYPE;
-    }
-    if e.correlation_data.is_some() {
-        flags |= FLAG_CORRELATION;
-    }
-    buf.push(flags);
-    put(buf, e.topic.as_bytes());
-    if let Some(content_type) = &e.content_type {
-        put(buf, content_type.as_bytes());
-    }
-    if let Some(data) = &e.correlation_data {
-        put(buf, data);
-    }
-    buf.extend_from_slice(&(e.user_properties.len() as u32).to_le_bytes());
-    for (key, value) in &e.user_properties {
-        put(buf, key.as_bytes());
-        put(buf, value.as_bytes());
-    }
-    put(buf, &e.payload);
-    let body_len = (buf.len() - HEADER) as u32;
-    let crc = crc32fast::hash(&buf[HEADER..]);
-    buf[..4].copy_from_slice(&body_len.to_le_bytes());
-    buf[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Decodes a whole record (header + body); `None` if the length, CRC or body is wrong.
-fn decode_record(record: &[u8]) -> Option<Entry> {
-    let (header, body) = record.split_at_checked(HEADER)?;
-    let (len, crc) = header.split_at(4);
-    if u32::from_le_bytes(len.try_into().ok()?) as usize != body.len()
-        || u32::from_le_bytes(crc.try_into().ok()?) != crc32fast::hash(body)
-    {
-        return None;
-    }
-    decode_body(body)
-}
-
-/// Decodes a record body whose CRC matched; `None` if it is malformed.
-fn decode_body(body: &[u8]) -> Option<Entry> {
-    let mut r = BodyReader(body);
-    if r.u8()? != FORMAT_VERSION {
-        return None;
-    }
-    let created_ms = r.u64()?;
-    let flags = r.u8()?;
-    if flags & !(FLAG_RETAIN | FLAG_CONTENT_TYPE | FLAG_CORRELATION) != 0 {
-        return None;
-    }
-    let topic = r.string()?;
-    let content_type = if flags & FLAG_CONTENT_TYPE != 0 {
-        Some(r.string()?)
-    } else {
-        None
-    };
-    let correlation_data = if flags & FLAG_CORRELATION != 0 {
-        Some(r.bytes()?.to_vec())
-    } else {
-        None
-    };
-    let count = r.u32()?;
-    let mut user_properties = Vec::new();
-    for _ in 0..count {
-        user_properties.push((r.string()?, r.string()?));
-    }
-    let payload = r.bytes()?.to_vec();
-    r.0.is_empty().then_some(Entry {
-        created_ms,
-        topic,
-        payload,
-        retain: flags & FLAG_RETAIN != 0,
-        content_type,
-        correlation_data,
-        user_properties,
-    })
-}
-
-/// Little-endian reader over a record body.
-struct BodyReader<'a>(&'a [u8]);
-
-impl<'a> BodyReader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = self.u32()?;
-        self.take(len as usize)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
-}
-
-/// Result of scanning a segment file: its intact records (offset, size, created_ms) and the
-/// length they cover.
-struct Scan {
-    recs: Vec<(u64, u32, u64)>,
-    good_len: u64,
-    file_len: u64,
-}
-
-/// Reads a segment file up to its first torn or corrupt record.
-fn scan_segment(path: &Path) -> io::Result<Scan> {
-    let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let mut recs = Vec::new();
-    let mut pos = 0u64;
-    let mut record = Vec::new();
-    while file_len - pos >= HEADER as u64 {
-        let mut header = [0u8; HEADER];
-        reader.read_exact(&mut header)?;
-        let body_len = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
-        if body_len > file_len - pos - HEADER as u64 {
-            break;
-        }
-        let size = HEADER + body_len as usize;
-        record.clear();
-        record.extend_from_slice(&header);
-        record.resize(size, 0);
-        reader.read_exact(&mut record[HEADER..])?;
-        let Some(entry) = decode_record(&record) else {
-            break;
-        };
-        recs.push((pos, size as u32, entry.created_ms));
-        pos += size as u64;
-    }
-    Ok(Scan {
-        recs,
-        good_len: pos,
-        file_len,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::record::HEADER;
     use super::*;
     use tempfile::TempDir;
 

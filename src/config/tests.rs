@@ -1,0 +1,114 @@
+use super::*;
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("onnxd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "node_id = \"n1\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n",
+    );
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.repository.path, dir.path().join("models"));
+    assert_eq!(config.state_dir, dir.path().join("state"));
+    assert_eq!(config.http.listen, Some("127.0.0.1:8000".parse().unwrap()));
+}
+
+#[test]
+fn the_shipped_configs_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = Config::load(&root.join("config/onnxd.toml")).unwrap();
+    assert_eq!(example.repository.path, root.join("config/../models"));
+    // The service's /etc/onnxd/onnxd.toml: absolute paths the unit's sandbox allows.
+    let service = Config::load(&root.join("systemd/onnxd.toml")).unwrap();
+    assert_eq!(service.state_dir, Path::new("/var/lib/onnxd"));
+    assert_eq!(service.repository.path, Path::new("/var/lib/onnxd/models"));
+    assert!(service.mqtt.is_none());
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[engine]\nprovidres = [\"cpu\"]\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("providres"), "{err}");
+    let path = write(dir.path(), "[engine]\ndefault = \"gpu\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("gpu") && err.contains("expected one of \"auto\", \"ort\", \"tract\""),
+        "{err}"
+    );
+    let path = write(dir.path(), "node_id = \"a/b\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("node_id"), "{err}");
+    let path = write(dir.path(), "[http]\nlisten = \"nowhere\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("http.listen"), "{err}");
+    let path = write(dir.path(), "[mqtt]\nurl = \"tcp://127.0.0.1\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("mqtt.url"), "{err}");
+}
+
+#[test]
+fn secret_and_certificate_files_are_read_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[mqtt]\nurl = \"mqtt://127.0.0.1\"\nusername = \"u\"\npassword_file = \"missing.pw\"\n",
+    );
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("mqtt.password_file") && err.contains("missing.pw"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let path = write(
+        dir.path(),
+        "[mqtt]\nurl = \"mqtts://broker.example\"\nusername = \"u\"\npassword_file = \"pw\"\n",
+    );
+    let mqtt = Config::load(&path).unwrap().mqtt.unwrap();
+    assert_eq!(
+        mqtt.broker,
+        Broker {
+            host: "broker.example".into(),
+            port: 8883,
+            tls: true
+        }
+    );
+    let (user, password) = mqtt.credentials.unwrap();
+    assert_eq!((user.as_str(), password.expose()), ("u", "s3cret"));
+    assert_eq!(format!("{password:?}"), "Secret(***)");
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+    let path = write(dir.path(), "[mqtt]\nurl = \"mqtts://h\"\nca_file = \"ca.pem\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("mqtt.ca_file"), "{err}");
+    let path = write(dir.path(), "[http]\ntoken_file = \"nope\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("http.token_file"), "{err}");
+    let path = write(dir.path(), "[http]\ntls_cert = \"c.pem\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("http.tls_cert") && err.contains("set together"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broker_urls_parse() {
+    let b = |url: &str| broker(url).map(|b| (b.host, b.port, b.tls));
+    assert_eq!(
+        b("mqtt://127.0.0.1:1884"),
+        Some(("127.0.0.1".into(), 1884, false))
+    );
+    assert_eq!(b("mqtts://broker"), Some(("broker".into(), 8883, true)));
+    assert_eq!(b("mqtt://broker/"), Some(("broker".into(), 1883, false)));
+    assert_eq!(b("mqtt://[::1]:9"), Some(("::1".into(), 9, false)));
+    assert_eq!(b("mqtt://host:x"), None);
+    assert_eq!(b("mqtt://"), None);
+    assert_eq!(b("tcp://host"), None);
+}
