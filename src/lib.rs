@@ -20,6 +20,8 @@
 //! - [`camera`]: camera frame sources (HTTP MJPEG/snapshots, ffmpeg, GStreamer, files).
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
+//! - [`homeassistant`]: Home Assistant MQTT discovery configs (device-based).
+//! - [`web`]: the status page's assets and handlers.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
 //!   dispatches).
 
@@ -28,6 +30,7 @@ pub mod commands;
 pub mod config;
 pub mod conformance;
 pub mod engine;
+pub mod homeassistant;
 pub mod http;
 pub mod mqtt;
 pub mod pipeline;
@@ -36,3 +39,4 @@ pub mod service;
 pub mod serving;
 pub mod telemetry;
 pub mod tensor;
+pub mod web;

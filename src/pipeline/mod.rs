@@ -1,9 +1,11 @@
 //! Image pipelines around a model: turning camera frames and encoded images into the model's
 //! input tensor ([`preprocess`]), as the `[input]` section of a model's sidecar describes it,
-//! and its output tensors into classes or boxes in the image's pixels ([`postprocess`]), as
-//! the `[output]` section does.
+//! its output tensors into classes or boxes in the image's pixels ([`postprocess`]), as
+//! the `[output]` section does, and those boxes drawn on the frame as a JPEG snapshot
+//! ([`annotate`]).
 //! Everything here is built once per model version and then runs per frame without parsing
 //! settings again.
 
+pub mod annotate;
 pub mod postprocess;
 pub mod preprocess;
