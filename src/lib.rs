@@ -20,6 +20,8 @@
 //! - [`camera`]: camera frame sources (HTTP MJPEG/snapshots, ffmpeg, GStreamer, files).
 //! - [`config`]: the typed configuration file.
 //! - [`telemetry`]: logging set-up.
+//! - [`homeassistant`]: Home Assistant MQTT discovery configs (device-based).
+//! - [`web`]: the status page's assets and handlers.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
 //!   dispatches).
 
@@ -33,6 +35,7 @@ pub mod config;
 pub mod conformance;
 pub mod daemon;
 pub mod engine;
+pub mod homeassistant;
 pub mod http;
 pub mod model;
 pub mod mqtt;
@@ -42,3 +45,4 @@ pub mod service;
 pub mod serving;
 pub mod telemetry;
 pub mod tensor;
+pub mod web;
