@@ -28,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod conformance;
 pub mod engine;
+pub mod grpc;
 pub mod http;
 pub mod mqtt;
 pub mod pipeline;
