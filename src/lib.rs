@@ -35,6 +35,7 @@ pub mod config;
 pub mod conformance;
 pub mod daemon;
 pub mod engine;
+pub mod grpc;
 pub mod homeassistant;
 pub mod http;
 pub mod model;
