@@ -47,7 +47,7 @@ cross_target() {
 # a private mount namespace, so its mounts vanish when it ends, however it ends: /proc, /dev, the
 # checkout, the cross cache, the target dir and the folders in $CROSS_EXTRA_BINDS (colon-
 # separated) at their own paths; the host's CA bundle (the chroot trusts what the host trusts,
-# e.g. a proxy's own CA, for crates.io); the host's cargo-deb (scripts/setup installs it).
+# e.g. a proxy's own CA, for crates.io); the host's cargo-deb (scripts/setup-test installs it).
 # After cross_target, the chroot's dpkg metadata of libc6:ARCH (symbols, shlibs) is replaced by
 # the sysroot's bullseye one: the binaries link against that glibc, so dpkg-shlibdeps (cargo deb's
 # $auto) then states the libc6 they really need (forky's symbols file would say >= 2.34 for

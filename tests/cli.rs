@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::process::Onnxd;
 use onnxd::conformance::compare;
 use onnxd::tensor::kserve::InferResponseBody;
 use serde_json::{json, Value};
@@ -540,32 +541,8 @@ fn daemon_loads_the_repository_rescans_on_sighup_and_stops_on_sigterm() {
         "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\nwatch = false\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("ORT_DYLIB_PATH", common::ort_library())
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr_pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| {
-        let mut seen = String::new();
-        while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(20)) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(needle) {
-                return seen;
-            }
-        }
-        panic!("no '{needle}' in the daemon's log:\n{seen}");
-    };
+    let daemon = Onnxd::spawn(&config, &[("RUST_LOG", "info")]);
+    let wait_for = |needle: &str| daemon.wait_for(needle, std::time::Duration::from_secs(20));
     let seen = wait_for("onnxd ready");
     assert!(
         seen.contains("engine selected") && seen.contains("CPUExecutionProvider"),
@@ -578,18 +555,11 @@ fn daemon_loads_the_repository_rescans_on_sighup_and_stops_on_sigterm() {
         repo.join("second/1/model.onnx"),
     )
     .unwrap();
-    Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    daemon.signal("HUP");
     let seen = wait_for("version ready");
     assert!(seen.contains("model=\"second\""), "{seen}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status {status}");
+    let mut daemon = daemon;
+    assert!(daemon.terminate(), "exit status not 0:\n{}", daemon.log());
 }
 
 #[test]
@@ -634,16 +604,6 @@ fn check_reports_good_and_broken_models_and_fails() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// Starts `onnxd run -c config` with its log discarded.
-fn spawn_daemon(config: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_onnxd"))
-        .args(["run", "-c", config.to_str().unwrap()])
-        .env("ORT_DYLIB_PATH", common::ort_library())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 /// Polls a readiness URL with curl (TLS unverified) for up to 10 s; returns the last status.
 fn wait_until_ready(url: &str) -> String {
     let mut code = String::new();
@@ -673,7 +633,7 @@ fn bench_drives_a_running_daemon_over_http() {
     let port = common::free_port();
     let config = dir.path().join("onnxd.toml");
     std::fs::write(&config, format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
-    let mut child = spawn_daemon(&config);
+    let mut daemon = Onnxd::spawn(&config, &[]);
     assert_eq!(
         wait_until_ready(&format!("http://127.0.0.1:{port}/v2/health/ready")),
         "200"
@@ -704,11 +664,7 @@ fn bench_drives_a_running_daemon_over_http() {
         "5",
         "--json",
     ]);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(daemon.terminate(), "{}", daemon.log());
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -761,7 +717,7 @@ fn https_serves_with_the_configured_certificate() {
         format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"),
     )
     .unwrap();
-    let mut child = spawn_daemon(&config);
+    let mut daemon = Onnxd::spawn(&config, &[]);
     let url = format!("https://127.0.0.1:{port}/v2/health/ready");
     let code = wait_until_ready(&url);
     // Plain HTTP on the TLS port is refused.
@@ -776,11 +732,7 @@ fn https_serves_with_the_configured_certificate() {
         ])
         .output()
         .unwrap();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(daemon.terminate(), "{}", daemon.log());
     assert_eq!(code, "200");
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
     // A certificate that cannot be read is a start-up error naming the keys.

@@ -7,26 +7,10 @@
 
 mod common;
 
+use common::process::Onnxd;
+
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn kill(pid: u32, signal: &str) {
-    Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-}
-
-/// Kills the daemon if the test fails half-way.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The next notification datagram, within `timeout`.
 fn next(socket: &UnixDatagram, timeout: Duration) -> String {
@@ -61,7 +45,7 @@ fn get_ready(port: u16) -> String {
 /// A daemon started with its own `NOTIFY_SOCKET` and `WATCHDOG_USEC=400000` on the digits
 /// model, after its `READY=1`.
 struct Started {
-    daemon: Daemon,
+    daemon: Onnxd,
     socket: UnixDatagram,
     port: u16,
     config: std::path::PathBuf,
@@ -86,16 +70,12 @@ fn start() -> Started {
     .unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_onnxd"))
-            .args(["run", "-c"])
-            .arg(&config)
-            .env("ORT_DYLIB_PATH", common::ort_library())
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "400000")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let daemon = Onnxd::spawn(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
     let ready = next(&socket, Duration::from_secs(60));
     assert!(ready.contains("READY=1"), "{ready}");
@@ -131,7 +111,6 @@ fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
         config,
         _dir,
     } = start();
-    let child = &mut daemon.0;
 
     // Watchdog pings at half of 400 ms.
     let pings = pings(&socket, Duration::from_secs(2));
@@ -140,7 +119,7 @@ fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
         "{pings} watchdog pings in 2 s (expected ~10)"
     );
 
-    kill(child.id(), "HUP");
+    daemon.signal("HUP");
     let reloading = next_other_than_watchdog(&socket);
     assert!(
         reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
@@ -152,16 +131,16 @@ fn the_daemon_tells_systemd_ready_watchdog_reloading_and_stopping() {
     // A config that does not parse is refused; the daemon reloads the repository, stays READY
     // and keeps serving.
     std::fs::write(&config, "node_id = [broken").unwrap();
-    kill(child.id(), "HUP");
+    daemon.signal("HUP");
     assert!(next_other_than_watchdog(&socket).contains("RELOADING=1"));
     assert!(next_other_than_watchdog(&socket).contains("READY=1"));
     let response = get_ready(port);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
-    kill(child.id(), "TERM");
+    daemon.signal("TERM");
     let stopping = next_other_than_watchdog(&socket);
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
-    assert!(child.wait().unwrap().success());
+    assert!(daemon.wait_success(), "{}", daemon.log());
 }
 
 #[test]
@@ -173,7 +152,7 @@ fn watchdog_pings_stop_when_the_serving_core_stalls() {
         "pings before the stall"
     );
     // Test hook: SIGUSR2 deadlocks the serving core; the pings stop.
-    kill(started.daemon.0.id(), "USR2");
+    started.daemon.signal("USR2");
     std::thread::sleep(Duration::from_millis(300)); // a ping may already be on its way
     socket
         .set_read_timeout(Some(Duration::from_millis(1500)))

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 
 fn required(var: &str) -> PathBuf {

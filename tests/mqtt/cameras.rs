@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, json, Broker, Client, Daemon};
+use crate::harness::{self, json, start_daemon, Broker, Client};
 
 /// A JPEG of `size`×`size` pixels; `corrupt` cuts it in half.
 fn jpeg(size: u32, shade: u8, corrupt: bool) -> Vec<u8> {
@@ -215,7 +215,7 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
         config.push_str(&format!("[[camera]]\nname = \"{name}\"\nsource = \"{source}\"\nmodel = \"{model}\"\nfps = {fps}\nstall_secs = 2\n"));
     }
     let http_port = harness::free_port();
-    let daemon = Daemon::start(dir.path(), "cams", Some(http_port), &config);
+    let daemon = start_daemon(dir.path(), "cams", Some(http_port), &config);
     let client = Client::connect(broker.port, "camera-client", &["onnxd/cams/cameras/#"]);
 
     // Every camera delivers results for its model.
@@ -358,7 +358,7 @@ fn sighup_adds_and_removes_cameras_and_a_bad_config_keeps_the_old_ones() {
         )
     };
     let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
-    let daemon = Daemon::start(dir.path(), "hup", None, &format!("{mqtt}{}", camera("a")));
+    let daemon = start_daemon(dir.path(), "hup", None, &format!("{mqtt}{}", camera("a")));
     let client = Client::connect(broker.port, "hup-client", &["onnxd/hup/cameras/+/result"]);
     let next_camera = |client: &Client| {
         let message = client.recv(Duration::from_secs(20)).expect("a camera result");
@@ -394,4 +394,92 @@ fn sighup_adds_and_removes_cameras_and_a_bad_config_keeps_the_old_ones() {
         "{}",
         daemon.log()
     );
+}
+
+/// One image decoder for every source: the same JPEG — as encoders write it, and as a
+/// Motion-JPEG camera sends it, without Huffman tables — gives the same `result` from a camera
+/// (`file://` source), over HTTP, over MQTT and from `onnxd infer` on the model directory.
+#[test]
+fn the_same_jpeg_gives_the_same_result_from_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    harness::repository(&models);
+    let broker = Broker::start(dir.path(), "");
+    let original = jpeg(40, 200, false);
+    let stripped = onnxd::pipeline::decode::strip_huffman_tables(&original);
+    assert_ne!(original, stripped);
+    for (name, bytes) in [("plain.jpg", &original), ("mjpeg.jpg", &stripped)] {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let mut config = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    for name in ["plain", "mjpeg"] {
+        let source = dir.path().join(format!("{name}.jpg"));
+        config.push_str(&format!(
+            "[[camera]]\nname = \"{name}\"\nsource = \"file://{}\"\nmodel = \"digitsimg\"\nfps = 5\n",
+            source.display()
+        ));
+    }
+    let http_port = harness::free_port();
+    let daemon = start_daemon(dir.path(), "same", Some(http_port), &config);
+    let client = Client::connect(
+        broker.port,
+        "same-client",
+        &["onnxd/same/cameras/+/result", "same/reply"],
+    );
+    let mut results = Vec::new();
+    for (name, bytes) in [("plain", &original), ("mjpeg", &stripped)] {
+        let camera = json(&client.next_on(
+            &format!("onnxd/same/cameras/{name}/result"),
+            Duration::from_secs(30),
+        ));
+        let http = client.runtime.block_on(async {
+            let url = format!("http://127.0.0.1:{http_port}/v2/models/digitsimg/infer");
+            let reply = reqwest::Client::new()
+                .post(url)
+                .body(bytes.clone())
+                .send()
+                .await
+                .unwrap();
+            reply.json::<serde_json::Value>().await.unwrap()
+        });
+        client.publish(
+            "onnxd/same/models/digitsimg/infer",
+            bytes.clone(),
+            rumqttc::v5::mqttbytes::v5::PublishProperties {
+                response_topic: Some("same/reply".into()),
+                ..Default::default()
+            },
+        );
+        let mqtt = json(&client.next_on("same/reply", Duration::from_secs(30)));
+        let file = dir.path().join(format!("{name}.jpg"));
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_onnxd"))
+            .args([
+                "infer",
+                models.join("digitsimg").to_str().unwrap(),
+                "-i",
+                file.to_str().unwrap(),
+            ])
+            .env("ORT_DYLIB_PATH", crate::common::ort_library())
+            .output()
+            .unwrap();
+        assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+        let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+        for (source, reply) in [
+            ("camera", &camera),
+            ("http", &http),
+            ("mqtt", &mqtt),
+            ("cli", &cli),
+        ] {
+            assert!(
+                reply["result"].is_array(),
+                "{name} via {source}: {reply}\n{}",
+                daemon.log()
+            );
+            results.push((format!("{name} via {source}"), reply["result"].clone()));
+        }
+    }
+    let (first, expected) = &results[0];
+    for (which, result) in &results {
+        assert_eq!(result, expected, "{which} differs from {first}");
+    }
 }

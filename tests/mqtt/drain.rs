@@ -10,7 +10,7 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::{json, Value};
 
 use super::common;
-use super::harness::{self, json, Broker, Client, Daemon};
+use super::harness::{self, json, start_daemon, Broker, Client};
 
 const WAIT: Duration = Duration::from_secs(30);
 const EACH: usize = 25;
@@ -29,7 +29,7 @@ fn sigterm_answers_the_requests_in_flight_then_says_stopped() {
     std::fs::copy(common::fixture("slow.onnx"), version.join("model.onnx")).unwrap();
     let http_port = harness::free_port();
     let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
-    let mut daemon = Daemon::start(dir.path(), "d1", Some(http_port), &mqtt);
+    let mut daemon = start_daemon(dir.path(), "d1", Some(http_port), &mqtt);
     let client = Client::connect(broker.port, "drainer", &["client/drain", "onnxd/d1/status"]);
     assert_eq!(&client.next_on("onnxd/d1/status", WAIT).payload[..], b"online");
 

@@ -3,11 +3,9 @@
 //! binary run as a daemon on a generated config, and an MQTT 5 test client.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
@@ -15,6 +13,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 use crate::common;
+use crate::common::process::Onnxd;
 
 pub use crate::common::free_port;
 
@@ -115,20 +114,10 @@ impl Drop for Broker {
     }
 }
 
-/// Sends a signal to a process.
-pub fn signal(pid: u32, name: &str) {
-    Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-}
+pub use crate::common::process::signal;
 
-/// An `onnxd run` process.
-pub struct Daemon {
-    child: Option<Child>,
-    config: PathBuf,
-    log: Arc<Mutex<String>>,
-}
+/// An `onnxd run` process (see [`Onnxd`]).
+pub type Daemon = Onnxd;
 
 /// Copies the example digits model (bare as `digits`, with its sidecar and labels as
 /// `digitsimg`) and the identity fixtures (FP32, INT64, BOOL, FP16, BYTES) into a repository.
@@ -151,100 +140,21 @@ pub fn repository(repo: &Path) {
     }
 }
 
-impl Daemon {
-    /// Writes `<dir>/<node>.toml` (repository `<dir>/models`, state `<dir>/state-<node>`) with
-    /// `mqtt` lines added to `[mqtt]` (tables such as `[[camera]]` may follow them), and starts
-    /// the daemon; waits for "onnxd ready".
-    pub fn start(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) -> Daemon {
-        let config = dir.join(format!("{node}.toml"));
-        let listen = http_port.map_or(String::new(), |p| format!("127.0.0.1:{p}"));
-        std::fs::write(
-            &config,
-            format!(
-                "node_id = \"{node}\"\nstate_dir = \"state-{node}\"\n[engine]\nintra_threads = 1\n\
-                 [repository]\npath = \"models\"\n[http]\nlisten = \"{listen}\"\n[mqtt]\n{mqtt}\n"
-            ),
-        )
-        .unwrap();
-        let mut daemon = Daemon {
-            child: None,
-            config,
-            log: Arc::default(),
-        };
-        daemon.restart();
-        daemon
-    }
-
-    /// Starts the (stopped) daemon again on the same config.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "daemon already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_onnxd"))
-            .args(["run", "-c"])
-            .arg(&self.config)
-            .env("ORT_DYLIB_PATH", common::ort_library())
-            .env("RUST_LOG", "info,onnxd=debug")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        let (started, ready) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("onnxd ready") {
-                    let _ = started.send(());
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("daemon not ready:\n{}", self.log()));
-        self.child = Some(child);
-    }
-
-    /// SIGKILL, no goodbye.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM; returns whether it exited with status 0.
-    pub fn terminate(&mut self) -> bool {
-        self.signal("TERM");
-        self.wait_success()
-    }
-
-    /// Waits for the daemon (signalled elsewhere) to exit; returns whether with status 0.
-    pub fn wait_success(&mut self) -> bool {
-        let mut child = self.child.take().expect("daemon running");
-        child.wait().unwrap().success()
-    }
-
-    /// Sends a signal (e.g. `HUP`) to the running daemon.
-    pub fn signal(&self, name: &str) {
-        signal(self.child.as_ref().expect("daemon running").id(), name);
-    }
-
-    /// Its config file.
-    pub fn config(&self) -> &Path {
-        &self.config
-    }
-
-    /// Everything the daemon logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Writes `<dir>/<node>.toml` (repository `<dir>/models`, state `<dir>/state-<node>`) with
+/// `mqtt` lines added to `[mqtt]` (tables such as `[[camera]]` may follow them), and starts the
+/// daemon; waits for "onnxd ready".
+pub fn start_daemon(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) -> Daemon {
+    let config = dir.join(format!("{node}.toml"));
+    let listen = http_port.map_or(String::new(), |p| format!("127.0.0.1:{p}"));
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{node}\"\nstate_dir = \"state-{node}\"\n[engine]\nintra_threads = 1\n\
+             [repository]\npath = \"models\"\n[http]\nlisten = \"{listen}\"\n[mqtt]\n{mqtt}\n"
+        ),
+    )
+    .unwrap();
+    Onnxd::start(&config, &[])
 }
 
 /// An MQTT 5 test client with a persistent session; every message it receives lands in

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::{json, Value};
 
-use harness::{json, Broker, Client, Daemon};
+use harness::{json, start_daemon, Broker, Client};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -112,7 +112,7 @@ fn requests_get_replies_and_every_bad_input_an_error() {
             .unwrap()
     });
     let http_port = harness::free_port();
-    let mut daemon = Daemon::start(
+    let mut daemon = start_daemon(
         dir.path(),
         "n1",
         Some(http_port),
@@ -479,7 +479,7 @@ fn broker_restarts_lose_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), "");
     harness::repository(&dir.path().join("models"));
-    let _daemon = Daemon::start(
+    let _daemon = start_daemon(
         dir.path(),
         "n1",
         None,
@@ -518,7 +518,7 @@ fn daemon_crash_loses_no_request_and_the_will_says_offline() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     harness::repository(&dir.path().join("models"));
-    let mut daemon = Daemon::start(
+    let mut daemon = start_daemon(
         dir.path(),
         "n1",
         None,
@@ -564,7 +564,7 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
     std::fs::create_dir_all(models.join("cnn/1")).unwrap();
     std::fs::copy(common::fixture("cnn.onnx"), models.join("cnn/1/model.onnx")).unwrap();
     let http_port = harness::free_port();
-    let mut daemon = Daemon::start(
+    let mut daemon = start_daemon(
         dir.path(),
         "n1",
         Some(http_port),
@@ -637,8 +637,8 @@ fn a_share_group_splits_pool_requests_between_daemons() {
         "url = \"mqtt://127.0.0.1:{}\"\nshare_group = \"pool\"",
         broker.port
     );
-    let _a = Daemon::start(dir.path(), "a", None, &mqtt);
-    let _b = Daemon::start(dir.path(), "b", None, &mqtt);
+    let _a = start_daemon(dir.path(), "a", None, &mqtt);
+    let _b = start_daemon(dir.path(), "b", None, &mqtt);
     let client = Client::connect(broker.port, "pool-client", &["client/pool"]);
     for i in 0..N {
         let request = json!({"id": i.to_string(), "inputs": [{"name": "x", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]});
@@ -791,7 +791,7 @@ fn tls_with_a_client_certificate_and_a_password() {
             broker.port
         )
     };
-    let daemon = Daemon::start(dir.path(), "secure", None, &mqtt("password"));
+    let daemon = start_daemon(dir.path(), "secure", None, &mqtt("password"));
     let client = Client::connect(plain, "tls-watcher", &["client/tls", "onnxd/secure/status"]);
     assert_eq!(
         &client.next_on("onnxd/secure/status", WAIT).payload[..],
@@ -810,7 +810,7 @@ fn tls_with_a_client_certificate_and_a_password() {
         json!([true, false, true, false, true, false])
     );
     // A wrong password is refused by the broker: the daemon keeps running and retrying.
-    let refused = Daemon::start(dir.path(), "refused", None, &mqtt("wrong-password"));
+    let refused = start_daemon(dir.path(), "refused", None, &mqtt("wrong-password"));
     harness::wait_until("a refused connection in the log", WAIT, || {
         refused.log().contains("MQTT connection failed")
     });
@@ -823,7 +823,7 @@ fn the_daemon_serves_http_without_a_broker() {
     harness::repository(&dir.path().join("models"));
     let http_port = harness::free_port();
     let nothing = harness::free_port();
-    let daemon = Daemon::start(
+    let daemon = start_daemon(
         dir.path(),
         "alone",
         Some(http_port),
@@ -864,7 +864,7 @@ fn camera_results_wait_in_the_outbox_through_a_30_s_broker_outage_and_arrive_in_
     let image = dir.path().join("digit.png");
     std::fs::write(&image, digit_png).unwrap();
     let http_port = harness::free_port();
-    let daemon = Daemon::start(
+    let daemon = start_daemon(
         dir.path(),
         "n1",
         Some(http_port),
