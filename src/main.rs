@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use onnxd::commands::{bench, check, infer, inspect, run};
+use onnxd::commands::{bench, bench_mqtt, check, infer, inspect, run};
 use onnxd::config::Config;
 use onnxd::engine::{EngineChoice, EngineOptions, Provider};
 
@@ -110,12 +110,62 @@ enum Command {
         /// file still provides the inputs' signature).
         #[arg(long)]
         http: Option<String>,
-        /// Model name on the HTTP server (default: the file's stem).
-        #[arg(long)]
+        /// Model name on the HTTP server or MQTT daemon (default: the file's stem).
+        #[arg(long, visible_alias = "model")]
         model_name: Option<String>,
+        #[command(flatten)]
+        mqtt: MqttBenchArgs,
         #[command(flatten)]
         engine: EngineArgs,
     },
+}
+
+/// `onnxd bench --mqtt`: requests over MQTT 5 through a broker to a running daemon.
+#[derive(clap::Args)]
+struct MqttBenchArgs {
+    /// Send the requests over MQTT 5 (QoS 1, response topic + correlation data) through the
+    /// broker at HOST:PORT to a running daemon instead; a single `-i` FILE.json is sent as it is.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "http")]
+    mqtt: Option<String>,
+    /// MQTT: the daemon's node id (default: this host's name, as the daemon's own default).
+    #[arg(long, requires = "mqtt")]
+    node: Option<String>,
+    /// MQTT: the daemon's topic prefix.
+    #[arg(long, default_value = "onnxd")]
+    topic_prefix: String,
+    /// MQTT: requests in flight (default: --concurrency).
+    #[arg(long, requires = "mqtt")]
+    window: Option<usize>,
+}
+
+/// `onnxd bench --mqtt`: builds the payload and the target, runs, prints.
+fn bench_over_mqtt(
+    model: &std::path::Path,
+    inputs: &[String],
+    name: &str,
+    args: &MqttBenchArgs,
+    plan: &bench::BenchPlan,
+    engine: &EngineArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let broker = args.mqtt.as_deref().expect("called with --mqtt");
+    let payload = bench_mqtt::payload(model, inputs, &engine.options(1))?;
+    let target = bench_mqtt::MqttTarget::new(broker, &args.topic_prefix, args.node.as_deref(), name)?;
+    let plan = bench_mqtt::MqttPlan {
+        window: args.window.unwrap_or(plan.concurrency),
+        duration: plan.duration,
+        count: plan.count,
+        warmup: plan.warmup,
+        progress: true,
+        timeout: Duration::from_secs(10),
+    };
+    let report = bench_mqtt::run(&target, payload, &plan)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -175,6 +225,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             json,
             http,
             model_name,
+            mqtt,
             engine,
         } => {
             onnxd::telemetry::init("warn");
@@ -185,6 +236,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 warmup,
                 progress: !json,
             };
+            if mqtt.mqtt.is_some() {
+                let stem = model
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let name = model_name.unwrap_or(stem);
+                return bench_over_mqtt(&model, &inputs, &name, &mqtt, &plan, &engine, json);
+            }
             let target = match http {
                 Some(address) => bench::Target::Http {
                     address,
