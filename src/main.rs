@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use onnxd::commands::{bench, check, infer, inspect, run};
+use onnxd::commands::{bench, bench_mqtt, check, infer, inspect, run};
 use onnxd::config::Config;
 use onnxd::engine::{EngineChoice, EngineOptions, Provider};
 use onnxd::repository::loader::LoadSettings;
@@ -97,40 +97,94 @@ enum Command {
         engine: EngineArgs,
     },
     /// Generate load against an in-process model and report throughput and latency.
-    Bench {
-        /// ONNX file.
-        model: PathBuf,
-        /// Inputs as for `infer` (default: synthetic inputs, symbolic dims = 1).
-        #[arg(short, long = "input")]
-        inputs: Vec<String>,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        /// Model instances (inference threads).
-        #[arg(long, default_value_t = 1)]
-        instances: usize,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Stop after this many requests instead.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Unmeasured requests first.
-        #[arg(long, default_value_t = 10)]
-        warmup: u64,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        /// Send the requests over HTTP to a running server at HOST:PORT instead (the local
-        /// file still provides the inputs' signature).
-        #[arg(long)]
-        http: Option<String>,
-        /// Model name on the HTTP server (default: the file's stem).
-        #[arg(long)]
-        model_name: Option<String>,
-        #[command(flatten)]
-        engine: EngineArgs,
-    },
+    Bench(BenchArgs),
+}
+
+/// `onnxd bench`'s arguments.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// ONNX file.
+    model: PathBuf,
+    /// Inputs as for `infer` (default: synthetic inputs, symbolic dims = 1).
+    #[arg(short, long = "input")]
+    inputs: Vec<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Model instances (inference threads).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many requests instead.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Unmeasured requests first.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Send the requests over HTTP to a running server at HOST:PORT instead (the local
+    /// file still provides the inputs' signature).
+    #[arg(long)]
+    http: Option<String>,
+    /// Model name on the HTTP server or MQTT daemon (default: the file's stem).
+    #[arg(long, visible_alias = "model")]
+    model_name: Option<String>,
+    #[command(flatten)]
+    mqtt: MqttBenchArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// `onnxd bench --mqtt`: requests over MQTT 5 through a broker to a running daemon.
+#[derive(clap::Args)]
+struct MqttBenchArgs {
+    /// Send the requests over MQTT 5 (QoS 1, response topic + correlation data) through the
+    /// broker at HOST:PORT to a running daemon instead; a single `-i` FILE.json is sent as it is.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "http")]
+    mqtt: Option<String>,
+    /// MQTT: the daemon's node id (default: this host's name, as the daemon's own default).
+    #[arg(long, requires = "mqtt")]
+    node: Option<String>,
+    /// MQTT: the daemon's topic prefix.
+    #[arg(long, default_value = "onnxd")]
+    topic_prefix: String,
+    /// MQTT: requests in flight (default: --concurrency).
+    #[arg(long, requires = "mqtt")]
+    window: Option<usize>,
+}
+
+/// `onnxd bench --mqtt`: builds the payload and the target, runs, prints.
+fn bench_over_mqtt(
+    model: &std::path::Path,
+    inputs: &[String],
+    name: &str,
+    args: &MqttBenchArgs,
+    plan: &bench::BenchPlan,
+    engine: &EngineArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let broker = args.mqtt.as_deref().expect("called with --mqtt");
+    let payload = bench_mqtt::payload(model, inputs, &engine.settings(1))?;
+    let target = bench_mqtt::MqttTarget::new(broker, &args.topic_prefix, args.node.as_deref(), name)?;
+    let plan = bench_mqtt::MqttPlan {
+        window: args.window.unwrap_or(plan.concurrency),
+        duration: plan.duration,
+        count: plan.count,
+        warmup: plan.warmup,
+        progress: true,
+        timeout: Duration::from_secs(10),
+    };
+    let report = bench_mqtt::run(&target, payload, &plan)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -207,39 +261,40 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print(&format!("{}\n", serde_json::to_string_pretty(&response)?))?;
             Ok(())
         }
-        Command::Bench {
-            model,
-            inputs,
-            concurrency,
-            instances,
-            duration,
-            count,
-            warmup,
-            json,
-            http,
-            model_name,
-            engine,
-        } => {
-            onnxd::telemetry::init("warn");
-            let plan = bench::BenchPlan {
-                concurrency,
-                duration: Duration::from_secs_f64(duration),
-                count,
-                warmup,
-                progress: true,
-            };
-            let target = match http {
-                Some(address) => bench::Target::Http {
-                    address,
-                    model: model_name.unwrap_or_else(|| stem(&model)),
-                },
-                None => bench::Target::InProcess,
-            };
-            let report = bench::bench(&model, &inputs, &engine.settings(instances), &plan, &target)?;
-            match json {
-                true => print(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
-                false => print(&report.to_string()),
-            }
-        }
+        Command::Bench(args) => bench_command(args),
+    }
+}
+
+/// `onnxd bench`: in-process, over HTTP, or over MQTT.
+fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
+    onnxd::telemetry::init("warn");
+    let plan = bench::BenchPlan {
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.duration),
+        count: args.count,
+        warmup: args.warmup,
+        progress: true,
+    };
+    let name = args.model_name.clone().unwrap_or_else(|| stem(&args.model));
+    if args.mqtt.mqtt.is_some() {
+        return bench_over_mqtt(
+            &args.model,
+            &args.inputs,
+            &name,
+            &args.mqtt,
+            &plan,
+            &args.engine,
+            args.json,
+        );
+    }
+    let target = match args.http {
+        Some(address) => bench::Target::Http { address, model: name },
+        None => bench::Target::InProcess,
+    };
+    let settings = args.engine.settings(args.instances);
+    let report = bench::bench(&args.model, &args.inputs, &settings, &plan, &target)?;
+    match args.json {
+        true => print(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+        false => print(&report.to_string()),
     }
 }

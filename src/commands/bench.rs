@@ -73,7 +73,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut sample: Vec<f64>) -> Percentiles {
+    pub(crate) fn of(mut sample: Vec<f64>) -> Percentiles {
         if sample.is_empty() {
             return Percentiles::default();
         }
@@ -216,7 +216,7 @@ fn http_call(address: &str, model: &str) -> Call {
 }
 
 /// CPU time (user + system) of this process so far.
-fn process_cpu() -> Duration {
+pub(crate) fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .rsplit(')')

@@ -362,44 +362,7 @@ fn validate_component(
     }
     string(c, "name", at)?;
     one_of(c, "entity_category", ENTITY_CATEGORIES, at)?;
-    match platform {
-        "sensor" => {
-            check_keys(c, &[ENTITY_KEYS, SENSOR_KEYS], at)?;
-            string(c, "state_topic", at)?.ok_or_else(|| format!("{at}: sensor needs `state_topic`"))?;
-            one_of(c, "device_class", SENSOR_CLASSES, at)?;
-            one_of(c, "state_class", STATE_CLASSES, at)?;
-            if c.get("device_class") == Some(&json!("enum")) {
-                let options = c.get("options").and_then(Value::as_array);
-                if options.is_none_or(|o| o.is_empty() || o.iter().any(|v| !v.is_string())) {
-                    return Err(format!("{at}: an enum sensor needs `options`, a list of strings"));
-                }
-                if c.contains_key("unit_of_measurement") || c.contains_key("state_class") {
-                    return Err(format!("{at}: an enum sensor takes no unit or state class"));
-                }
-            } else if c.contains_key("options") {
-                return Err(format!("{at}: `options` only goes with device_class enum"));
-            }
-        }
-        "binary_sensor" => {
-            check_keys(c, &[ENTITY_KEYS, BINARY_SENSOR_KEYS], at)?;
-            string(c, "state_topic", at)?
-                .ok_or_else(|| format!("{at}: binary_sensor needs `state_topic`"))?;
-            one_of(c, "device_class", BINARY_SENSOR_CLASSES, at)?;
-        }
-        "image" => {
-            check_keys(c, &[ENTITY_KEYS, IMAGE_KEYS], at)?;
-            match (c.contains_key("image_topic"), c.contains_key("url_topic")) {
-                (true, false) => {}
-                (false, true) if !c.contains_key("content_type") => {}
-                _ => return Err(format!("{at}: image needs exactly one of image_topic, url_topic")),
-            }
-        }
-        other => {
-            return Err(format!(
-                "{at}: platform {other:?} is not one this module should emit"
-            ))
-        }
-    }
+    validate_platform(c, platform, at)?;
     for key in ["state_topic", "json_attributes_topic", "image_topic", "url_topic"] {
         if let Some(topic) = string(c, key, at)? {
             check_topic(topic, &format!("{at}.{key}"))?;
@@ -419,30 +382,7 @@ fn validate_component(
             check_template(template, &format!("{at}.{key}"))?;
         }
     }
-    if let Some(availability) = c.get("availability") {
-        let list = availability
-            .as_array()
-            .ok_or_else(|| format!("{at}: `availability` must be a list"))?;
-        for entry in list {
-            let entry = expand(entry, ABBREVIATIONS, &format!("{at}.availability"))?;
-            let allowed: &[&str] = &[
-                "topic",
-                "payload_available",
-                "payload_not_available",
-                "value_template",
-            ];
-            check_keys(&entry, &[allowed], &format!("{at}.availability"))?;
-            let topic =
-                string(&entry, "topic", at)?.ok_or_else(|| format!("{at}: availability needs `topic`"))?;
-            check_topic(topic, &format!("{at}.availability"))?;
-            if !topics.contains(topic) {
-                return Err(format!("{at}: availability topic {topic:?} is not published"));
-            }
-            if let Some(template) = string(&entry, "value_template", at)? {
-                check_template(template, &format!("{at}.availability"))?;
-            }
-        }
-    }
+    validate_availability(c, topics, at)?;
     Ok(unique_id.to_string())
 }
 
@@ -786,4 +726,80 @@ fn value_templates_give_the_intended_states() {
         .map(|(_, v)| v["value_template"].as_str().unwrap().to_string())
         .unwrap();
     assert_eq!(render(&odd, result), "1");
+}
+
+/// The keys and values one platform requires or allows.
+fn validate_platform(c: &BTreeMap<String, Value>, platform: &str, at: &str) -> Result<(), String> {
+    match platform {
+        "sensor" => {
+            check_keys(c, &[ENTITY_KEYS, SENSOR_KEYS], at)?;
+            string(c, "state_topic", at)?.ok_or_else(|| format!("{at}: sensor needs `state_topic`"))?;
+            one_of(c, "device_class", SENSOR_CLASSES, at)?;
+            one_of(c, "state_class", STATE_CLASSES, at)?;
+            if c.get("device_class") == Some(&json!("enum")) {
+                let options = c.get("options").and_then(Value::as_array);
+                if options.is_none_or(|o| o.is_empty() || o.iter().any(|v| !v.is_string())) {
+                    return Err(format!("{at}: an enum sensor needs `options`, a list of strings"));
+                }
+                if c.contains_key("unit_of_measurement") || c.contains_key("state_class") {
+                    return Err(format!("{at}: an enum sensor takes no unit or state class"));
+                }
+            } else if c.contains_key("options") {
+                return Err(format!("{at}: `options` only goes with device_class enum"));
+            }
+        }
+        "binary_sensor" => {
+            check_keys(c, &[ENTITY_KEYS, BINARY_SENSOR_KEYS], at)?;
+            string(c, "state_topic", at)?
+                .ok_or_else(|| format!("{at}: binary_sensor needs `state_topic`"))?;
+            one_of(c, "device_class", BINARY_SENSOR_CLASSES, at)?;
+        }
+        "image" => {
+            check_keys(c, &[ENTITY_KEYS, IMAGE_KEYS], at)?;
+            match (c.contains_key("image_topic"), c.contains_key("url_topic")) {
+                (true, false) => {}
+                (false, true) if !c.contains_key("content_type") => {}
+                _ => return Err(format!("{at}: image needs exactly one of image_topic, url_topic")),
+            }
+        }
+        other => {
+            return Err(format!(
+                "{at}: platform {other:?} is not one this module should emit"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// `availability`: a list of topics the daemon publishes, with valid templates.
+fn validate_availability(
+    c: &BTreeMap<String, Value>,
+    topics: &BTreeSet<String>,
+    at: &str,
+) -> Result<(), String> {
+    if let Some(availability) = c.get("availability") {
+        let list = availability
+            .as_array()
+            .ok_or_else(|| format!("{at}: `availability` must be a list"))?;
+        for entry in list {
+            let entry = expand(entry, ABBREVIATIONS, &format!("{at}.availability"))?;
+            let allowed: &[&str] = &[
+                "topic",
+                "payload_available",
+                "payload_not_available",
+                "value_template",
+            ];
+            check_keys(&entry, &[allowed], &format!("{at}.availability"))?;
+            let topic =
+                string(&entry, "topic", at)?.ok_or_else(|| format!("{at}: availability needs `topic`"))?;
+            check_topic(topic, &format!("{at}.availability"))?;
+            if !topics.contains(topic) {
+                return Err(format!("{at}: availability topic {topic:?} is not published"));
+            }
+            if let Some(template) = string(&entry, "value_template", at)? {
+                check_template(template, &format!("{at}.availability"))?;
+            }
+        }
+    }
+    Ok(())
 }

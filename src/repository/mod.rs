@@ -182,16 +182,7 @@ impl Repository {
                 return self.finish(&handle, (*handle.versions()).clone(), report);
             }
         };
-        let policy = sidecar.policy().expect("validated when loaded");
-        let present = layout::versions(&dir);
-        let wanted = policy.select(&present.keys().copied().collect::<Vec<_>>());
-        if wanted.is_empty() {
-            report.errors.push(format!(
-                "no version directory with {} in {}",
-                layout::MODEL_FILE,
-                dir.display()
-            ));
-        }
+        let (present, wanted) = wanted_versions(&dir, &sidecar, &mut report);
         // Versions serving now but no longer wanted stay until every wanted version is ready.
         let (next, outgoing): (Versions, Versions) = handle
             .versions()
@@ -400,6 +391,26 @@ impl Repository {
         }
         self.retired.clear();
     }
+}
+
+/// The versions present in a model directory, and those its version policy serves (none is
+/// an error in the report).
+fn wanted_versions(
+    dir: &Path,
+    sidecar: &Sidecar,
+    report: &mut SyncReport,
+) -> (BTreeMap<u64, PathBuf>, Vec<u64>) {
+    let policy = sidecar.policy().expect("validated when loaded");
+    let present = layout::versions(dir);
+    let wanted = policy.select(&present.keys().copied().collect::<Vec<_>>());
+    if wanted.is_empty() {
+        report.errors.push(format!(
+            "no version directory with {} in {}",
+            layout::MODEL_FILE,
+            dir.display()
+        ));
+    }
+    (present, wanted)
 }
 
 /// A router serving one model outside a repository (the CLI): a model directory, with its

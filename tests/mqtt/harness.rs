@@ -35,8 +35,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts mosquitto with persistence (`max_queued_messages 0` = unlimited) and `extra`
-    /// config lines; `listener` replaces the plain listener line when given.
+    /// Starts mosquitto with persistence (`max_queued_messages 0` = unlimited), Nagle off on
+    /// its sockets (`set_tcp_nodelay true`: else a small publish can wait ~40 ms for a
+    /// delayed ACK) and `extra` config lines; `listener` replaces the plain listener line when
+    /// given.
     ///
     /// `max_inflight_messages 0` lifts the receive maximum of 20 the broker would announce:
     /// after a reconnect, `rumqttc` replays its whole pending list without flow control, and
@@ -63,7 +65,7 @@ impl Broker {
             &config,
             format!(
                 "{listener}{}persistence true\npersistence_location {}/\nautosave_interval 1\n\
-                 max_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest file {}/mosquitto.log\nlog_type all\n",
                 extra.replace("{port}", &port.to_string()),
                 dir.display(),
                 dir.display()

@@ -1,13 +1,15 @@
 //! MQTT end to end: a real mosquitto started by the test on a free port, the real `onnxd`
 //! daemon, real models — request/response (MQTT 5 correlation, MQTT 3.1.1 `id` + `reply_to`,
 //! binary framing), every bad input named by the MQTT issue, node and model status, broker
-//! restarts, daemon crashes, the outbox, shared subscriptions, TLS and the SIGTERM drain.
+//! restarts, daemon crashes, the outbox, shared subscriptions, TLS, the SIGTERM drain, and
+//! round trips one at a time that no delayed ACK holds back.
 
 mod cameras;
 #[path = "../common/mod.rs"]
 mod common;
 mod drain;
 mod harness;
+mod round_trip;
 
 use std::collections::HashMap;
 use std::time::Duration;
