@@ -11,6 +11,7 @@ pub mod image;
 pub mod metrics;
 pub mod router;
 pub mod stats;
+pub mod views;
 
 use std::time::{Duration, Instant};
 
