@@ -43,6 +43,10 @@ pub struct BenchReport {
     pub concurrency: usize,
     /// Model instances (inference threads) serving them, when the model is in this process.
     pub instances: Option<usize>,
+    /// In-process: the model's `max_batch_size` (0: no batching).
+    pub max_batch_size: Option<usize>,
+    /// In-process: mean rows per model execution during the run.
+    pub mean_batch: Option<f64>,
     /// Requests completed.
     pub requests: u64,
     /// Requests that failed.
@@ -267,16 +271,22 @@ pub fn bench(
         }
         Target::Http { address, model } => (format!("http://{address}"), model.clone()),
     };
+    let executions = || executions(&served);
+    let before = executions();
     let cpu_before = process_cpu();
     let measured = drive(plan, new_call, &inputs);
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let in_process = matches!(target, Target::InProcess);
+    let (inferences, runs) = (executions().0 - before.0, executions().1 - before.1);
     let requests = measured.latencies.len() as u64;
     Ok(BenchReport {
         engine,
         provider,
         client_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
         concurrency: plan.concurrency.max(1),
-        instances: matches!(target, Target::InProcess).then_some(settings.engine.instances.max(1)),
+        instances: in_process.then_some(settings.engine.instances.max(1)),
+        max_batch_size: in_process.then(|| served.policy().map_or(0, |p| p.max_batch_size)),
+        mean_batch: (in_process && runs > 0).then(|| inferences as f64 / runs as f64),
         requests,
         errors: measured.errors,
         seconds: measured.seconds,
@@ -284,6 +294,18 @@ pub fn bench(
         latency_us: Percentiles::of(measured.latencies),
         compute_us: Percentiles::of(measured.computes),
     })
+}
+
+/// `(inferences, executions)` of the model's serving version so far.
+fn executions(served: &Served) -> (u64, u64) {
+    let Ok(handle) = served.router.get(&served.name) else {
+        return (0, 0);
+    };
+    let stats = handle.stats.snapshot();
+    stats
+        .versions
+        .values()
+        .fold((0, 0), |(i, e), v| (i + v.inferences, e + v.executions))
 }
 
 /// A client of the model in this process, through the serving core (as every transport).
@@ -385,8 +407,13 @@ impl std::fmt::Display for BenchReport {
             self.engine, self.provider, self.concurrency
         )?;
         match self.instances {
-            Some(n) => writeln!(f, ", {n} instance(s)")?,
-            None => writeln!(f)?,
+            Some(n) => write!(f, ", {n} instance(s)")?,
+            None => {}
+        }
+        match (self.max_batch_size, self.mean_batch) {
+            (Some(0), _) => writeln!(f, ", no batching")?,
+            (Some(max), Some(mean)) => writeln!(f, ", batches of up to {max} (mean {mean:.2})")?,
+            _ => writeln!(f)?,
         }
         writeln!(
             f,
