@@ -406,9 +406,8 @@ impl std::fmt::Display for BenchReport {
             "engine {} ({}), concurrency {}",
             self.engine, self.provider, self.concurrency
         )?;
-        match self.instances {
-            Some(n) => write!(f, ", {n} instance(s)")?,
-            None => {}
+        if let Some(n) = self.instances {
+            write!(f, ", {n} instance(s)")?;
         }
         match (self.max_batch_size, self.mean_batch) {
             (Some(0), _) => writeln!(f, ", no batching")?,

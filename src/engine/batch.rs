@@ -344,10 +344,14 @@ impl BatchQueue {
     }
 }
 
-/// Answers held until every earlier request was answered (`preserve_ordering`).
+/// An answer waiting for its turn.
+type Held = (oneshot::Sender<JobResult>, JobResult);
+
+/// Answers held until every earlier request was answered (`preserve_ordering`): the next
+/// sequence number to release and the answers that arrived early.
 #[derive(Default)]
 struct Reorder {
-    state: Mutex<(u64, BTreeMap<u64, (oneshot::Sender<JobResult>, JobResult)>)>,
+    state: Mutex<(u64, BTreeMap<u64, Held>)>,
 }
 
 impl Reorder {
