@@ -97,7 +97,7 @@ enum Command {
         engine: EngineArgs,
     },
     /// Generate load against an in-process model and report throughput and latency.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// `onnxd bench`'s arguments.
@@ -273,7 +273,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 /// `onnxd bench`: in-process, over HTTP, or over MQTT.
-fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
+fn bench_command(args: Box<BenchArgs>) -> anyhow::Result<()> {
     onnxd::telemetry::init("warn");
     let plan = bench::BenchPlan {
         concurrency: args.concurrency,
