@@ -168,7 +168,7 @@ pub enum Target {
 }
 
 /// One client's way of sending a request; returns the server's compute time.
-pub(crate) type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
+type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
 
 /// The binary-framed request body for `inputs`, and its JSON header length.
 fn binary_request(inputs: &Tensors) -> (Vec<u8>, usize) {
@@ -188,6 +188,11 @@ fn binary_request(inputs: &Tensors) -> (Vec<u8>, usize) {
         body.extend_from_slice(&wire);
     }
     (body, length)
+}
+
+fn grpc_call(address: &str, model: &str, streaming: bool) -> Call {
+    let mut client = super::bench_grpc::GrpcClient::new(address, model, streaming);
+    Box::new(move |inputs: &Tensors| client.call(inputs))
 }
 
 fn http_call(address: &str, model: &str) -> Call {
@@ -263,7 +268,7 @@ pub fn bench(
                 address,
                 model,
                 streaming,
-            } => super::bench_grpc::call(address, model, *streaming),
+            } => grpc_call(address, model, *streaming),
         }
     };
     let mut warmup = new_call();
