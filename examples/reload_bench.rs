@@ -28,6 +28,7 @@ fn settings(choice: EngineChoice) -> LoadSettings {
         require_signatures: false,
         trusted_keys: Vec::new(),
         force_engine: None,
+        batching: Default::default(),
     }
 }
 

@@ -129,7 +129,8 @@ fn run_case_inner(dir: &Path, options: &EngineOptions) -> Outcome {
         Err(TensorError::Unsupported(e)) => return Outcome::NotExpressible(e),
         Err(e) => return Outcome::NotExpressible(format!("test data: {e}")),
     };
-    let loaded = match select::load("case", &model, options) {
+    let policy = crate::engine::batch::BatchPolicy::unbatched(select::QUEUE_PER_INSTANCE);
+    let loaded = match select::load("case", &model, options, policy) {
         Ok(l) => l,
         Err(e) => return Outcome::LoadFailed(e.to_string()),
     };

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use onnxd::commands::{bench, bench_mqtt, check, infer, inspect, run};
 use onnxd::config::Config;
 use onnxd::engine::{EngineChoice, EngineOptions, Provider};
-use onnxd::repository::loader::LoadSettings;
+use onnxd::repository::loader::{BatchOverrides, LoadSettings};
 
 /// Serve ONNX models on edge machines (ONNX Runtime + tract).
 #[derive(Parser)]
@@ -56,6 +56,7 @@ impl EngineArgs {
             require_signatures: false,
             trusted_keys: Vec::new(),
             force_engine: self.engine,
+            batching: Default::default(),
         }
     }
 }
@@ -140,6 +141,13 @@ struct BenchArgs {
     /// Model name on the HTTP/gRPC server or MQTT daemon (default: the file's stem).
     #[arg(long, visible_alias = "model")]
     model_name: Option<String>,
+    /// In-process: batch up to this many rows (0 = no batching) [default: the model
+    /// directory's sidecar, else 4 for a model that batches].
+    #[arg(long)]
+    max_batch_size: Option<u64>,
+    /// In-process: longest wait for a fuller batch, microseconds [default: the sidecar's, or 0].
+    #[arg(long)]
+    max_queue_delay_us: Option<u64>,
     #[command(flatten)]
     mqtt: MqttBenchArgs,
     #[command(flatten)]
@@ -268,12 +276,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print(&format!("{}\n", serde_json::to_string_pretty(&response)?))?;
             Ok(())
         }
-        Command::Bench(args) => bench_command(args),
+        Command::Bench(args) => bench_command(*args),
     }
 }
 
 /// `onnxd bench`: in-process, over HTTP, or over MQTT.
-fn bench_command(args: Box<BenchArgs>) -> anyhow::Result<()> {
+fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     onnxd::telemetry::init("warn");
     let plan = bench::BenchPlan {
         concurrency: args.concurrency,
@@ -303,7 +311,11 @@ fn bench_command(args: Box<BenchArgs>) -> anyhow::Result<()> {
         },
         (None, None) => bench::Target::InProcess,
     };
-    let settings = args.engine.settings(args.instances);
+    let mut settings = args.engine.settings(args.instances);
+    settings.batching = BatchOverrides {
+        max_batch_size: args.max_batch_size,
+        max_queue_delay_us: args.max_queue_delay_us,
+    };
     let report = bench::bench(&args.model, &args.inputs, &settings, &plan, &target)?;
     match args.json {
         true => print(&format!("{}\n", serde_json::to_string_pretty(&report)?)),

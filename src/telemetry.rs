@@ -152,3 +152,88 @@ pub fn float_gauge(
         .expect("unique metric");
     metric
 }
+
+/// One labelled series of a histogram read from onnxd's own counters.
+pub struct HistogramSample {
+    /// Label values, in the family's label order.
+    pub labels: Vec<String>,
+    /// `(upper bound, cumulative count)` per bucket, ascending; `+Inf` is added.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Registers a histogram family whose samples onnxd counted itself (the scrape renders them;
+/// nothing observes through the `prometheus` crate).
+pub fn histogram(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    samples: Vec<HistogramSample>,
+) {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let metrics = samples
+        .into_iter()
+        .map(|sample| {
+            let mut histogram = Histogram::default();
+            histogram.set_sample_count(sample.count);
+            histogram.set_sample_sum(sample.sum);
+            histogram.set_bucket(
+                sample
+                    .buckets
+                    .iter()
+                    .map(|&(bound, count)| {
+                        let mut bucket = Bucket::default();
+                        bucket.set_upper_bound(bound);
+                        bucket.set_cumulative_count(count);
+                        bucket
+                    })
+                    .collect(),
+            );
+            let pairs = labels
+                .iter()
+                .zip(sample.labels)
+                .map(|(name, value)| {
+                    let mut pair = LabelPair::default();
+                    pair.set_name(name.to_string());
+                    pair.set_value(value);
+                    pair
+                })
+                .collect();
+            let mut metric = Metric::default();
+            metric.set_label(pairs);
+            metric.set_histogram(histogram);
+            metric
+        })
+        .collect();
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(metrics);
+    let labels = labels.iter().map(|l| l.to_string()).collect();
+    let desc = prometheus::core::Desc::new(name.to_string(), help.to_string(), labels, Default::default())
+        .expect("valid metric");
+    registry
+        .register(Box::new(Fixed { desc, family }))
+        .expect("unique metric");
+}
+
+/// A metric family rendered ahead of the scrape.
+struct Fixed {
+    desc: prometheus::core::Desc,
+    family: prometheus::proto::MetricFamily,
+}
+
+impl prometheus::core::Collector for Fixed {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        vec![self.family.clone()]
+    }
+}

@@ -477,6 +477,29 @@ fn config_errors_name_the_file_and_key() {
 }
 
 #[test]
+fn check_refuses_a_config_whose_password_file_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    let config = dir.path().join("onnxd.toml");
+    std::fs::write(
+        &config,
+        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\npassword_file = \"gone.pw\"\n",
+    )
+    .unwrap();
+    let out = onnxd(&["check", "-c", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("mqtt.password_file") && err.contains("gone.pw"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("gone.pw"), "secret\n").unwrap();
+    let out = onnxd(&["check", "-c", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn environment_overrides_are_named_and_stray_variables_only_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("onnxd.toml");

@@ -218,8 +218,15 @@ fn health_metadata_config_and_stats() {
     let request =
         json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
     assert_eq!(s.post_json("/v2/models/broken/infer", &request).status, 503);
+    // No sidecar: a model whose first dimension is symbolic batches up to 4 (Triton's default),
+    // and the configuration says so (it used to say 64 whatever the model did).
     let config = s.get("/v2/models/digits/config").json();
-    assert_eq!(config["max_batch_size"], 64);
+    assert_eq!(config["max_batch_size"], 4);
+    assert_eq!(config["dynamic_batching"]["max_queue_delay_microseconds"], 0);
+    assert_eq!(
+        config["instance_group"],
+        json!([{"count": 1, "kind": "KIND_CPU"}])
+    );
     assert_eq!(
         config["input"][0],
         json!({"name": "image", "data_type": "TYPE_FP32", "dims": [1, 8, 8]})
@@ -619,9 +626,17 @@ fn metrics_follow_prometheus_conventions() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
     {
+        // A histogram's samples are its family name with _bucket, _sum or _count.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+            })
+            .unwrap_or(name);
         assert!(
-            text.contains(&format!("# HELP {name} "))
-                || text.contains(&format!("# HELP {} ", name.trim_end_matches("_total"))),
+            text.contains(&format!("# HELP {family} "))
+                || text.contains(&format!("# HELP {} ", family.trim_end_matches("_total"))),
             "{name} has no help"
         );
     }

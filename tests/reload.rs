@@ -36,6 +36,7 @@ fn settings(require_signatures: bool, trusted_keys: Vec<String>) -> LoadSettings
         require_signatures,
         trusted_keys,
         force_engine: None,
+        batching: Default::default(),
     }
 }
 

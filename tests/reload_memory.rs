@@ -33,6 +33,7 @@ fn memory_does_not_grow_across_one_hundred_reloads() {
         require_signatures: false,
         trusted_keys: Vec::new(),
         force_engine: None,
+        batching: Default::default(),
     };
     let mut repo = Repository::new(dir.path(), settings, ReloadMode::Beside, router.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()

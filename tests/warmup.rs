@@ -37,6 +37,7 @@ fn serve(fixture: &str, sidecar: &str) -> (tempfile::TempDir, Arc<Router>, Model
         require_signatures: false,
         trusted_keys: Vec::new(),
         force_engine: None,
+        batching: Default::default(),
     };
     let router = Arc::new(Router::default());
     Repository::new(dir.path(), settings, ReloadMode::Beside, router.clone()).sync_all();

@@ -122,8 +122,8 @@ impl Payload {
     /// The input tensors, decoded against the signature of the version that will run them.
     pub fn decode(&self, info: &ModelInfo) -> Result<Tensors, CodecError> {
         match self.kind {
-            PayloadKind::Json => framed_inputs(&self.header, &[]),
-            PayloadKind::Framed(length) => framed_inputs(&self.header, &self.body[length..]),
+            PayloadKind::Json => framed_inputs(&self.header, Bytes::new()),
+            PayloadKind::Framed(length) => framed_inputs(&self.header, self.body.slice(length..)),
             PayloadKind::Raw => raw_input(&self.body, info),
             PayloadKind::Image => Err(CodecError(
                 "an image payload has no tensors: it goes through the model's [input] pre-processing".into(),
@@ -141,7 +141,8 @@ fn parse_json(json: &[u8]) -> Result<InferRequestBody, CodecError> {
 }
 
 /// The inputs of a JSON request, binary ones taken in order from `binary`.
-fn framed_inputs(header: &InferRequestBody, mut binary: &[u8]) -> Result<Tensors, CodecError> {
+/// Binary inputs share the body's memory (no copy for fixed-size elements).
+fn framed_inputs(header: &InferRequestBody, mut binary: Bytes) -> Result<Tensors, CodecError> {
     let mut inputs = Vec::with_capacity(header.inputs.len());
     for input in &header.inputs {
         let named = |e: String| CodecError(format!("input '{}': {e}", input.name));
@@ -158,11 +159,10 @@ fn framed_inputs(header: &InferRequestBody, mut binary: &[u8]) -> Result<Tensors
                         binary.len()
                     )));
                 }
-                let (bytes, rest) = binary.split_at(size);
-                binary = rest;
+                let bytes = binary.split_to(size);
                 let dtype = DType::from_kserve_name(&input.datatype).map_err(|e| named(e.to_string()))?;
                 let shape = shape_from_i64(&input.shape).map_err(|e| named(e.to_string()))?;
-                Tensor::from_wire(dtype, shape, bytes)
+                Tensor::from_wire_bytes(dtype, shape, bytes)
             }
             (None, Some(_)) => input.to_tensor(),
             (None, None) => return Err(named("has neither 'data' nor binary_data_size".into())),
@@ -180,7 +180,7 @@ fn framed_inputs(header: &InferRequestBody, mut binary: &[u8]) -> Result<Tensors
 }
 
 /// The raw form: one input, batch 1, at most one dynamic dimension (found from the size).
-fn raw_input(body: &[u8], info: &ModelInfo) -> Result<Tensors, CodecError> {
+fn raw_input(body: &Bytes, info: &ModelInfo) -> Result<Tensors, CodecError> {
     let [spec] = &info.inputs[..] else {
         return Err(CodecError(
             "a raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly one input"
@@ -226,7 +226,7 @@ fn raw_input(body: &[u8], info: &ModelInfo) -> Result<Tensors, CodecError> {
         .iter()
         .map(|d| if let Dim::Fixed(n) = d { *n as usize } else { free })
         .collect();
-    let tensor = Tensor::from_raw(dtype, shape, body.to_vec()).map_err(|e| named(e.to_string()))?;
+    let tensor = Tensor::from_bytes(dtype, shape, body.clone()).map_err(|e| named(e.to_string()))?;
     Ok(vec![(spec.name.clone(), tensor)])
 }
 

@@ -44,6 +44,10 @@ pub struct BenchReport {
     pub concurrency: usize,
     /// Model instances (inference threads) serving them, when the model is in this process.
     pub instances: Option<usize>,
+    /// In-process: the model's `max_batch_size` (0: no batching).
+    pub max_batch_size: Option<usize>,
+    /// In-process: mean rows per model execution during the run.
+    pub mean_batch: Option<f64>,
     /// Requests completed.
     pub requests: u64,
     /// Requests that failed.
@@ -170,65 +174,14 @@ pub enum Target {
 /// One client's way of sending a request; returns the server's compute time.
 type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
 
-/// The binary-framed request body for `inputs`, and its JSON header length.
-fn binary_request(inputs: &Tensors) -> (Vec<u8>, usize) {
-    let wires: Vec<Vec<u8>> = inputs.iter().map(|(_, t)| t.to_wire()).collect();
-    let header = serde_json::json!({
-        "inputs": inputs.iter().zip(&wires).map(|((name, t), wire)| serde_json::json!({
-            "name": name,
-            "shape": t.shape(),
-            "datatype": t.dtype().kserve_name(),
-            "parameters": { "binary_data_size": wire.len() },
-        })).collect::<Vec<_>>(),
-        "parameters": { "binary_data_output": true },
-    });
-    let mut body = serde_json::to_vec(&header).expect("header serialises");
-    let length = body.len();
-    for wire in wires {
-        body.extend_from_slice(&wire);
-    }
-    (body, length)
-}
-
 fn grpc_call(address: &str, model: &str, streaming: bool) -> Call {
     let mut client = super::bench_grpc::GrpcClient::new(address, model, streaming);
     Box::new(move |inputs: &Tensors| client.call(inputs))
 }
 
 fn http_call(address: &str, model: &str) -> Call {
-    let url = format!("http://{address}/v2/models/{model}/infer");
-    let client = reqwest::Client::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
-    Box::new(move |inputs: &Tensors| {
-        let (body, length) = binary_request(inputs);
-        runtime.block_on(async {
-            let response = client
-                .post(&url)
-                .header("Inference-Header-Content-Length", length)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let ok = response.status().is_success();
-            let header_length: Option<usize> = response
-                .headers()
-                .get("inference-header-content-length")
-                .and_then(|v| v.to_str().ok()?.parse().ok());
-            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            let json: serde_json::Value =
-                serde_json::from_slice(&bytes[..header_length.unwrap_or(bytes.len()).min(bytes.len())])
-                    .map_err(|e| e.to_string())?;
-            if !ok {
-                return Err(json["error"].as_str().unwrap_or("HTTP error").to_string());
-            }
-            Ok(Duration::from_micros(
-                json["parameters"]["inference_us"].as_u64().unwrap_or(0),
-            ))
-        })
-    })
+    let mut client = super::bench_http::HttpClient::new(address, model);
+    Box::new(move |inputs: &Tensors| client.call(inputs))
 }
 
 /// CPU time (user + system) of this process so far.
@@ -296,16 +249,22 @@ pub fn bench(
             (format!("{how}://{address}"), model.clone())
         }
     };
+    let executions = || executions(&served);
+    let before = executions();
     let cpu_before = process_cpu();
     let measured = drive(plan, new_call, &inputs);
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let in_process = matches!(target, Target::InProcess);
+    let (inferences, runs) = (executions().0 - before.0, executions().1 - before.1);
     let requests = measured.latencies.len() as u64;
     Ok(BenchReport {
         engine,
         provider,
         client_cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
         concurrency: plan.concurrency.max(1),
-        instances: matches!(target, Target::InProcess).then_some(settings.engine.instances.max(1)),
+        instances: in_process.then_some(settings.engine.instances.max(1)),
+        max_batch_size: in_process.then(|| served.policy().map_or(0, |p| p.max_batch_size)),
+        mean_batch: (in_process && runs > 0).then(|| inferences as f64 / runs as f64),
         requests,
         errors: measured.errors,
         seconds: measured.seconds,
@@ -313,6 +272,18 @@ pub fn bench(
         latency_us: Percentiles::of(measured.latencies),
         compute_us: Percentiles::of(measured.computes),
     })
+}
+
+/// `(inferences, executions)` of the model's serving version so far.
+fn executions(served: &Served) -> (u64, u64) {
+    let Ok(handle) = served.router.get(&served.name) else {
+        return (0, 0);
+    };
+    let stats = handle.stats.snapshot();
+    stats
+        .versions
+        .values()
+        .fold((0, 0), |(i, e), v| (i + v.inferences, e + v.executions))
 }
 
 /// A client of the model in this process, through the serving core (as every transport).
@@ -413,9 +384,13 @@ impl std::fmt::Display for BenchReport {
             "engine {} ({}), concurrency {}",
             self.engine, self.provider, self.concurrency
         )?;
-        match self.instances {
-            Some(n) => writeln!(f, ", {n} instance(s)")?,
-            None => writeln!(f)?,
+        if let Some(n) = self.instances {
+            write!(f, ", {n} instance(s)")?;
+        }
+        match (self.max_batch_size, self.mean_batch) {
+            (Some(0), _) => writeln!(f, ", no batching")?,
+            (Some(max), Some(mean)) => writeln!(f, ", batches of up to {max} (mean {mean:.2})")?,
+            _ => writeln!(f)?,
         }
         writeln!(
             f,

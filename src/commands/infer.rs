@@ -64,6 +64,12 @@ impl Served {
         }
     }
 
+    /// How the serving version batches.
+    pub fn policy(&self) -> Option<crate::engine::batch::BatchPolicy> {
+        let version = self.router.handle(&self.name)?.pick(None).ok()?;
+        Some(version.model.policy().clone())
+    }
+
     /// Every input of the model with symbolic dimensions 1 (what `bench` sends by default).
     pub fn unit_inputs(&self) -> Result<Tensors, InferError> {
         let version = self

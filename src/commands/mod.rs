@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_grpc;
+pub mod bench_http;
 pub mod bench_mqtt;
 pub mod check;
 pub mod infer;

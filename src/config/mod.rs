@@ -223,6 +223,7 @@ impl Config {
             trt_fp16: self.engine.trt_fp16,
             state_dir: self.state_dir.clone(),
             instances: 1,
+            gpus: Vec::new(),
         }
     }
 }

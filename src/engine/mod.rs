@@ -7,6 +7,7 @@
 //! Nothing here knows about protocols; nothing outside this folder touches an engine library.
 //! Built without the `ort` feature, [`ort`] is a stand-in that says so for every model (tract only).
 
+pub mod batch;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(not(feature = "ort"))]
@@ -70,6 +71,9 @@ pub enum EngineError {
     /// The request's deadline passed while it waited in the queue; it was not run.
     #[error("request expired while queued")]
     Expired,
+    /// A batch ran but its outputs could not be split back into its requests.
+    #[error("batched inference failed: {0}")]
+    Batch(String),
 }
 
 impl From<ModelError> for EngineError {
@@ -91,7 +95,7 @@ impl EngineError {
             EngineError::Library(_) => "library",
             EngineError::Load { .. } | EngineError::NoEngine(_) => "load",
             EngineError::BadInput(_) => "bad_input",
-            EngineError::Run { .. } => "engine",
+            EngineError::Run { .. } | EngineError::Batch(_) => "engine",
             EngineError::Overloaded(_) => "overloaded",
             EngineError::Unavailable(_) => "unavailable",
             EngineError::Expired => "expired",
@@ -156,8 +160,10 @@ pub struct EngineOptions {
     pub trt_fp16: bool,
     /// Where engine caches live (`<state_dir>/cache/trt/<sha256>/`).
     pub state_dir: PathBuf,
-    /// Parallel sessions of the model.
+    /// Parallel sessions of the model (per GPU when `gpus` is set).
     pub instances: usize,
+    /// GPUs to place instances on (`instances` on each); empty: `cuda_device` or the CPU.
+    pub gpus: Vec<i32>,
 }
 
 impl Default for EngineOptions {
@@ -172,6 +178,7 @@ impl Default for EngineOptions {
             trt_fp16: true,
             state_dir: std::env::temp_dir().join("onnxd"),
             instances: 1,
+            gpus: Vec::new(),
         }
     }
 }
@@ -184,7 +191,20 @@ impl EngineOptions {
             return self.intra_threads;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.instances.max(1)).max(1)
+        (cores / self.total_instances()).max(1)
+    }
+
+    /// Every instance: `instances` per listed GPU, else `instances`.
+    pub fn total_instances(&self) -> usize {
+        self.instances.max(1) * self.gpus.len().max(1)
+    }
+
+    /// The device of instance `i`: the GPUs in turn, else `cuda_device`.
+    pub fn device_of(&self, i: usize) -> i32 {
+        match self.gpus.len() {
+            0 => self.cuda_device,
+            n => self.gpus[i / self.instances.max(1) % n],
+        }
     }
 }
 
@@ -215,6 +235,8 @@ pub struct LoadedSessions {
     pub attempts: Vec<ProviderAttempt>,
     /// One session per instance.
     pub sessions: Vec<Box<dyn EngineSession>>,
+    /// The GPU of each session, when placed on GPUs.
+    pub gpus: Vec<i32>,
 }
 
 /// Picks the requested outputs, in the order asked for, from an engine's results: `take`

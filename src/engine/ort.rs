@@ -160,7 +160,7 @@ pub fn compiled_providers() -> Vec<&'static str> {
     found
 }
 
-/// Loads `options.instances` sessions of a model.
+/// Loads the sessions of a model: `options.instances`, on each of `options.gpus` when set.
 pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
     runtime(options.ort_library.as_deref())?;
     model.info.check_expressible()?;
@@ -172,9 +172,10 @@ pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions
     let mut attempts = Vec::new();
     let mut sessions: Vec<Box<dyn EngineSession>> = Vec::new();
     let mut provider = String::new();
-    while sessions.len() < options.instances.max(1) {
+    while sessions.len() < options.total_instances() {
+        let device = options.device_of(sessions.len());
         let built = catch_panic(EngineKind::Ort, "session build", || {
-            build_session(model, options, &providers).map_err(|e| load_error(e.to_string()))
+            build_session(model, options, &providers, device).map_err(|e| load_error(e.to_string()))
         })?;
         match built {
             Built::Session(session, used, tried) => {
@@ -185,23 +186,47 @@ pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions
                 sessions.push(Box::new(OrtSession { session }));
             }
             // A GPU provider registered but the session could not be created on it (no device,
-            // driver mismatch, engine build failure): note why and go on without it.
-            Built::ProviderFailed(failed, reason) => {
+            // driver mismatch, engine build failure): note why and go on without it — unless
+            // the model was placed on GPUs, which a CPU fallback would silently ignore.
+            Built::ProviderFailed(failed, reason) if options.gpus.is_empty() => {
                 attempts.push(ProviderAttempt {
                     provider: failed,
                     error: Some(reason),
                 });
                 providers.retain(|&p| p != failed);
             }
+            Built::ProviderFailed(failed, reason) => {
+                return Err(load_error(format!(
+                    "gpus = {:?}: {} cannot run the model on GPU {device}: {reason}",
+                    options.gpus,
+                    failed.ort_name()
+                )))
+            }
             Built::Failed(reason) => return Err(load_error(reason)),
         }
     }
-    tracing::info!(model = %model.path.display(), provider = %provider, instances = sessions.len(), "loaded in ONNX Runtime");
+    if !options.gpus.is_empty() && provider == Provider::Cpu.ort_name() {
+        let why: Vec<String> = attempts
+            .iter()
+            .filter_map(|a| Some(format!("{}: {}", a.provider.ort_name(), a.error.as_ref()?)))
+            .collect();
+        return Err(load_error(format!(
+            "gpus = {:?}: no GPU execution provider could be used here ({}); remove `gpus` to run on the CPU",
+            options.gpus,
+            why.join("; ")
+        )));
+    }
+    tracing::info!(model = %model.path.display(), provider = %provider, instances = sessions.len(), gpus = ?options.gpus, "loaded in ONNX Runtime");
+    let gpus = (0..sessions.len())
+        .filter(|_| !options.gpus.is_empty())
+        .map(|i| options.device_of(i))
+        .collect();
     Ok(LoadedSessions {
         engine: EngineKind::Ort,
         provider,
         attempts,
         sessions,
+        gpus,
     })
 }
 
@@ -211,7 +236,12 @@ enum Built {
     Failed(String),
 }
 
-fn build_session(model: &ModelFile, options: &EngineOptions, providers: &[Provider]) -> ort::Result<Built> {
+fn build_session(
+    model: &ModelFile,
+    options: &EngineOptions,
+    providers: &[Provider],
+    device: i32,
+) -> ort::Result<Built> {
     let runtime = RUNTIME.get().expect("runtime initialised before loading");
     let mut builder = Session::builder(&runtime.env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
@@ -222,7 +252,7 @@ fn build_session(model: &ModelFile, options: &EngineOptions, providers: &[Provid
     let mut attempts = Vec::new();
     let mut in_use: Option<Provider> = None;
     for &provider in providers {
-        let result = register(&mut builder, provider, model, options);
+        let result = register(&mut builder, provider, model, options, device);
         match &result {
             // A library built without the provider (the CPU wheel): expected, not alarming.
             Err(e) if e.to_string().contains("not enabled in this build") => {
@@ -258,6 +288,7 @@ fn register(
     provider: Provider,
     model: &ModelFile,
     options: &EngineOptions,
+    device: i32,
 ) -> ort::Result<()> {
     match provider {
         Provider::Tensorrt => {
@@ -269,7 +300,7 @@ fn register(
             let _ = std::fs::create_dir_all(&cache);
             let cache = cache.display().to_string();
             ep::TensorRT::default()
-                .with_device_id(options.cuda_device)
+                .with_device_id(device)
                 .with_fp16(options.trt_fp16)
                 .with_engine_cache(true)
                 .with_engine_cache_path(&cache)
@@ -277,9 +308,7 @@ fn register(
                 .with_timing_cache_path(&cache)
                 .register(builder)
         }
-        Provider::Cuda => ep::CUDA::default()
-            .with_device_id(options.cuda_device)
-            .register(builder),
+        Provider::Cuda => ep::CUDA::default().with_device_id(device).register(builder),
         Provider::Cpu => ep::CPU::default().with_arena_allocator(true).register(builder),
     }
 }

@@ -1,6 +1,8 @@
-//! Inference threads: each engine session is owned by one dedicated thread fed by a bounded
-//! channel (the text-embeddings-inference pattern), so `Session::run(&mut self)` never needs a
-//! lock and inference never runs on async worker threads.
+//! Inference threads: each engine session is owned by one dedicated thread (the
+//! text-embeddings-inference pattern), so `Session::run(&mut self)` never needs a lock and
+//! inference never runs on async worker threads. The threads of a version share its
+//! [`BatchQueue`]; each takes the next batch itself, runs it once, and answers every request in
+//! it with its own rows of the outputs.
 //!
 //! [`LoadedModel`] is a model ready to serve: its [`ModelInfo`], how it was loaded (engine,
 //! provider, the reason for the choice) and its [`InstancePool`]. Dropping it closes the queue;
@@ -8,43 +10,25 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
+use super::batch::{rows_of, split, stack, BatchPolicy, BatchQueue, Execution, Job, JobResult};
 use super::{EngineError, EngineKind, EngineSession, LoadedSessions, ModelInfo, ProviderAttempt, Tensors};
 
-/// Result of one job, with where its time went.
-#[derive(Debug)]
-pub struct JobResult {
-    /// Outputs, or why the run failed.
-    pub outputs: Result<Tensors, EngineError>,
-    /// Time spent waiting in the queue.
-    pub queue_time: Duration,
-    /// Time spent in the engine.
-    pub compute_time: Duration,
-}
-
-struct Job {
-    inputs: Tensors,
-    outputs: Vec<String>,
-    enqueued: Instant,
-    deadline: Option<Instant>,
-    reply: oneshot::Sender<JobResult>,
-}
-
-/// N inference threads sharing one bounded queue.
+/// N inference threads sharing one batch queue.
 pub struct InstancePool {
     name: String,
-    jobs: Option<Sender<Job>>,
-    threads: Vec<JoinHandle<()>>,
+    queue: Arc<BatchQueue>,
+    /// Each thread hands its session back when it ends.
+    threads: Vec<JoinHandle<Box<dyn EngineSession>>>,
 }
 
 impl InstancePool {
-    /// Starts one thread per session. `queue_capacity` bounds the jobs waiting for a thread.
-    pub fn start(name: &str, sessions: Vec<Box<dyn EngineSession>>, queue_capacity: usize) -> InstancePool {
-        let (jobs, queue) = crossbeam_channel::bounded::<Job>(queue_capacity.max(1));
+    /// Starts one thread per session, taking batches as `policy` says.
+    pub fn start(name: &str, sessions: Vec<Box<dyn EngineSession>>, policy: BatchPolicy) -> InstancePool {
+        let queue = Arc::new(BatchQueue::new(policy));
         let threads = sessions
             .into_iter()
             .enumerate()
@@ -53,82 +37,90 @@ impl InstancePool {
                 std::thread::Builder::new()
                     .name(format!("infer-{name}-{i}"))
                     .spawn(move || {
-                        while let Some(job) = next_job(&queue) {
-                            let started = Instant::now();
-                            let outputs = if job.deadline.is_some_and(|d| started >= d) {
-                                Err(EngineError::Expired)
-                            } else {
-                                session.run(&job.inputs, &job.outputs)
-                            };
-                            // The requester may have gone away; its result is then dropped.
-                            let _ = job.reply.send(JobResult {
-                                outputs,
-                                queue_time: started - job.enqueued,
-                                compute_time: started.elapsed(),
-                            });
+                        while let Some(batch) = queue.next_batch() {
+                            run_batch(&queue, session.as_mut(), batch);
                         }
+                        session
                     })
                     .expect("spawn inference thread")
             })
             .collect();
         InstancePool {
             name: name.to_string(),
-            jobs: Some(jobs),
+            queue,
             threads,
         }
     }
 
-    /// Queues a job; a full queue is an explicit [`EngineError::Overloaded`]. A job still
-    /// queued at its `deadline` is not run: it fails with [`EngineError::Expired`].
+    /// Queues a request of `rows` rows; a full queue is an explicit
+    /// [`EngineError::Overloaded`]. A request still queued at its `deadline` is not run: it
+    /// fails with [`EngineError::Expired`].
     pub fn submit(
         &self,
         inputs: Tensors,
         outputs: Vec<String>,
+        rows: usize,
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<JobResult>, EngineError> {
         let (reply, result) = oneshot::channel();
-        let job = Job {
-            inputs,
-            outputs,
-            enqueued: Instant::now(),
-            deadline,
-            reply,
-        };
-        let jobs = self.jobs.as_ref().expect("queue open until drop");
-        match jobs.try_send(job) {
-            Ok(()) => Ok(result),
-            Err(TrySendError::Full(_)) => Err(EngineError::Overloaded(self.name.clone())),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::Unavailable(self.name.clone())),
-        }
+        self.queue
+            .push(Job::new(inputs, outputs, rows, deadline, reply), &self.name)?;
+        Ok(result)
     }
 
-    /// Jobs waiting for a thread.
+    /// Requests waiting for a thread.
     pub fn queued(&self) -> usize {
-        self.jobs.as_ref().map_or(0, Sender::len)
+        self.queue.len()
+    }
+
+    /// How requests are batched.
+    pub fn policy(&self) -> &BatchPolicy {
+        self.queue.policy()
     }
 }
 
-/// How long an inference thread keeps polling for the next job before it sleeps. Waking a
-/// sleeping thread costs tens of microseconds on virtual machines — more than a small model's
-/// whole inference — so a busy model's threads stay awake between back-to-back requests,
-/// while an idle model's threads sleep (no CPU burnt when there is no work).
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
-
-fn next_job(queue: &Receiver<Job>) -> Option<Job> {
+/// Runs one batch on a session and answers each of its requests. One request runs as it
+/// came; several are stacked (one copy of each input), run once, and their outputs split
+/// (shared, not copied). An engine error on a batch is every request's error.
+fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job>) {
     let started = Instant::now();
-    while started.elapsed() < SPIN_BEFORE_SLEEP {
-        match queue.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => std::thread::yield_now(),
+    let batch_size: usize = batch.iter().map(|j| j.rows).sum();
+    let outputs: Vec<Result<Tensors, EngineError>> = if let [job] = &batch[..] {
+        vec![session.run(&job.inputs, &job.outputs)]
+    } else {
+        let run = stack(&batch).and_then(|inputs| session.run(&inputs, &batch[0].outputs));
+        match run.and_then(|outputs| split(&outputs, &batch).map_err(EngineError::Batch)) {
+            Ok(parts) => parts.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e); batch.len()],
         }
+    };
+    let compute_time = started.elapsed();
+    for (i, (job, outputs)) in batch.into_iter().zip(outputs).enumerate() {
+        let result = JobResult {
+            outputs,
+            queue_time: started - job.enqueued,
+            compute_time,
+            execution: Execution {
+                rows: job.rows,
+                batch_size,
+                first: i == 0,
+            },
+        };
+        queue.answer(job, result);
     }
-    queue.recv().ok()
+}
+
+impl InstancePool {
+    /// Finishes the queued work and takes the sessions back from the threads.
+    fn into_sessions(mut self) -> Vec<Box<dyn EngineSession>> {
+        self.queue.close();
+        self.threads.drain(..).filter_map(|t| t.join().ok()).collect()
+    }
 }
 
 impl Drop for InstancePool {
     fn drop(&mut self) {
-        self.jobs = None;
+        self.queue.close();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -147,6 +139,10 @@ pub struct LoadedModel {
     pub attempts: Vec<ProviderAttempt>,
     /// Why this engine was chosen (and what failed before it).
     pub reason: String,
+    /// Instances (inference threads).
+    pub instances: usize,
+    /// GPUs the instances run on (empty: the CPU or the default device).
+    pub gpus: Vec<i32>,
     pool: InstancePool,
 }
 
@@ -157,7 +153,7 @@ impl LoadedModel {
         info: Arc<ModelInfo>,
         loaded: LoadedSessions,
         reason: String,
-        queue_capacity: usize,
+        policy: BatchPolicy,
     ) -> LoadedModel {
         LoadedModel {
             info,
@@ -165,11 +161,23 @@ impl LoadedModel {
             provider: loaded.provider,
             attempts: loaded.attempts,
             reason,
-            pool: InstancePool::start(name, loaded.sessions, queue_capacity),
+            instances: loaded.sessions.len(),
+            gpus: loaded.gpus,
+            pool: InstancePool::start(name, loaded.sessions, policy),
         }
     }
 
-    /// Validates a request against the signature and queues it (see [`InstancePool::submit`]).
+    /// The same sessions taking requests as `policy` says (the queue is drained first).
+    pub fn with_policy(mut self, policy: BatchPolicy) -> LoadedModel {
+        let name = self.pool.name.clone();
+        let placeholder = InstancePool::start(&name, Vec::new(), BatchPolicy::unbatched(1));
+        let pool = std::mem::replace(&mut self.pool, placeholder);
+        self.pool = InstancePool::start(&name, pool.into_sessions(), policy);
+        self
+    }
+
+    /// Validates a request against the signature (and, for a batching model, its batch size
+    /// against `max_batch_size`) and queues it (see [`InstancePool::submit`]).
     pub fn submit(
         &self,
         inputs: Tensors,
@@ -178,7 +186,20 @@ impl LoadedModel {
     ) -> Result<oneshot::Receiver<JobResult>, EngineError> {
         let inputs = self.info.order_inputs(inputs)?;
         let outputs = self.info.select_outputs(outputs)?;
-        self.pool.submit(inputs, outputs, deadline)
+        let policy = self.pool.policy();
+        let rows = if policy.batches() {
+            let rows = rows_of(&inputs).map_err(EngineError::BadInput)?;
+            if policy.enforce_max && rows > policy.max_batch_size {
+                return Err(EngineError::BadInput(format!(
+                    "the request's batch of {rows} exceeds the model's max_batch_size of {}",
+                    policy.max_batch_size
+                )));
+            }
+            rows
+        } else {
+            1
+        };
+        self.pool.submit(inputs, outputs, rows, deadline)
     }
 
     /// Runs a request and waits for it (for callers outside an async runtime).
@@ -190,7 +211,7 @@ impl LoadedModel {
         let mut result = self.submit(inputs, outputs, None)?;
         // Poll briefly before sleeping, for the same reason the inference threads do.
         let started = Instant::now();
-        while started.elapsed() < SPIN_BEFORE_SLEEP {
+        while started.elapsed() < super::batch::spin_before_sleep() {
             match result.try_recv() {
                 Ok(done) => return Ok(done),
                 Err(oneshot::error::TryRecvError::Closed) => break,
@@ -205,5 +226,10 @@ impl LoadedModel {
     /// Jobs waiting for an inference thread.
     pub fn queued(&self) -> usize {
         self.pool.queued()
+    }
+
+    /// How requests are batched.
+    pub fn policy(&self) -> &BatchPolicy {
+        self.pool.policy()
     }
 }

@@ -5,20 +5,29 @@
 
 use std::path::Path;
 
+use super::batch::BatchPolicy;
 use super::pool::LoadedModel;
 use super::{ort, tract, EngineChoice, EngineError, EngineKind, EngineOptions, LoadedSessions, ModelFile};
 
 /// Default bound of a model's request queue, per instance.
 pub const QUEUE_PER_INSTANCE: usize = 64;
 
-/// Reads a model file and loads it with the configured engine choice.
+/// Reads a model file and loads it with the configured engine choice, one request per
+/// execution.
 pub fn load_path(name: &str, path: &Path, options: &EngineOptions) -> Result<LoadedModel, EngineError> {
     let model = ModelFile::open(path)?;
-    load(name, &model, options)
+    let policy = BatchPolicy::unbatched(QUEUE_PER_INSTANCE * options.total_instances());
+    load(name, &model, options, policy)
 }
 
-/// Loads a decoded model with the configured engine choice and starts its instances.
-pub fn load(name: &str, model: &ModelFile, options: &EngineOptions) -> Result<LoadedModel, EngineError> {
+/// Loads a decoded model with the configured engine choice and starts its instances, taking
+/// requests as `policy` says.
+pub fn load(
+    name: &str,
+    model: &ModelFile,
+    options: &EngineOptions,
+    policy: BatchPolicy,
+) -> Result<LoadedModel, EngineError> {
     let (loaded, reason) = choose(model, options)?;
     tracing::info!(
         model = name,
@@ -27,13 +36,12 @@ pub fn load(name: &str, model: &ModelFile, options: &EngineOptions) -> Result<Lo
         reason = %reason,
         "engine selected"
     );
-    let queue = QUEUE_PER_INSTANCE * options.instances.max(1);
     Ok(LoadedModel::start(
         name,
         model.info.clone(),
         loaded,
         reason,
-        queue,
+        policy,
     ))
 }
 

@@ -44,6 +44,15 @@ pub fn precheck(model: &ModelFile) -> Result<(), EngineError> {
 /// Loads a model in tract; instances share one optimised plan.
 pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions, EngineError> {
     precheck(model)?;
+    if !options.gpus.is_empty() {
+        return Err(EngineError::Load {
+            engine: EngineKind::Tract,
+            reason: format!(
+                "gpus = {:?}: tract runs on the CPU only; remove `gpus` or use ONNX Runtime with a GPU provider",
+                options.gpus
+            ),
+        });
+    }
     let plan = catch_panic(EngineKind::Tract, "load", || build_plan(model))?;
     let outputs: Arc<Vec<String>> = Arc::new(model.info.outputs.iter().map(|s| s.name.clone()).collect());
     let sessions = (0..options.instances.max(1))
@@ -60,6 +69,7 @@ pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions
         provider: PROVIDER.to_string(),
         attempts: Vec::new(),
         sessions,
+        gpus: Vec::new(),
     })
 }
 

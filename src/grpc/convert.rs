@@ -268,7 +268,7 @@ fn output((name, tensor): (String, Tensor)) -> (InferOutputTensor, Vec<u8>) {
     };
     let (dtype, shape, data) = tensor.into_parts();
     let raw = match data {
-        tensor::TensorData::Fixed(bytes) => bytes,
+        tensor::TensorData::Fixed(bytes) => Vec::from(bytes), // no copy when not shared
         tensor::TensorData::Bytes(_) => wire,
     };
     let description = InferOutputTensor {

@@ -7,20 +7,24 @@
 //! version before it drains the one serving.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use minisign_verify::{PublicKey, Signature};
 
 use super::layout::SIGNATURE_SUFFIX;
 use super::sidecar::{Sidecar, Validate};
 use super::warmup::{self, Origin};
-use crate::engine::{select, EngineChoice, EngineOptions};
-use crate::model::ModelFile;
+use crate::engine::batch::{rows_of, BatchPolicy};
+use crate::engine::pool::LoadedModel;
+use crate::engine::select::{self, QUEUE_PER_INSTANCE};
+use crate::engine::{EngineChoice, EngineOptions};
+use crate::model::{ModelFile, ModelInfo};
 use crate::pipeline::postprocess::{Kind, Postprocessor};
 use crate::serving::image::ImagePipeline;
 use crate::serving::LoadedVersion;
 use crate::tensor::approx_eq;
 use crate::tensor::kserve::{InferRequestBody, InferResponseBody};
+use crate::tensor::{Tensor, Tensors};
 
 /// Settings every load of this daemon shares.
 #[derive(Clone, Debug)]
@@ -33,6 +37,17 @@ pub struct LoadSettings {
     pub trusted_keys: Vec<String>,
     /// An engine that wins over the sidecar's (the CLI's `--engine`).
     pub force_engine: Option<EngineChoice>,
+    /// Batching settings that win over the sidecar's (the CLI's `bench`).
+    pub batching: BatchOverrides,
+}
+
+/// Batching settings given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct BatchOverrides {
+    /// `max_batch_size`.
+    pub max_batch_size: Option<u64>,
+    /// `[batching] max_queue_delay_us`.
+    pub max_queue_delay_us: Option<u64>,
 }
 
 impl LoadSettings {
@@ -43,6 +58,7 @@ impl LoadSettings {
             require_signatures: config.repository.require_signatures,
             trusted_keys: config.repository.trusted_keys.clone(),
             force_engine: None,
+            batching: BatchOverrides::default(),
         }
     }
 }
@@ -79,6 +95,9 @@ pub struct VersionSource<'a> {
 pub struct Staged {
     file: ModelFile,
     options: EngineOptions,
+    policy: BatchPolicy,
+    /// Batching was asked for, not defaulted (a model that cannot batch is then refused).
+    batching_asked: bool,
     image: Option<ImagePipeline>,
     post: Option<Postprocessor>,
     labels: Option<Vec<String>>,
@@ -134,6 +153,8 @@ pub fn stage(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<Stag
         options.choice = engine;
     }
     select::precheck(&file, &options).map_err(|e| fail("model", e.to_string()))?;
+    let policy = batch_policy(source.sidecar, &settings.batching, &file.info, &options)
+        .map_err(|m| fail("max_batch_size", m))?;
     let image = source
         .sidecar
         .input
@@ -156,6 +177,8 @@ pub fn stage(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<Stag
     Ok(Staged {
         file,
         options,
+        policy,
+        batching_asked: batching_asked(source.sidecar, &settings.batching),
         image,
         post,
         labels,
@@ -173,12 +196,15 @@ pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedV
     let Staged {
         file,
         options,
+        policy,
+        batching_asked,
         image,
         post,
         labels,
         started,
     } = staged;
-    let model = select::load(source.name, &file, &options).map_err(|e| fail("model", e.to_string()))?;
+    let mut model =
+        select::load(source.name, &file, &options, policy).map_err(|e| fail("model", e.to_string()))?;
     drop(file);
     let validate = source.sidecar.validate.as_ref();
     let chosen = warmup::choose(
@@ -188,7 +214,9 @@ pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedV
         source.dir,
     )
     .map_err(|m| fail("warmup", m))?;
-    let outcome = model.infer_blocking(chosen.inputs, None).and_then(|r| r.outputs);
+    let outcome = model
+        .infer_blocking(chosen.inputs.clone(), None)
+        .and_then(|r| r.outputs);
     let warmup = match outcome {
         Ok(outputs) => {
             if let Some(post) = &post {
@@ -196,6 +224,8 @@ pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedV
                 post.apply(&outputs, None)
                     .map_err(|e| fail("output", e.to_string()))?;
             }
+            model = batching_or_not(source, model, &chosen.inputs, batching_asked)
+                .map_err(|why| fail("max_batch_size", why))?;
             WarmupReport {
                 origin: chosen.origin,
                 skipped: None,
@@ -229,6 +259,31 @@ pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedV
     })
 }
 
+/// Keeps batching when the model batches; otherwise refuses it when batching was asked for,
+/// or serves the model one request at a time when only the default assumed it batches.
+fn batching_or_not(
+    source: &VersionSource<'_>,
+    model: LoadedModel,
+    inputs: &Tensors,
+    batching_asked: bool,
+) -> Result<LoadedModel, String> {
+    if !model.policy().batches() {
+        return Ok(model);
+    }
+    match check_batching(&model, inputs) {
+        Ok(()) => Ok(model),
+        Err(why) if batching_asked => Err(why),
+        Err(why) => {
+            tracing::info!(model = source.name, version = source.version, reason = %why, "not batching");
+            let unbatched = BatchPolicy {
+                max_batch_size: 0,
+                ..model.policy().clone()
+            };
+            Ok(model.with_policy(unbatched))
+        }
+    }
+}
+
 /// The engine settings of a model: `[engine]` with the sidecar's overrides.
 pub fn engine_options(base: &EngineOptions, sidecar: &Sidecar) -> EngineOptions {
     let mut options = base.clone();
@@ -241,7 +296,96 @@ pub fn engine_options(base: &EngineOptions, sidecar: &Sidecar) -> EngineOptions 
     if let Some(instances) = sidecar.instances {
         options.instances = instances;
     }
+    if let Some(gpus) = &sidecar.gpus {
+        options.gpus = gpus.clone();
+    }
     options
+}
+
+/// `max_batch_size` when the sidecar names none: Triton's default for a model that batches.
+pub const DEFAULT_MAX_BATCH_SIZE: u64 = 4;
+
+/// How a version batches: the sidecar's `max_batch_size` and `[batching]` (with the CLI's
+/// overrides), checked against what the model allows — a model whose first dimension is not
+/// symbolic on every input and output cannot batch.
+pub fn batch_policy(
+    sidecar: &Sidecar,
+    overrides: &BatchOverrides,
+    info: &ModelInfo,
+    options: &EngineOptions,
+) -> Result<BatchPolicy, String> {
+    let batching = sidecar.batching.clone().unwrap_or_default();
+    let max = match overrides.max_batch_size.or(sidecar.max_batch_size) {
+        Some(0) => 0,
+        Some(n) if !info.batchable() => {
+            let fixed = info
+                .inputs
+                .iter()
+                .chain(&info.outputs)
+                .find(|s| !s.has_symbolic_batch())
+                .map_or(String::new(), |s| format!(": '{}' is {}", s.name, s.describe()));
+            return Err(format!(
+                "max_batch_size = {n}, but the model's first dimension is not symbolic everywhere{fixed}; this model cannot batch (set max_batch_size = 0)"
+            ));
+        }
+        Some(n) => n,
+        None if info.batchable() => DEFAULT_MAX_BATCH_SIZE,
+        None => 0,
+    };
+    let delay = overrides
+        .max_queue_delay_us
+        .unwrap_or(batching.max_queue_delay_us);
+    let bound = QUEUE_PER_INSTANCE * options.total_instances();
+    Ok(BatchPolicy {
+        max_batch_size: usize::try_from(max).unwrap_or(usize::MAX),
+        max_queue_delay: Duration::from_micros(delay),
+        preferred: batching.preferred.iter().map(|&p| p as usize).collect(),
+        max_queue_size: match batching.max_queue_size {
+            0 => bound,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+        default_timeout: (batching.default_timeout_us > 0)
+            .then(|| Duration::from_micros(batching.default_timeout_us)),
+        preserve_ordering: batching.preserve_ordering,
+        enforce_max: batching_asked(sidecar, overrides),
+    })
+}
+
+/// Whether batching was asked for (in the sidecar or on the command line), not defaulted.
+fn batching_asked(sidecar: &Sidecar, overrides: &BatchOverrides) -> bool {
+    overrides.max_batch_size.or(sidecar.max_batch_size).is_some()
+}
+
+/// A batching model must answer a batch of twice the warm-up's rows with outputs of twice
+/// the rows (else batches cannot be split back into their requests).
+fn check_batching(model: &LoadedModel, inputs: &Tensors) -> Result<(), String> {
+    let rows = rows_of(inputs)?;
+    if rows * 2 > model.policy().max_batch_size {
+        return Ok(());
+    }
+    let doubled = inputs
+        .iter()
+        .map(|(name, t)| Ok((name.clone(), Tensor::concat(&[t, t]).map_err(|e| e.to_string())?)))
+        .collect::<Result<Tensors, String>>()?;
+    let outputs = model
+        .infer_blocking(doubled, None)
+        .and_then(|r| r.outputs)
+        .map_err(|e| {
+            format!(
+                "a batch of {} rows failed: {e}; set max_batch_size = 0 if the model cannot batch",
+                rows * 2
+            )
+        })?;
+    for (name, tensor) in &outputs {
+        if tensor.shape().first() != Some(&(rows * 2)) {
+            return Err(format!(
+                "output '{name}' of a batch of {} rows has shape {:?}: its first dimension is not the batch, so batches cannot be split; set max_batch_size = 0",
+                rows * 2,
+                tensor.shape()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks `<file>.minisig` against the trusted keys.
@@ -271,11 +415,7 @@ fn verify_signature(file: &Path, bytes: &[u8], trusted_keys: &[String]) -> Resul
 }
 
 /// Runs the golden request and compares every expected output.
-fn check_golden(
-    model: &crate::engine::pool::LoadedModel,
-    dir: &Path,
-    validate: &Validate,
-) -> Result<(), String> {
+fn check_golden(model: &LoadedModel, dir: &Path, validate: &Validate) -> Result<(), String> {
     let read = |p: &Path| -> Result<Vec<u8>, String> {
         let path = dir.join(p);
         std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))

@@ -44,9 +44,12 @@ pub struct Sidecar {
     pub engine: Option<EngineChoice>,
     /// Providers for this model (overrides `[engine] providers`).
     pub providers: Option<Vec<Provider>>,
-    /// Parallel sessions.
+    /// Parallel sessions (per GPU when `gpus` is set).
     pub instances: Option<usize>,
-    /// Largest batch the model accepts.
+    /// GPUs to place the instances on (`instances` on each); default `[engine] cuda_device`.
+    pub gpus: Option<Vec<i32>>,
+    /// Largest batch (Triton semantics): 0 = no batching; absent = 4 for a model whose first
+    /// dimension is symbolic everywhere, else 0.
     pub max_batch_size: Option<u64>,
     /// Dynamic batching settings.
     pub batching: Option<Batching>,
@@ -72,20 +75,25 @@ pub enum VersionsField {
     List(Vec<u64>),
 }
 
-/// `batching = { max_queue_delay_us = 500, preferred = [4, 8] }`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[batching]`: how waiting requests are combined (Triton's `dynamic_batching`).
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batching {
-    /// Longest wait to fill a batch.
-    #[serde(default = "default_queue_delay")]
+    /// Longest a request waits for a fuller batch (default 0: batch only what is waiting).
+    #[serde(default)]
     pub max_queue_delay_us: u64,
     /// Preferred batch sizes.
     #[serde(default)]
     pub preferred: Vec<u64>,
-}
-
-fn default_queue_delay() -> u64 {
-    500
+    /// Most requests waiting (0: the instances' queue bound); more are refused as overloaded.
+    #[serde(default)]
+    pub max_queue_size: u64,
+    /// A request waiting longer is answered `expired` (0: no limit).
+    #[serde(default)]
+    pub default_timeout_us: u64,
+    /// Answers in request order.
+    #[serde(default)]
+    pub preserve_ordering: bool,
 }
 
 /// `[validate]`: the golden sample and the warm-up inputs.
@@ -162,6 +170,15 @@ impl Sidecar {
         if self.instances == Some(0) {
             return Err("instances: expected at least 1".into());
         }
+        self.check_batching()?;
+        if let Some(gpus) = &self.gpus {
+            let unique: std::collections::BTreeSet<&i32> = gpus.iter().collect();
+            if gpus.is_empty() || unique.len() != gpus.len() || gpus.iter().any(|g| *g < 0) {
+                return Err(format!(
+                    "gpus: expected distinct GPU numbers (0, 1, ...), got {gpus:?}"
+                ));
+            }
+        }
         if let Some(input) = &self.input {
             let one_of = |key: &str, value: &str, allowed: &[&str]| {
                 if allowed.contains(&value) {
@@ -212,6 +229,24 @@ impl Sidecar {
             }
             Some(VersionsField::List(list)) => Ok(VersionPolicy::Specific(list.clone())),
         }
+    }
+}
+
+impl Sidecar {
+    fn check_batching(&self) -> Result<(), String> {
+        let Some(batching) = &self.batching else {
+            return Ok(());
+        };
+        if self.max_batch_size == Some(0) {
+            return Err("batching: a model with max_batch_size = 0 does not batch; remove [batching] or raise max_batch_size".into());
+        }
+        let max = self.max_batch_size.unwrap_or(u64::MAX);
+        if let Some(bad) = batching.preferred.iter().find(|&&p| p == 0 || p > max) {
+            return Err(format!(
+                "batching.preferred: {bad} is not a batch size between 1 and max_batch_size ({max})"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +353,18 @@ mod tests {
         assert!(err.contains("instances"), "{err}");
         let err = sidecar("[output]\nkind = \"segment\"").unwrap_err().to_string();
         assert!(err.contains("output.kind"), "{err}");
+        let err = sidecar("max_batch_size = 0\n[batching]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batching: a model with max_batch_size = 0"), "{err}");
+        let err = sidecar("max_batch_size = 8\n[batching]\npreferred = [4, 16]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batching.preferred: 16"), "{err}");
+        let err = sidecar("gpus = [0, 0]").unwrap_err().to_string();
+        assert!(err.contains("gpus: expected distinct"), "{err}");
+        let err = sidecar("[batching]\nmax_delay_us = 5\n").unwrap_err().to_string();
+        assert!(err.contains("max_delay_us"), "{err}");
         let err = sidecar("[validate]\ninput = \"a.json\"").unwrap_err().to_string();
         assert!(err.contains("validate.input/expected"), "{err}");
         let err = sidecar("[validate.warmup]\n").unwrap_err().to_string();

@@ -9,7 +9,7 @@ use prometheus::{CounterVec, GaugeVec, IntCounterVec, IntGaugeVec, Registry};
 
 use super::stats::StatsSnapshot;
 use super::{ModelHandle, Router, State as ModelState};
-use crate::telemetry::{self, MetricsSource};
+use crate::telemetry::{self, HistogramSample, MetricsSource};
 
 /// The serving core's metrics, read from the router at scrape time.
 pub struct ModelMetrics(pub Arc<Router>);
@@ -109,8 +109,8 @@ impl Families {
             let version = version.to_string();
             let labels = [name, version.as_str()];
             self.success.with_label_values(&labels).inc_by(s.success);
-            self.inferences.with_label_values(&labels).inc_by(s.success);
-            self.executions.with_label_values(&labels).inc_by(s.success);
+            self.inferences.with_label_values(&labels).inc_by(s.inferences);
+            self.executions.with_label_values(&labels).inc_by(s.executions);
             for (reason, count) in &s.failures {
                 self.failure
                     .with_label_values(&[name, &version, reason])
@@ -165,8 +165,33 @@ impl Families {
 
 fn render(router: &Router, registry: &Registry) {
     let families = Families::register(registry);
+    let (mut batch_sizes, mut delays) = (Vec::new(), Vec::new());
     for handle in router.models() {
         families.requests(&handle.name, &handle.stats.snapshot());
         families.versions(&handle);
+        for (version, stats) in handle.stats.all_versions() {
+            let sample = |(buckets, sum, count): (Vec<(f64, u64)>, f64, u64)| HistogramSample {
+                labels: vec![handle.name.clone(), version.to_string()],
+                buckets,
+                sum,
+                count,
+            };
+            batch_sizes.push(sample(stats.batch_sizes.read()));
+            delays.push(sample(stats.queue_delay.read()));
+        }
     }
+    telemetry::histogram(
+        registry,
+        "onnxd_batch_size",
+        "Model executions by batch size (the rows of every request they ran).",
+        &PER_VERSION,
+        batch_sizes,
+    );
+    telemetry::histogram(
+        registry,
+        "onnxd_batch_queue_delay_seconds",
+        "Time successful requests waited in their version's queue for an instance (and a batch).",
+        &PER_VERSION,
+        delays,
+    );
 }

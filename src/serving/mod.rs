@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::codec::{CodecError, Payload, Reply};
+use crate::engine::batch::Execution;
 use crate::engine::EngineError;
 use crate::model::EngineKind;
 use crate::pipeline::postprocess::Detection;
@@ -81,8 +82,10 @@ pub struct InferResponse {
     pub provider: String,
     /// Time waiting for an inference thread.
     pub queue_time: Duration,
-    /// Time in the engine.
+    /// Time in the engine (the whole batch's).
     pub compute_time: Duration,
+    /// The execution that answered it (its batch size).
+    pub execution: Execution,
     /// The `[output]` post-processing of the outputs (classes or detections), when the model
     /// has it.
     pub result: Option<Vec<Detection>>,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::stats::Served;
 use super::{
     Image, ImageRequest, InferRequest, InferResponse, LoadedVersion, ModelHandle, PayloadRequest, ServeError,
     State,
@@ -269,7 +270,14 @@ impl<'a> Run<'a> {
         let arrived = self.arrived;
         let result = self.run(inputs, outputs, transform).await;
         match &result {
-            Ok(r) => stats.success(arrived.elapsed(), r.queue_time, r.compute_time),
+            Ok(r) => stats.success(Served {
+                request: arrived.elapsed(),
+                queue: r.queue_time,
+                compute: r.compute_time,
+                rows: r.execution.rows,
+                batch_size: r.execution.batch_size,
+                first: r.execution.first,
+            }),
             Err(e) => stats.failure(e.reason()),
         }
         result
@@ -306,6 +314,7 @@ impl<'a> Run<'a> {
             provider: version.model.provider.clone(),
             queue_time: result.queue_time,
             compute_time: result.compute_time,
+            execution: result.execution,
             result: detections,
         })
     }

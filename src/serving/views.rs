@@ -36,13 +36,15 @@ pub struct TensorMetadata {
     pub shape: Vec<i64>,
 }
 
-/// The engine and provider a version really uses.
+/// The engine and provider a version really uses, and how its warm-up went.
 #[derive(Clone, Debug, Serialize)]
 pub struct EngineUsed {
     /// `onnxruntime` or `tract`.
     pub engine: String,
     /// The execution provider.
     pub provider: String,
+    /// `ok on …`, or `skipped: …` with the reason.
+    pub warmup: String,
 }
 
 /// Model configuration as Triton reports it (`.../config`, gRPC `ModelConfig`).
@@ -208,16 +210,22 @@ pub fn metadata(handle: &ModelHandle, version: &LoadedVersion, versions: Vec<Str
         parameters: EngineUsed {
             engine: version.model.engine.to_string(),
             provider: version.model.provider.clone(),
+            warmup: version.warmup.clone(),
         },
     }
 }
 
-/// The configuration of `version` of a model.
+/// The configuration of `version` of a model: its real batching and instances.
 pub fn config(handle: &ModelHandle, version: &LoadedVersion) -> Config {
     let info = &version.model.info;
-    // Batchable models report a batch size limit and dims without the batch dimension.
-    let max_batch_size = if info.batchable() { 64 } else { 0 };
+    let policy = version.model.policy();
+    let max_batch_size = if policy.batches() {
+        policy.max_batch_size as u64
+    } else {
+        0
+    };
     let tensors = |specs: &[TensorSpec]| -> Vec<ConfigTensor> {
+        // A batching model's dims leave out the batch dimension.
         let skip = usize::from(max_batch_size > 0);
         specs
             .iter()
@@ -228,7 +236,11 @@ pub fn config(handle: &ModelHandle, version: &LoadedVersion) -> Config {
             })
             .collect()
     };
-    let gpu = version.model.provider.starts_with("CUDA") || version.model.provider.starts_with("Tensorrt");
+    let gpus: std::collections::BTreeSet<i32> = version.model.gpus.iter().copied().collect();
+    let gpu = !gpus.is_empty()
+        || ["CUDA", "Tensorrt"]
+            .iter()
+            .any(|p| version.model.provider.starts_with(p));
     Config {
         name: handle.name.clone(),
         platform: platform(version.model.engine),
@@ -237,11 +249,19 @@ pub fn config(handle: &ModelHandle, version: &LoadedVersion) -> Config {
         input: tensors(&info.inputs),
         output: tensors(&info.outputs),
         instance_group: vec![InstanceGroup {
-            count: 1,
+            count: (version.model.instances / gpus.len().max(1)) as u64,
             kind: if gpu { "KIND_GPU" } else { "KIND_CPU" },
-            gpus: Vec::new(),
+            gpus: gpus.into_iter().collect(),
         }],
-        dynamic_batching: None,
+        dynamic_batching: (max_batch_size > 0).then(|| DynamicBatching {
+            preferred_batch_size: policy.preferred.iter().map(|&p| p as u64).collect(),
+            max_queue_delay_microseconds: policy.max_queue_delay.as_micros() as u64,
+            preserve_ordering: policy.preserve_ordering,
+            default_queue_policy: QueuePolicy {
+                max_queue_size: policy.max_queue_size as u64,
+                default_timeout_microseconds: policy.default_timeout.map_or(0, |t| t.as_micros() as u64),
+            },
+        }),
         version_policy: serde_json::json!({ "latest": { "num_versions": handle.versions().len() } }),
     }
 }
@@ -262,8 +282,8 @@ pub fn statistics(handle: &ModelHandle, version: Option<u64>) -> Vec<VersionStat
                 name: handle.name.clone(),
                 version: v.to_string(),
                 last_inference: s.last_inference_ms,
-                inference_count: s.success,
-                execution_count: s.success,
+                inference_count: s.inferences,
+                execution_count: s.executions,
                 inference_stats: InferenceStatistics {
                     success: pair(s.success, s.request_ns),
                     fail: pair(s.failures.values().sum(), 0),
@@ -273,7 +293,14 @@ pub fn statistics(handle: &ModelHandle, version: Option<u64>) -> Vec<VersionStat
                     compute_output: pair(s.success, 0),
                     ..InferenceStatistics::default()
                 },
-                batch_stats: Vec::new(),
+                batch_stats: s
+                    .batches
+                    .iter()
+                    .map(|(&size, &(count, ns))| BatchStatistics {
+                        batch_size: size as u64,
+                        compute_infer: pair(count, ns),
+                    })
+                    .collect(),
             }
         })
         .collect()

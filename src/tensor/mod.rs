@@ -16,6 +16,8 @@ pub mod proto;
 
 use std::fmt;
 
+use bytes::Bytes;
+
 /// Errors found while building or converting a tensor; each names what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TensorError {
@@ -262,8 +264,9 @@ pub type Tensors = Vec<(String, Tensor)>;
 /// The elements of a tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
-    /// Fixed-size elements, little-endian, densely packed in row-major order.
-    Fixed(Vec<u8>),
+    /// Fixed-size elements, little-endian, densely packed in row-major order. `Bytes`: a
+    /// slice of a request body or of a batch's output, shared without copying.
+    Fixed(Bytes),
     /// `BYTES` elements in row-major order.
     Bytes(Vec<Vec<u8>>),
 }
@@ -301,6 +304,11 @@ pub fn shape_from_i64(shape: &[i64]) -> Result<Vec<usize>, TensorError> {
 impl Tensor {
     /// Builds a tensor of fixed-size elements from little-endian bytes.
     pub fn from_raw(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Tensor, TensorError> {
+        Tensor::from_bytes(dtype, shape, Bytes::from(bytes))
+    }
+
+    /// [`Tensor::from_raw`] on shared bytes (a slice of a request body): no copy.
+    pub fn from_bytes(dtype: DType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor, TensorError> {
         let Some(size) = dtype.size() else {
             return Tensor::from_wire(dtype, shape, &bytes);
         };
@@ -357,6 +365,18 @@ impl Tensor {
         if dtype != DType::Bytes {
             return Tensor::from_raw(dtype, shape, bytes.to_vec());
         }
+        Tensor::strings_from_wire(shape, bytes)
+    }
+
+    /// [`Tensor::from_wire`] on shared bytes: fixed-size elements are not copied.
+    pub fn from_wire_bytes(dtype: DType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor, TensorError> {
+        match dtype {
+            DType::Bytes => Tensor::strings_from_wire(shape, &bytes),
+            _ => Tensor::from_bytes(dtype, shape, bytes),
+        }
+    }
+
+    fn strings_from_wire(shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, TensorError> {
         let mut elements = Vec::new();
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -472,7 +492,7 @@ impl Tensor {
     /// Triton's binary wire form (see [`Tensor::from_wire`]).
     pub fn to_wire(&self) -> Vec<u8> {
         match &self.data {
-            TensorData::Fixed(b) => b.clone(),
+            TensorData::Fixed(b) => b.to_vec(),
             TensorData::Bytes(elements) => {
                 let total = elements.iter().map(|e| e.len() + 4).sum();
                 let mut out = Vec::with_capacity(total);
@@ -483,6 +503,71 @@ impl Tensor {
                 out
             }
         }
+    }
+
+    /// The tensors stacked along dimension 0 (a batch): same dtype, same other dimensions.
+    /// One copy of each part.
+    pub fn concat(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
+        let first = parts
+            .first()
+            .ok_or_else(|| TensorError::Malformed("nothing to concatenate".into()))?;
+        let rows: usize = parts.iter().map(|t| t.shape.first().copied().unwrap_or(1)).sum();
+        if let Some(odd) = parts
+            .iter()
+            .find(|t| t.dtype != first.dtype || t.shape.is_empty() || t.shape[1..] != first.shape[1..])
+        {
+            return Err(TensorError::Malformed(format!(
+                "cannot stack {} {:?} with {} {:?}",
+                odd.dtype, odd.shape, first.dtype, first.shape
+            )));
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        match &first.data {
+            TensorData::Fixed(_) => {
+                let mut bytes =
+                    Vec::with_capacity(parts.iter().map(|t| t.raw_bytes().map_or(0, <[u8]>::len)).sum());
+                for part in parts {
+                    bytes.extend_from_slice(part.raw_bytes().unwrap_or_default());
+                }
+                Tensor::from_raw(first.dtype, shape, bytes)
+            }
+            TensorData::Bytes(_) => {
+                let elements = parts
+                    .iter()
+                    .flat_map(|t| t.strings().unwrap_or_default().iter().cloned());
+                Tensor::from_strings(shape, elements.collect())
+            }
+        }
+    }
+
+    /// Rows `start..start + count` of dimension 0: a part of a batch's output. Fixed-size
+    /// elements are shared, not copied.
+    pub fn rows(&self, start: usize, count: usize) -> Result<Tensor, TensorError> {
+        let total = self.shape.first().copied().unwrap_or(0);
+        if start + count > total {
+            return Err(TensorError::Malformed(format!(
+                "rows {start}..{} of a tensor with {total}",
+                start + count
+            )));
+        }
+        let per_row = element_count(&self.shape[1..])?;
+        let mut shape = self.shape.clone();
+        shape[0] = count;
+        let data = match &self.data {
+            TensorData::Fixed(bytes) => {
+                let row = per_row * self.dtype.size().expect("fixed size");
+                TensorData::Fixed(bytes.slice(start * row..(start + count) * row))
+            }
+            TensorData::Bytes(elements) => {
+                TensorData::Bytes(elements[start * per_row..(start + count) * per_row].to_vec())
+            }
+        };
+        Ok(Tensor {
+            dtype: self.dtype,
+            shape,
+            data,
+        })
     }
 
     /// Decodes every element as `f64` (integers, floats, `BOOL` as 0/1); `None` for `BYTES`.
@@ -669,6 +754,23 @@ mod tests {
                 assert_eq!(t.to_f64_vec().unwrap(), vec![1.0; 4], "{dtype}");
             }
         }
+    }
+
+    #[test]
+    fn batches_stack_and_split_along_dimension_zero() {
+        let a = Tensor::from_values(vec![1, 2], &[1i32, 2]).unwrap();
+        let b = Tensor::from_values(vec![2, 2], &[3i32, 4, 5, 6]).unwrap();
+        let batch = Tensor::concat(&[&a, &b]).unwrap();
+        assert_eq!(batch.shape(), &[3, 2]);
+        assert_eq!(batch.rows(0, 1).unwrap(), a);
+        assert_eq!(batch.rows(1, 2).unwrap(), b);
+        assert!(batch.rows(2, 2).is_err());
+        let s = Tensor::from_strings(vec![1], vec![b"x".to_vec()]).unwrap();
+        let t = Tensor::from_strings(vec![2], vec![b"y".to_vec(), b"z".to_vec()]).unwrap();
+        let strings = Tensor::concat(&[&s, &t]).unwrap();
+        assert_eq!(strings.rows(1, 2).unwrap(), t);
+        let other = Tensor::from_values(vec![1, 3], &[1i32, 2, 3]).unwrap();
+        assert!(Tensor::concat(&[&a, &other]).is_err());
     }
 
     #[test]

@@ -199,6 +199,23 @@ pub fn sum_model(cols: i64, value: f32) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// `y = x + value` with x FP32 `[N, K]`, both dimensions symbolic: requests of different
+/// widths cannot share a batch, requests of one width can.
+pub fn widths_model(value: f32) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::tensor_shape_proto::dimension;
+    let mut model = tract_onnx::pb::ModelProto::decode(&value_model(value, 0)[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    for value in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+        if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+            value.r#type.as_mut().unwrap().value.as_mut()
+        {
+            t.shape.as_mut().unwrap().dim[1].value = Some(dimension::Value::DimParam("K".into()));
+        }
+    }
+    model.encode_to_vec()
+}
+
 /// A model using an op no engine has.
 pub fn unsupported_model() -> Vec<u8> {
     use prost::Message;

@@ -35,6 +35,13 @@ def client(tmp_path_factory):
     for dtype in DTYPES:
         (repo / dtype.lower() / "1").mkdir(parents=True)
         shutil.copy(os.path.join(fixtures, f"dtype_{dtype}.onnx"), repo / dtype.lower() / "1" / "model.onnx")
+    # The example digits model with a batching sidecar: its configuration must say so.
+    (repo / "batched" / "1").mkdir(parents=True)
+    shutil.copy(os.path.join(os.path.dirname(__file__), "../../models/digits/model.onnx"),
+                repo / "batched" / "1" / "model.onnx")
+    (repo / "batched" / "model.toml").write_text(
+        "max_batch_size = 16\ninstances = 2\n[batching]\nmax_queue_delay_us = 500\npreferred = [4, 8]\n"
+        "max_queue_size = 100\ndefault_timeout_us = 250000\n")
     port = free_port()
     config = root / "onnxd.toml"
     config.write_text(f'node_id = "py"\nstate_dir = "state"\n[repository]\npath = "models"\nsettle_ms = 100\n'
@@ -131,3 +138,16 @@ def test_errors_carry_the_server_message(client):
         client.infer("nope", [inp])
     with pytest.raises(InferenceServerException, match="failed to load 'nope'"):
         client.load_model("nope")
+
+
+def test_model_config_shows_the_sidecar(client):
+    config = client.get_model_config("batched")
+    assert config["max_batch_size"] == 16
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    batching = config["dynamic_batching"]
+    assert batching["preferred_batch_size"] == [4, 8]
+    assert batching["max_queue_delay_microseconds"] == 500
+    assert batching["default_queue_policy"] == {"max_queue_size": 100, "default_timeout_microseconds": 250000}
+    assert config["input"][0]["dims"] == [1, 8, 8]  # without the batch dimension
+    # A model that cannot batch (its output's first dimension is fixed) reports 0.
+    assert client.get_model_config("fp32")["max_batch_size"] == 0
