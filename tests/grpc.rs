@@ -1,7 +1,8 @@
 //! The gRPC API's daemon-level behaviour with onnxd's own tonic client, the daemon started
 //! in-process on 127.0.0.1:0: the drain on shutdown (RPCs and stream requests in flight are
 //! answered, the stream then ends UNAVAILABLE, new connections are refused), the per-RPC
-//! counters in /metrics, and TLS with `[http]`'s certificate. The protocol itself is tested
+//! counters in /metrics, TLS with `[http]`'s certificate, and `onnxd bench --grpc`'s client
+//! (unary and streaming) against the daemon. The protocol itself is tested
 //! with unmodified tritonclient in tests/python/test_grpc.py.
 
 mod common;
@@ -10,11 +11,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use onnxd::commands::bench::{bench, BenchPlan, Target};
 use onnxd::config::Config;
 use onnxd::daemon::Daemon;
+use onnxd::engine::EngineOptions;
 use onnxd::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use onnxd::grpc::proto::model_infer_request::InferInputTensor;
 use onnxd::grpc::proto::{ModelInferRequest, ServerLiveRequest};
+use onnxd::repository::loader::LoadSettings;
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::Code;
@@ -214,5 +218,58 @@ fn tls_uses_the_http_certificate() {
             assert!(plain.server_live(ServerLiveRequest {}).await.is_err());
         }
     });
+    runtime.block_on(daemon.shutdown());
+}
+
+/// `onnxd bench --grpc` against the daemon, unary and streaming: every request answered, with
+/// the server's compute time (`slow` takes milliseconds); a model the server does not have
+/// fails the warm-up with the server's reason.
+#[test]
+fn bench_grpc_measures_unary_and_streaming_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let daemon = start(&runtime, dir.path(), "");
+    let address = daemon.grpc_address().unwrap().to_string();
+    let settings = LoadSettings {
+        engine: EngineOptions {
+            ort_library: Some(common::ort_library()),
+            intra_threads: 1,
+            ..EngineOptions::default()
+        },
+        require_signatures: false,
+        trusted_keys: Vec::new(),
+        force_engine: None,
+        batching: Default::default(),
+    };
+    let plan = BenchPlan {
+        concurrency: 2,
+        duration: Duration::from_secs(60),
+        count: Some(20),
+        warmup: 2,
+        progress: false,
+    };
+    let model = common::fixture("slow.onnx");
+    for (streaming, name) in [(false, "grpc://"), (true, "grpc+stream://")] {
+        let target = Target::Grpc {
+            address: address.clone(),
+            model: "slow".into(),
+            streaming,
+        };
+        let report = bench(&model, &[], &settings, &plan, &target).unwrap();
+        assert_eq!((report.requests, report.errors), (20, 0), "{report:?}");
+        assert!(report.engine.starts_with(name), "{report:?}");
+        assert!(
+            report.compute_us.p50 >= 500.0,
+            "no server compute time: {report:?}"
+        );
+        assert!(report.latency_us.p50 >= report.compute_us.p50, "{report:?}");
+        let unknown = Target::Grpc {
+            address: address.clone(),
+            model: "nope".into(),
+            streaming,
+        };
+        let error = bench(&model, &[], &settings, &plan, &unknown).unwrap_err();
+        assert!(error.to_string().contains("unknown model 'nope'"), "{error}");
+    }
     runtime.block_on(daemon.shutdown());
 }
