@@ -56,6 +56,12 @@ impl Onnxd {
             .env("ORT_DYLIB_PATH", super::ort_library())
             .env("RUST_LOG", "info,onnxd=debug")
             .stderr(Stdio::piped());
+        // gRPC is on by default (127.0.0.1:8001): a config that does not ask for it gets it off,
+        // so tests running side by side do not race for the port.
+        let text = std::fs::read_to_string(&self.config).unwrap_or_default();
+        if !text.contains("[grpc]") {
+            command.env("ONNXD_GRPC__LISTEN", "");
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }
