@@ -1,5 +1,5 @@
 //! The daemon as a library (the mini-redis shape): [`Daemon::start`] wires the serving core,
-//! the repository, HTTP, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
+//! the repository, model delivery, HTTP, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
 //! is SIGHUP; [`Daemon::shutdown`] is SIGTERM's drain. `onnxd run` is a signal loop around it,
 //! and tests start it in-process.
 //!
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::camera::pipeline::{Cameras, NoOutputs, Outputs};
 use crate::config::{Config, ConfigError};
+use crate::delivery::{Announcer, Delivery};
 use crate::http::{self, HttpState};
 use crate::mqtt::topics::Topics;
 use crate::mqtt::{Mqtt, Sink};
@@ -85,9 +86,18 @@ impl Daemon {
         metrics.add(Arc::new(ModelMetrics(router.clone())));
         let repository = start_repository(&config, router.clone()).await?;
         let shutdown = CancellationToken::new();
-        let mqtt = Mqtt::start(&config, router.clone(), shutdown.clone())?;
+        let delivery = Delivery::new(&config, router.clone(), repository.events());
+        metrics.add(delivery.metrics.clone());
+        delivery.resume();
+        let mqtt = Mqtt::start(&config, router.clone(), shutdown.clone(), Some(delivery.clone()))?;
         if let Some(mqtt) = &mqtt {
             metrics.add(mqtt.stats.clone());
+        }
+        if let (Some(settings), Some(mqtt)) = (&config.mqtt, &mqtt) {
+            delivery.announce_to(Arc::new(MqttRollout {
+                sink: mqtt.sink(),
+                topics: Topics::new(&settings.topic_prefix, &config.node_id, &settings.share_group),
+            }));
         }
         let cameras = Cameras::start(
             &config.camera,
@@ -103,6 +113,7 @@ impl Daemon {
             ready: ready.clone(),
             token: config.http.token.clone(),
             metrics: metrics.clone(),
+            delivery: Some(delivery.clone()),
         });
         let http = match listener {
             Some(listener) => Some(serve_http(&config, listener, state, shutdown.clone()).await?),
@@ -244,6 +255,19 @@ fn outputs(config: &Config, mqtt: Option<&Mqtt>) -> Arc<dyn Outputs> {
             topics: Topics::new(&settings.topic_prefix, &config.node_id, &settings.share_group),
         }),
         _ => Arc::new(NoOutputs),
+    }
+}
+
+/// Model delivery's rollout statuses, retained on `P/models/<m>/rollout` (SPEC §6).
+struct MqttRollout {
+    sink: Sink,
+    topics: Topics,
+}
+
+impl Announcer for MqttRollout {
+    fn rollout(&self, model: &str, status: &serde_json::Value) {
+        self.sink
+            .retain(self.topics.rollout(model), status.to_string().into_bytes());
     }
 }
 

@@ -138,6 +138,8 @@ pub struct EventLoopTask {
     pub handler: Arc<Handler>,
     /// Becomes `true` when the daemon stops.
     pub stop: watch::Receiver<bool>,
+    /// Model delivery, which takes deploy and rollback commands.
+    pub deploys: Option<Arc<crate::delivery::Delivery>>,
 }
 
 impl EventLoopTask {
@@ -163,10 +165,15 @@ impl EventLoopTask {
                     backoff.reset();
                     self.handler.stats.connected();
                     tracing::info!(session_present = ack.session_present, "MQTT connected");
+                    let commands = match self.deploys {
+                        Some(_) => self.topics.command_filters(),
+                        None => Vec::new(),
+                    };
                     let filters = self
                         .topics
                         .request_filters()
                         .into_iter()
+                        .chain(commands)
                         .map(|f| Filter::new(f, QoS::AtLeastOnce));
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot queue the MQTT subscriptions");
@@ -199,7 +206,11 @@ impl EventLoopTask {
 
     fn event(&self, event: Event, epoch: u64) {
         match event {
-            Event::Incoming(Packet::Publish(publish)) => self.request(publish, epoch),
+            Event::Incoming(Packet::Publish(publish)) => {
+                if !super::deploy::handle(self.deploys.as_ref(), &self.topics, &self.client, &publish) {
+                    self.request(publish, epoch);
+                }
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => self.link(LinkEvent::Sent(pkid)),
             Event::Incoming(Packet::PubAck(ack)) => self.link(LinkEvent::Acked {
                 pkid: ack.pkid,
