@@ -27,7 +27,11 @@ use crate::repository::{mem_available, memory_admits, SyncReport};
 use crate::serving::LoadedVersion;
 
 /// Verifies a staged version and rolls it out; every outcome is reported and counted.
-pub(super) async fn roll_out(delivery: &Arc<Delivery>, slot: Slot, mut job: Job) -> Result<Value, DeliveryError> {
+pub(super) async fn roll_out(
+    delivery: &Arc<Delivery>,
+    slot: Slot,
+    mut job: Job,
+) -> Result<Value, DeliveryError> {
     let model = slot.model.clone();
     let outcome = match verify(delivery, &model, &job).await {
         Ok((policy, sidecar)) => {
@@ -69,7 +73,8 @@ async fn verify(delivery: &Delivery, model: &str, job: &Job) -> Result<(Policy, 
         )));
     }
     staging.link_model_files(model, job.version).map_err(io_error)?;
-    let sidecar = Sidecar::load(&staging.dir(model, job.version)).map_err(|e| DeliveryError::Model(e.to_string()))?;
+    let sidecar =
+        Sidecar::load(&staging.dir(model, job.version)).map_err(|e| DeliveryError::Model(e.to_string()))?;
     Ok((Policy::of(&sidecar, job.rollout), sidecar))
 }
 
@@ -95,13 +100,22 @@ async fn dispatch(
         if let Some(current) = current {
             return super::shadowing::start(delivery, slot, job.clone(), policy, sidecar, current).await;
         }
-        tracing::info!(model, version = job.version, "no version serves: nothing to shadow, rolling out immediately");
+        tracing::info!(
+            model,
+            version = job.version,
+            "no version serves: nothing to shadow, rolling out immediately"
+        );
     }
     immediate(delivery, &model, job, sidecar).await
 }
 
 /// Loads (or, short of memory, stages) the candidate, installs it and has it swapped in.
-async fn immediate(delivery: &Arc<Delivery>, model: &str, job: &Job, sidecar: Sidecar) -> Result<Value, DeliveryError> {
+async fn immediate(
+    delivery: &Arc<Delivery>,
+    model: &str,
+    job: &Job,
+    sidecar: Sidecar,
+) -> Result<Value, DeliveryError> {
     let file = delivery.staging.model_file(model, job.version);
     let beside = delivery.mode == ReloadMode::Beside && memory_admits(&file, mem_available());
     let loaded = if beside {
@@ -145,7 +159,12 @@ pub(super) async fn load(
 }
 
 /// The checks of the staged version that need no engine (signature, ONNX file, sidecar).
-async fn check_staged(delivery: &Delivery, model: &str, version: u64, sidecar: Sidecar) -> Result<(), DeliveryError> {
+async fn check_staged(
+    delivery: &Delivery,
+    model: &str,
+    version: u64,
+    sidecar: Sidecar,
+) -> Result<(), DeliveryError> {
     let dir = delivery.staging.dir(model, version);
     let file = delivery.staging.model_file(model, version);
     let settings = delivery.settings.clone();
@@ -236,7 +255,12 @@ pub(super) fn prune(delivery: &Delivery, model: &str) {
             continue;
         }
         match delivery.staging.discard(model, version) {
-            Ok(()) => tracing::info!(model, version, keep_versions = delivery.keep_versions, "old version deleted"),
+            Ok(()) => tracing::info!(
+                model,
+                version,
+                keep_versions = delivery.keep_versions,
+                "old version deleted"
+            ),
             Err(e) => tracing::warn!(model, version, error = %e, "cannot delete an old version"),
         }
     }

@@ -89,7 +89,12 @@ impl Delivery {
     /// Takes a deploy manifest for `model` (MQTT); returns once it is journalled (or refused,
     /// which is reported as the model's rollout status). `redelivered`: a retained message or
     /// a broker redelivery.
-    pub async fn deploy(self: &Arc<Self>, model: &str, payload: &[u8], redelivered: bool) -> Result<(), DeliveryError> {
+    pub async fn deploy(
+        self: &Arc<Self>,
+        model: &str,
+        payload: &[u8],
+        redelivered: bool,
+    ) -> Result<(), DeliveryError> {
         let manifest = Manifest::parse(payload).and_then(|m| check_names(model, m.version).map(|()| m));
         let manifest = match manifest {
             Ok(manifest) => manifest,
@@ -136,18 +141,32 @@ impl Delivery {
     /// finished one, or names the version installed with the same file.
     fn repeats(&self, model: &str, job: &Job, redelivered: bool) -> bool {
         let same = |version: u64, sha256: &str| version == job.version && sha256 == job.sha256;
-        if super::lock(&self.active).get(model).is_some_and(|a| same(a.version, &a.sha256)) {
+        if super::lock(&self.active)
+            .get(model)
+            .is_some_and(|a| same(a.version, &a.sha256))
+        {
             tracing::debug!(model, version = job.version, "deploy already in progress");
             return true;
         }
         let last = self.journal.read(model).last;
         if redelivered && last.is_some_and(|l| same(l.version, &l.sha256)) {
-            tracing::debug!(model, version = job.version, "deploy already finished: manifest ignored");
+            tracing::debug!(
+                model,
+                version = job.version,
+                "deploy already finished: manifest ignored"
+            );
             return true;
         }
-        let installed = self.staging.installed(model, job.version).join(crate::repository::layout::MODEL_FILE);
+        let installed = self
+            .staging
+            .installed(model, job.version)
+            .join(crate::repository::layout::MODEL_FILE);
         if super::staging::sha256_file(&installed).is_ok_and(|sha| sha == job.sha256) {
-            tracing::info!(model, version = job.version, "version already installed with this file");
+            tracing::info!(
+                model,
+                version = job.version,
+                "version already installed with this file"
+            );
             return true;
         }
         false
@@ -162,7 +181,12 @@ impl Delivery {
         self.journal
             .update(model, |record| record.active = Some(job.clone()))
             .map_err(super::io_error)?;
-        tracing::info!(model, version = job.version, url = job.url.as_deref().unwrap_or(""), "deploy accepted: downloading");
+        tracing::info!(
+            model,
+            version = job.version,
+            url = job.url.as_deref().unwrap_or(""),
+            "deploy accepted: downloading"
+        );
         self.report(model, super::status(model, job, "downloading"));
         Ok(slot)
     }
@@ -277,7 +301,11 @@ async fn attempt(
     let status = response.status();
     match status {
         StatusCode::PARTIAL_CONTENT if range_start(&response) == Some(offset) => {}
-        StatusCode::PARTIAL_CONTENT => return Err(Stop::Retry(restart(part, "the server answered another range").await?)),
+        StatusCode::PARTIAL_CONTENT => {
+            return Err(Stop::Retry(
+                restart(part, "the server answered another range").await?,
+            ))
+        }
         StatusCode::OK if offset > 0 => {
             // The server ignored the range: start over.
             part.truncate().await.map_err(Stop::Fail)?;
@@ -297,7 +325,10 @@ async fn attempt(
         progress(part.written());
     }
     if part.written() < part.expected() {
-        return Err(Stop::Retry(format!("the connection ended after {} bytes", part.written())));
+        return Err(Stop::Retry(format!(
+            "the connection ended after {} bytes",
+            part.written()
+        )));
     }
     Ok(())
 }
@@ -310,7 +341,13 @@ async fn restart(part: &mut PartFile, why: &str) -> Result<String, Stop> {
 /// The first byte of a `Content-Range: bytes <first>-<last>/<size>`.
 fn range_start(response: &reqwest::Response) -> Option<u64> {
     let value = response.headers().get(CONTENT_RANGE)?.to_str().ok()?;
-    value.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An error with its causes (reqwest keeps the useful part in the sources).

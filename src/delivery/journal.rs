@@ -83,7 +83,9 @@ pub struct Journal {
 impl Journal {
     /// The journal in `dir` (created when first written).
     pub fn new(dir: &Path) -> Journal {
-        Journal { dir: dir.to_path_buf() }
+        Journal {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn path(&self, model: &str) -> PathBuf {

@@ -42,12 +42,17 @@ impl DeliveryMetrics {
 
     /// Counts a rollback (`shadow`: by the verdict; `request`: on demand).
     pub fn rollback(&self, model: &str, cause: &'static str) {
-        *lock(&self.rollbacks).entry((model.to_string(), cause)).or_default() += 1;
+        *lock(&self.rollbacks)
+            .entry((model.to_string(), cause))
+            .or_default() += 1;
     }
 
     /// The comparison counters of a model's shadows.
     pub fn comparisons(&self, model: &str) -> Arc<ComparisonCounters> {
-        lock(&self.comparisons).entry(model.to_string()).or_default().clone()
+        lock(&self.comparisons)
+            .entry(model.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -78,7 +83,9 @@ impl MetricsSource for DeliveryMetrics {
             &["model", "rollout"],
         );
         for ((model, rollout), n) in lock(&self.promotions).iter() {
-            promotions.with_label_values(&[model.as_str(), rollout]).inc_by(*n);
+            promotions
+                .with_label_values(&[model.as_str(), rollout])
+                .inc_by(*n);
         }
         let rollbacks = telemetry::counter(
             registry,

@@ -198,7 +198,11 @@ impl Delivery {
             let resumable = job.phase == Phase::Download && job.origin == Origin::Mqtt;
             if resumable {
                 if let Ok(slot) = self.reserve(&model, job.version, &job.sha256) {
-                    tracing::info!(model, version = job.version, "resuming the download a restart interrupted");
+                    tracing::info!(
+                        model,
+                        version = job.version,
+                        "resuming the download a restart interrupted"
+                    );
                     kept.push((model.clone(), job.version));
                     download::spawn(self.clone(), slot, job);
                     continue;
@@ -230,7 +234,12 @@ impl Delivery {
     }
 
     /// Starts an upload of a version's model file of `length` bytes (`PUT …/versions/{v}`).
-    pub async fn put_version(&self, model: &str, version: u64, length: Option<u64>) -> Result<PartFile, DeliveryError> {
+    pub async fn put_version(
+        &self,
+        model: &str,
+        version: u64,
+        length: Option<u64>,
+    ) -> Result<PartFile, DeliveryError> {
         let result = self.open_upload(model, version, length).await;
         if let Err(e) = &result {
             self.metrics.transfer(Origin::Http, e.reason());
@@ -238,7 +247,12 @@ impl Delivery {
         result
     }
 
-    async fn open_upload(&self, model: &str, version: u64, length: Option<u64>) -> Result<PartFile, DeliveryError> {
+    async fn open_upload(
+        &self,
+        model: &str,
+        version: u64,
+        length: Option<u64>,
+    ) -> Result<PartFile, DeliveryError> {
         check_names(model, version)?;
         let length = length.ok_or_else(|| {
             DeliveryError::LengthRequired("Content-Length is required: the model file's size in bytes".into())
@@ -300,7 +314,12 @@ impl Delivery {
     }
 
     /// The checks of a commit before verification, and the model's deploy slot.
-    fn reserve_commit(self: &Arc<Self>, model: &str, version: u64, sha256: Option<&str>) -> Result<Slot, DeliveryError> {
+    fn reserve_commit(
+        self: &Arc<Self>,
+        model: &str,
+        version: u64,
+        sha256: Option<&str>,
+    ) -> Result<Slot, DeliveryError> {
         check_names(model, version)?;
         let sha256 = sha256.filter(|s| !s.is_empty()).ok_or_else(|| {
             DeliveryError::Checksum(
@@ -360,7 +379,10 @@ impl Delivery {
                 "'{model}' version {version} exists in the repository; delete it first or use a new version number"
             )));
         }
-        if lock(&self.active).get(model).is_some_and(|a| a.version == version) {
+        if lock(&self.active)
+            .get(model)
+            .is_some_and(|a| a.version == version)
+        {
             return Err(DeliveryError::Conflict(format!(
                 "'{model}' version {version} is being deployed"
             )));

@@ -64,7 +64,9 @@ impl Delivery {
     /// repository.
     pub async fn delete_version(self: &Arc<Self>, model: &str, version: u64) -> Result<Value, DeliveryError> {
         check_names(model, version)?;
-        let deploying = lock(&self.active).get(model).is_some_and(|a| a.version == version);
+        let deploying = lock(&self.active)
+            .get(model)
+            .is_some_and(|a| a.version == version);
         if deploying {
             self.cancel(model).await;
             return Ok(json!({ "model": model, "deleted": version, "was": "being deployed" }));

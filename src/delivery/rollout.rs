@@ -31,7 +31,9 @@ impl Rollout {
         match text {
             "immediate" => Ok(Rollout::Immediate),
             "shadow" => Ok(Rollout::Shadow),
-            other => Err(format!("rollout: expected \"immediate\" or \"shadow\", got \"{other}\"")),
+            other => Err(format!(
+                "rollout: expected \"immediate\" or \"shadow\", got \"{other}\""
+            )),
         }
     }
 
@@ -171,7 +173,10 @@ mod tests {
     #[test]
     fn promotion_needs_agreement_no_errors_and_latency() {
         let policy = Policy::of(&Sidecar::default(), Some(Rollout::Shadow));
-        assert_eq!((policy.requests, policy.min_agreement, policy.max_p99_ratio), (200, 0.95, 1.5));
+        assert_eq!(
+            (policy.requests, policy.min_agreement, policy.max_p99_ratio),
+            (200, 0.95, 1.5)
+        );
         assert!(verdict(&policy, &figures(200, 200, 0, 1.1)).is_ok());
         let low = verdict(&policy, &figures(200, 150, 0, 1.0)).unwrap_err();
         assert!(low[0].contains("agreement 0.750"), "{low:?}");

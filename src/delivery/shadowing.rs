@@ -47,9 +47,19 @@ pub(super) async fn start(
         .update(&model, |record| record.active = Some(job.clone()))
         .map_err(super::io_error)?;
     let counters = delivery.metrics.comparisons(&model);
-    let shadow = Arc::new(Shadow::new(Arc::new(loaded), against, policy.shadow_settings(), counters));
+    let shadow = Arc::new(Shadow::new(
+        Arc::new(loaded),
+        against,
+        policy.shadow_settings(),
+        counters,
+    ));
     handle.set_shadow(Some(shadow.clone()));
-    tracing::info!(model, version = job.version, against, "shadowing: the new version receives copies of requests");
+    tracing::info!(
+        model,
+        version = job.version,
+        against,
+        "shadowing: the new version receives copies of requests"
+    );
     let status = shadowing_status(&model, &job, &policy, &shadow);
     delivery.report(&model, status.clone());
     tokio::spawn(watch(delivery.clone(), slot, job, policy, shadow));
@@ -165,5 +175,11 @@ fn roll_back(delivery: &Delivery, model: &str, decision: Decision, reasons: Vec<
     delivery.staging.remove(model, version);
     delivery.metrics.rollback(model, "shadow");
     let extra = decision.extra();
-    delivery.finished(model, &decision.job, "rolled_back", Some(reasons.join("; ")), extra);
+    delivery.finished(
+        model,
+        &decision.job,
+        "rolled_back",
+        Some(reasons.join("; ")),
+        extra,
+    );
 }

@@ -64,7 +64,9 @@ impl Staging {
 
     /// The staged model file.
     pub fn model_file(&self, model: &str, version: u64) -> PathBuf {
-        self.dir(model, version).join(version.to_string()).join(MODEL_FILE)
+        self.dir(model, version)
+            .join(version.to_string())
+            .join(MODEL_FILE)
     }
 
     /// The model file while it is written.
@@ -166,10 +168,9 @@ impl Staging {
     /// Takes an installed version out of the repository in one rename, then deletes it.
     pub fn discard(&self, model: &str, version: u64) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.root)?;
-        let trash = self.root.join(format!(
-            "removed-{model}.{version}-{}",
-            crate::clock::now_ms()
-        ));
+        let trash = self
+            .root
+            .join(format!("removed-{model}.{version}-{}", crate::clock::now_ms()));
         std::fs::rename(self.installed(model, version), &trash)?;
         sync_dir(&self.model_dir(model));
         std::fs::remove_dir_all(&trash)
@@ -247,11 +248,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -269,7 +266,9 @@ mod tests {
         std::fs::create_dir_all(model.join("golden")).unwrap();
         staging.prepare("m", 2).unwrap();
         std::fs::write(staging.model_file("m", 2), b"v2").unwrap();
-        staging.write_extra("m", 2, "model.toml", b"instances = 1\n").unwrap();
+        staging
+            .write_extra("m", 2, "model.toml", b"instances = 1\n")
+            .unwrap();
         staging.link_model_files("m", 2).unwrap();
         let staged = staging.dir("m", 2);
         assert!(staged.join("labels.txt").symlink_metadata().unwrap().is_symlink());
@@ -278,7 +277,10 @@ mod tests {
         let file = staging.install("m", 2).unwrap();
         assert_eq!(file, model.join("2/model.onnx"));
         assert_eq!(std::fs::read(&file).unwrap(), b"v2");
-        assert_eq!(std::fs::read(model.join("model.toml")).unwrap(), b"instances = 1\n");
+        assert_eq!(
+            std::fs::read(model.join("model.toml")).unwrap(),
+            b"instances = 1\n"
+        );
         assert!(!model.join("labels.txt").symlink_metadata().unwrap().is_symlink());
         assert!(!staged.exists());
         assert_eq!(staging.versions_on_disk("m"), vec![2, 1]);
@@ -295,7 +297,10 @@ mod tests {
         staging.link_model_files("new", 3).unwrap();
         staging.install("new", 3).unwrap();
         assert!(repo.path().join("new/3/model.onnx").is_file());
-        assert_eq!(sha256_file(&repo.path().join("new/3/model.onnx")).unwrap().len(), 64);
+        assert_eq!(
+            sha256_file(&repo.path().join("new/3/model.onnx")).unwrap().len(),
+            64
+        );
         staging.prepare("other", 1).unwrap();
         staging.clean(&[]);
         assert!(!staging.dir("other", 1).exists());

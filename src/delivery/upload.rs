@@ -40,7 +40,14 @@ impl PartFile {
         Ok(PartFile::with(file, part, done, written, expected, true))
     }
 
-    fn with(file: tokio::fs::File, part: &Path, done: &Path, written: u64, expected: u64, keep: bool) -> PartFile {
+    fn with(
+        file: tokio::fs::File,
+        part: &Path,
+        done: &Path,
+        written: u64,
+        expected: u64,
+        keep: bool,
+    ) -> PartFile {
         PartFile {
             file: Some(file),
             part: part.to_path_buf(),

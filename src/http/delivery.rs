@@ -91,7 +91,12 @@ pub(super) async fn put_version(
         }
     }
     let bytes = part.finish().await.inspect_err(|e| delivery.upload_failed(e))?;
-    tracing::info!(model, version, bytes, "model file uploaded; commit to roll it out");
+    tracing::info!(
+        model,
+        version,
+        bytes,
+        "model file uploaded; commit to roll it out"
+    );
     let reply = json!({ "model": model, "version": version, "bytes": bytes });
     Ok((StatusCode::CREATED, Json(reply)))
 }

@@ -204,13 +204,16 @@ impl EventLoopTask {
         let _ = self.publisher.send(Command::Link(event));
     }
 
+    /// A message in: a model delivery command, or an inference request.
+    fn incoming(&self, publish: rumqttc::v5::mqttbytes::v5::Publish, epoch: u64) {
+        if !super::deploy::handle(self.deploys.as_ref(), &self.topics, &self.client, &publish) {
+            self.request(publish, epoch);
+        }
+    }
+
     fn event(&self, event: Event, epoch: u64) {
         match event {
-            Event::Incoming(Packet::Publish(publish)) => {
-                if !super::deploy::handle(self.deploys.as_ref(), &self.topics, &self.client, &publish) {
-                    self.request(publish, epoch);
-                }
-            }
+            Event::Incoming(Packet::Publish(publish)) => self.incoming(publish, epoch),
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => self.link(LinkEvent::Sent(pkid)),
             Event::Incoming(Packet::PubAck(ack)) => self.link(LinkEvent::Acked {
                 pkid: ack.pkid,

@@ -15,7 +15,12 @@ use super::topics::Topics;
 use crate::delivery::Delivery;
 
 /// Whether a message is a delivery command; if so it is handled (in its own task).
-pub fn handle(delivery: Option<&Arc<Delivery>>, topics: &Topics, client: &AsyncClient, publish: &Publish) -> bool {
+pub fn handle(
+    delivery: Option<&Arc<Delivery>>,
+    topics: &Topics,
+    client: &AsyncClient,
+    publish: &Publish,
+) -> bool {
     let topic = String::from_utf8_lossy(&publish.topic);
     let Some((model, command)) = topics.parse_command(&topic) else {
         return false;
@@ -34,7 +39,10 @@ pub fn handle(delivery: Option<&Arc<Delivery>>, topics: &Topics, client: &AsyncC
     tokio::spawn(async move {
         let redelivered = publish.retain || publish.dup;
         let outcome = match command.as_str() {
-            "deploy" => delivery.deploy(&model, &publish.payload, redelivered).await.map(drop),
+            "deploy" => delivery
+                .deploy(&model, &publish.payload, redelivered)
+                .await
+                .map(drop),
             _ => delivery.rollback(&model).await.map(drop),
         };
         if let Err(e) = outcome {

@@ -159,9 +159,7 @@ mod tests {
             .contains(&"$share/pool/onnxd/models/+/infer".to_string()));
         assert_eq!(Topics::new("onnxd", "n", "").request_filters().len(), 2);
         assert_eq!(t.rollout("digits"), "onnxd/cam1/models/digits/rollout");
-        assert!(t
-            .command_filters()
-            .contains(&"onnxd/models/+/deploy".to_string()));
+        assert!(t.command_filters().contains(&"onnxd/models/+/deploy".to_string()));
         assert_eq!(
             t.parse_command("onnxd/models/digits/deploy"),
             Some(("digits", "deploy"))

@@ -227,7 +227,11 @@ impl Sidecar {
     }
 
     fn check_rollout(&self) -> Result<(), String> {
-        if let Some(rollout) = self.rollout.as_deref().filter(|r| !["immediate", "shadow"].contains(r)) {
+        if let Some(rollout) = self
+            .rollout
+            .as_deref()
+            .filter(|r| !["immediate", "shadow"].contains(r))
+        {
             return Err(format!(
                 "rollout: expected \"immediate\" or \"shadow\", got \"{rollout}\""
             ));
@@ -238,12 +242,21 @@ impl Sidecar {
         ];
         for (key, value) in fractions {
             if value.is_some_and(|v| !(0.0..=1.0).contains(&v) || (key == "shadow_fraction" && v == 0.0)) {
-                return Err(format!("{key}: expected a fraction in (0, 1], got {}", value.unwrap_or_default()));
+                return Err(format!(
+                    "{key}: expected a fraction in (0, 1], got {}",
+                    value.unwrap_or_default()
+                ));
             }
         }
-        for (key, value) in [("shadow_rtol", self.shadow_rtol), ("max_p99_ratio", self.max_p99_ratio)] {
+        for (key, value) in [
+            ("shadow_rtol", self.shadow_rtol),
+            ("max_p99_ratio", self.max_p99_ratio),
+        ] {
             if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-                return Err(format!("{key}: expected a positive number, got {}", value.unwrap_or_default()));
+                return Err(format!(
+                    "{key}: expected a positive number, got {}",
+                    value.unwrap_or_default()
+                ));
             }
         }
         if self.shadow_requests == Some(0) && self.shadow_secs == Some(0) {
@@ -415,7 +428,10 @@ mod tests {
             .to_string();
         assert!(err.contains("validate.warmup.inputs.x"), "{err}");
         let err = sidecar("rollout = \"canary\"").unwrap_err().to_string();
-        assert!(err.contains("rollout: expected \"immediate\" or \"shadow\""), "{err}");
+        assert!(
+            err.contains("rollout: expected \"immediate\" or \"shadow\""),
+            "{err}"
+        );
         let err = sidecar("min_agreement = 1.5").unwrap_err().to_string();
         assert!(err.contains("min_agreement: expected a fraction"), "{err}");
         let err = sidecar("max_p99_ratio = 0").unwrap_err().to_string();

@@ -29,7 +29,11 @@ pub enum RepoEvent {
     Unload(String, Sender<()>),
     /// Sync a model now, publishing a version model delivery already loaded from the files
     /// it just moved into place (see [`Repository::adopt`]); the report goes back.
-    Adopt(String, Box<crate::serving::LoadedVersion>, Sender<super::SyncReport>),
+    Adopt(
+        String,
+        Box<crate::serving::LoadedVersion>,
+        Sender<super::SyncReport>,
+    ),
     /// Stop the thread.
     Stop,
 }

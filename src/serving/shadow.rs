@@ -155,7 +155,11 @@ impl Shadow {
             max_rel_error: tally.max_rel_error,
             p99_us,
             current_p99_us,
-            p99_ratio: if current_p99_us > 0.0 { p99_us / current_p99_us } else { 0.0 },
+            p99_ratio: if current_p99_us > 0.0 {
+                p99_us / current_p99_us
+            } else {
+                0.0
+            },
             elapsed_secs: self.started.elapsed().as_secs_f64(),
             last_error: tally.last_error.clone(),
         }
@@ -181,7 +185,13 @@ impl Shadow {
         runtime.spawn(async move { self.run(inputs, outputs, transform, primary).await });
     }
 
-    async fn run(&self, inputs: Tensors, outputs: Option<Vec<String>>, transform: Option<Transform>, primary: Primary) {
+    async fn run(
+        &self,
+        inputs: Tensors,
+        outputs: Option<Vec<String>>,
+        transform: Option<Transform>,
+        primary: Primary,
+    ) {
         let reply = match self.version.model.submit(inputs, outputs.as_deref(), None) {
             Ok(reply) => reply,
             Err(EngineError::Overloaded(_)) => return self.dropped(),
@@ -212,7 +222,11 @@ impl Shadow {
     }
 
     fn compared(&self, agreed: bool, abs: f64, rel: f64, current: Duration, candidate: Duration) {
-        let counter = if agreed { &self.counters.agree } else { &self.counters.disagree };
+        let counter = if agreed {
+            &self.counters.agree
+        } else {
+            &self.counters.disagree
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut tally = self.lock();
         tally.compared += 1;
@@ -293,7 +307,11 @@ fn difference(current: &Tensors, candidate: &Tensors) -> (f64, f64) {
         };
         for (x, y) in a.iter().zip(&b) {
             let d = (x - y).abs();
-            max_diff = if d.is_nan() { f64::INFINITY } else { max_diff.max(d) };
+            max_diff = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                max_diff.max(d)
+            };
             max_current = max_current.max(x.abs());
         }
     }
@@ -311,14 +329,20 @@ mod tests {
     use crate::tensor::Tensor;
 
     fn tensor(values: &[f32]) -> Tensors {
-        vec![("y".into(), Tensor::from_values(vec![values.len()], values).unwrap())]
+        vec![(
+            "y".into(),
+            Tensor::from_values(vec![values.len()], values).unwrap(),
+        )]
     }
 
     #[test]
     fn differences_are_absolute_and_relative_to_the_current_output() {
         assert_eq!(difference(&tensor(&[1.0, 2.0]), &tensor(&[1.0, 2.0])), (0.0, 0.0));
         let (abs, rel) = difference(&tensor(&[1.0, -4.0]), &tensor(&[1.5, -4.0]));
-        assert!((abs - 0.5).abs() < 1e-9 && (rel - 0.125).abs() < 1e-9, "{abs} {rel}");
+        assert!(
+            (abs - 0.5).abs() < 1e-9 && (rel - 0.125).abs() < 1e-9,
+            "{abs} {rel}"
+        );
         assert_eq!(difference(&tensor(&[1.0]), &tensor(&[1.0, 2.0])).0, f64::INFINITY);
     }
 

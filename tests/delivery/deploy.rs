@@ -32,11 +32,19 @@ fn manifest(server: &FileServer, file: &[u8], version: u64, rollout: &str) -> Ve
 /// A daemon `node` in `dir` (its own repository: digits version 1) on the broker.
 fn daemon(dir: &Path, node: &str, broker: &Broker, sidecar_extra: &str) -> (Daemon, u16) {
     let models = dir.join("models");
-    digits_repository(&models, "digits", &std::fs::read(crate::common::models().join("digits/model.onnx")).unwrap());
+    digits_repository(
+        &models,
+        "digits",
+        &std::fs::read(crate::common::models().join("digits/model.onnx")).unwrap(),
+    );
     if !sidecar_extra.is_empty() {
         let toml = std::fs::read_to_string(models.join("digits/model.toml")).unwrap();
         let (head, tables) = toml.split_once("\n[").unwrap();
-        std::fs::write(models.join("digits/model.toml"), format!("{head}\n{sidecar_extra}\n[{tables}")).unwrap();
+        std::fs::write(
+            models.join("digits/model.toml"),
+            format!("{head}\n{sidecar_extra}\n[{tables}"),
+        )
+        .unwrap();
     }
     let port = harness::free_port();
     let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
@@ -81,15 +89,26 @@ fn a_deploy_resumes_a_dropped_download_and_a_bad_checksum_is_refused() {
 
     let mut bad: Value = serde_json::from_slice(&manifest(&files, &v2, 2, "immediate")).unwrap();
     bad["sha256"] = json!("0".repeat(64));
-    client.publish("onnxd/n1/models/digits/deploy", bad.to_string(), Default::default());
+    client.publish(
+        "onnxd/n1/models/digits/deploy",
+        bad.to_string(),
+        Default::default(),
+    );
     let status = wait_rollout(&client, topic, 2, &["failed"]);
-    assert!(status["reason"].as_str().unwrap().contains("expected 0000"), "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("expected 0000"),
+        "{status}"
+    );
     assert_eq!(snapshot(&dir.path().join("models")), before);
     assert_eq!(served_version(port), "1");
 
     files.set(Behaviour::DropAfter(v2.len() / 2));
     let before_requests = files.seen().len();
-    client.publish("onnxd/n1/models/digits/deploy", manifest(&files, &v2, 2, "immediate"), Default::default());
+    client.publish(
+        "onnxd/n1/models/digits/deploy",
+        manifest(&files, &v2, 2, "immediate"),
+        Default::default(),
+    );
     let status = wait_rollout(&client, topic, 2, &["promoted", "failed"]);
     assert_eq!(status["state"], "promoted", "{status}");
     assert_eq!(served_version(port), "2");
@@ -97,15 +116,26 @@ fn a_deploy_resumes_a_dropped_download_and_a_bad_checksum_is_refused() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.iter().all(|s| s.path == "/digits-v2.onnx"), "{seen:?}");
     assert_eq!(seen[0].range, None);
-    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={}-", v2.len() / 2).as_str()), "{seen:?}");
+    assert_eq!(
+        seen[1].range.as_deref(),
+        Some(format!("bytes={}-", v2.len() / 2).as_str()),
+        "{seen:?}"
+    );
 
     client.publish("onnxd/n1/models/digits/rollback", "{}", Default::default());
     let status = wait_rollout(&client, topic, 2, &["rolled_back"]);
     assert_eq!(status["to"], 1, "{status}");
     assert_eq!(served_version(port), "1");
     let metrics = harness::metrics(&client.runtime, port);
-    assert_eq!(harness::sample(&metrics, "onnxd_delivery_downloads_total{result=\"ok\"}"), 1, "{metrics}");
-    assert_eq!(harness::sample(&metrics, "onnxd_delivery_downloads_total{result=\"checksum\"}"), 1);
+    assert_eq!(
+        harness::sample(&metrics, "onnxd_delivery_downloads_total{result=\"ok\"}"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        harness::sample(&metrics, "onnxd_delivery_downloads_total{result=\"checksum\"}"),
+        1
+    );
 }
 
 #[test]
@@ -119,12 +149,19 @@ fn a_fleet_deploy_reaches_two_daemons() {
     let (_second, second_port) = daemon(&b, "n2", &broker, "");
     let topics = ["onnxd/n1/models/digits/rollout", "onnxd/n2/models/digits/rollout"];
     let client = Client::connect(broker.port, "fleet", &topics);
-    client.publish("onnxd/models/digits/deploy", manifest(&files, &v2, 2, "immediate"), Default::default());
+    client.publish(
+        "onnxd/models/digits/deploy",
+        manifest(&files, &v2, 2, "immediate"),
+        Default::default(),
+    );
     for topic in topics {
         let status = wait_rollout(&client, topic, 2, &["promoted", "failed"]);
         assert_eq!(status["state"], "promoted", "{topic}: {status}");
     }
-    assert_eq!((served_version(first_port), served_version(second_port)), ("2".into(), "2".into()));
+    assert_eq!(
+        (served_version(first_port), served_version(second_port)),
+        ("2".into(), "2".into())
+    );
     assert!(a.join("models/digits/2/model.onnx").is_file() && b.join("models/digits/2/model.onnx").is_file());
 }
 
@@ -138,13 +175,20 @@ fn kill_9_during_a_download_leaves_no_version_and_the_download_resumes() {
     let (mut daemon, port) = daemon(dir.path(), "n1", &broker, "");
     let topic = "onnxd/n1/models/digits/rollout";
     let client = Client::connect(broker.port, "deployer", &[topic]);
-    client.publish("onnxd/n1/models/digits/deploy", manifest(&files, &v2, 2, "immediate"), Default::default());
+    client.publish(
+        "onnxd/n1/models/digits/deploy",
+        manifest(&files, &v2, 2, "immediate"),
+        Default::default(),
+    );
     wait_rollout(&client, topic, 2, &["downloading"]);
     harness::wait_until("half the file sent", WAIT, || files.sent() >= v2.len() / 2);
     std::thread::sleep(Duration::from_millis(300));
     daemon.kill();
     let models = dir.path().join("models");
-    assert!(!models.join("digits/2").exists(), "a version appeared before its download finished");
+    assert!(
+        !models.join("digits/2").exists(),
+        "a version appeared before its download finished"
+    );
     let part = models.join(".onnxd-staging/digits.2/2/model.onnx.part");
     assert_eq!(std::fs::metadata(&part).unwrap().len(), (v2.len() / 2) as u64);
     files.set(Behaviour::Full);
@@ -153,8 +197,13 @@ fn kill_9_during_a_download_leaves_no_version_and_the_download_resumes() {
     assert_eq!(status["state"], "promoted", "{status}");
     assert_eq!(served_version(port), "2");
     let resumed = files.seen().last().cloned().unwrap();
-    assert_eq!(resumed.range.as_deref(), Some(format!("bytes={}-", v2.len() / 2).as_str()));
-    assert!(daemon.log().contains("resuming the download a restart interrupted"));
+    assert_eq!(
+        resumed.range.as_deref(),
+        Some(format!("bytes={}-", v2.len() / 2).as_str())
+    );
+    assert!(daemon
+        .log()
+        .contains("resuming the download a restart interrupted"));
 }
 
 #[test]
@@ -163,10 +212,19 @@ fn kill_9_during_a_shadow_leaves_no_version_and_is_reported_failed() {
     let broker = Broker::start(dir.path(), "");
     let v2 = std::fs::read(crate::common::models().join("digits/model.onnx")).unwrap();
     let files = FileServer::start(vec![("/digits-v2.onnx", v2.clone())]);
-    let (mut daemon, port) = daemon(dir.path(), "n1", &broker, "shadow_requests = 1000000\nshadow_secs = 3600");
+    let (mut daemon, port) = daemon(
+        dir.path(),
+        "n1",
+        &broker,
+        "shadow_requests = 1000000\nshadow_secs = 3600",
+    );
     let topic = "onnxd/n1/models/digits/rollout";
     let client = Client::connect(broker.port, "deployer", &[topic]);
-    client.publish("onnxd/n1/models/digits/deploy", manifest(&files, &v2, 2, "shadow"), Default::default());
+    client.publish(
+        "onnxd/n1/models/digits/deploy",
+        manifest(&files, &v2, 2, "shadow"),
+        Default::default(),
+    );
     let status = wait_rollout(&client, topic, 2, &["shadowing", "failed"]);
     assert_eq!(status["state"], "shadowing", "{status}");
     daemon.kill();
@@ -174,9 +232,18 @@ fn kill_9_during_a_shadow_leaves_no_version_and_is_reported_failed() {
     assert!(!models.join("digits/2").exists());
     daemon.restart();
     let status = wait_rollout(&client, topic, 2, &["failed"]);
-    assert!(status["reason"].as_str().unwrap().contains("interrupted by a daemon restart"), "{status}");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by a daemon restart"),
+        "{status}"
+    );
     assert_eq!(served_version(port), "1");
     assert!(!models.join("digits/2").exists());
     let staging = models.join(".onnxd-staging");
-    assert!(std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()), "staging left over");
+    assert!(
+        std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()),
+        "staging left over"
+    );
 }

@@ -68,8 +68,16 @@ pub fn work(depth: usize) -> Vec<u8> {
     });
     let mut nodes = vec![sum, node("Expand", &["side_in", "side_shape"], "side_h0")];
     for i in 0..depth {
-        nodes.push(node("MatMul", &[&format!("side_h{i}"), "side_w"], &format!("side_m{i}")));
-        nodes.push(node("Tanh", &[&format!("side_m{i}")], &format!("side_h{}", i + 1)));
+        nodes.push(node(
+            "MatMul",
+            &[&format!("side_h{i}"), "side_w"],
+            &format!("side_m{i}"),
+        ));
+        nodes.push(node(
+            "Tanh",
+            &[&format!("side_m{i}")],
+            &format!("side_h{}", i + 1),
+        ));
     }
     let mut total = node("ReduceSum", &[&format!("side_h{depth}")], "side_sum");
     total.attribute = nodes[0].attribute.clone();

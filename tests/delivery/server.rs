@@ -67,7 +67,12 @@ impl Reply {
 
     /// The `{"error"}` of a non-2xx answer.
     pub fn error(&self) -> String {
-        assert!(self.status >= 400, "expected an error, got {}: {}", self.status, self.text());
+        assert!(
+            self.status >= 400,
+            "expected an error, got {}: {}",
+            self.status,
+            self.text()
+        );
         self.json()["error"].as_str().expect("{\"error\"}").to_string()
     }
 
@@ -99,7 +104,9 @@ impl Server {
             options.max_upload_bytes, options.keep_versions
         );
         if let Some(key) = &options.trusted_key {
-            repository.push_str(&format!("require_signatures = true\ntrusted_keys = [\"{key}\"]\n"));
+            repository.push_str(&format!(
+                "require_signatures = true\ntrusted_keys = [\"{key}\"]\n"
+            ));
         }
         // Model files (10 KB and more) are bigger than any other body: uploads are bounded by
         // max_upload_bytes, not by max_body_bytes.
@@ -137,7 +144,13 @@ impl Server {
     }
 
     /// A request with the given token.
-    pub fn send_with(&self, method: reqwest::Method, path: &str, body: Vec<u8>, token: Option<&str>) -> Reply {
+    pub fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> Reply {
         let client = reqwest::Client::new();
         let mut request = client
             .request(method, format!("http://{}{path}", self.address))
@@ -165,12 +178,23 @@ impl Server {
     }
 
     /// Uploads `file` as `model` version `version` (with `extras`) and commits it.
-    pub fn deliver(&self, model: &str, version: u64, file: &[u8], extras: &[(&str, &[u8])], query: &str) -> Reply {
+    pub fn deliver(
+        &self,
+        model: &str,
+        version: u64,
+        file: &[u8],
+        extras: &[(&str, &[u8])],
+        query: &str,
+    ) -> Reply {
         let base = format!("/v2/repository/models/{model}/versions/{version}");
         let put = self.send(reqwest::Method::PUT, &base, file.to_vec());
         assert_eq!(put.status, 201, "{}", put.text());
         for (name, bytes) in extras {
-            let put = self.send(reqwest::Method::PUT, &format!("{base}/files/{name}"), bytes.to_vec());
+            let put = self.send(
+                reqwest::Method::PUT,
+                &format!("{base}/files/{name}"),
+                bytes.to_vec(),
+            );
             assert_eq!(put.status, 201, "{}", put.text());
         }
         self.post(&format!("{base}/commit?sha256={}{query}", sha256(file)))
@@ -190,14 +214,21 @@ impl Server {
             if status["version"] == version && states.contains(&state) {
                 return status;
             }
-            assert!(Instant::now() < until, "no rollout state {states:?} for version {version}: {status}");
+            assert!(
+                Instant::now() < until,
+                "no rollout state {states:?} for version {version}: {status}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// The version that answers an inference request for `model`.
     pub fn served_version(&self, model: &str) -> String {
-        let reply = self.send(reqwest::Method::POST, &format!("/v2/models/{model}/infer"), sample_request());
+        let reply = self.send(
+            reqwest::Method::POST,
+            &format!("/v2/models/{model}/infer"),
+            sample_request(),
+        );
         assert_eq!(reply.status, 200, "{}", reply.text());
         reply.json()["model_version"].as_str().unwrap().to_string()
     }
@@ -237,7 +268,10 @@ pub fn random_request() -> Vec<u8> {
 /// The SHA-256 of bytes, hex.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Every file below the repository but the staging area, with its SHA-256.
@@ -279,7 +313,8 @@ impl Load {
         let url = format!("http://{address}/v2/models/{model}/infer");
         let threads = (0..threads)
             .map(|_| {
-                let (stop, versions, failures, url) = (stop.clone(), versions.clone(), failures.clone(), url.clone());
+                let (stop, versions, failures, url) =
+                    (stop.clone(), versions.clone(), failures.clone(), url.clone());
                 std::thread::spawn(move || {
                     let client = reqwest::blocking::Client::new();
                     while !stop.load(Ordering::Relaxed) {
@@ -293,7 +328,11 @@ impl Load {
                                 let version = body["model_version"].as_str().unwrap_or("?").to_string();
                                 *versions.lock().unwrap().entry(version).or_default() += 1;
                             }
-                            Ok(r) => failures.lock().unwrap().push(format!("{}: {}", r.status(), r.text().unwrap_or_default())),
+                            Ok(r) => failures.lock().unwrap().push(format!(
+                                "{}: {}",
+                                r.status(),
+                                r.text().unwrap_or_default()
+                            )),
                             Err(e) => failures.lock().unwrap().push(e.to_string()),
                         }
                     }

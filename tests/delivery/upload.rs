@@ -21,7 +21,9 @@ fn digits_file() -> Vec<u8> {
 
 #[test]
 fn upload_and_commit_under_load_serves_the_new_version_with_no_failed_request() {
-    let server = Server::start(Options::default(), |m| digits_repository(m, "digits", &digits_file()));
+    let server = Server::start(Options::default(), |m| {
+        digits_repository(m, "digits", &digits_file())
+    });
     let load = server.load("digits", 3);
     std::thread::sleep(Duration::from_millis(300));
     let labels = b"zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\n";
@@ -36,21 +38,37 @@ fn upload_and_commit_under_load_serves_the_new_version_with_no_failed_request() 
         std::thread::sleep(Duration::from_millis(20));
     }
     let (versions, failures) = load.stop();
-    assert!(failures.is_empty(), "failed requests during the upload: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "failed requests during the upload: {failures:?}"
+    );
     assert!(versions["1"] > 0 && versions["2"] >= 50, "{versions:?}");
     // The labels came with the version: the classes are named by them now.
     let answer = server
-        .send(Method::POST, "/v2/models/digits/infer", crate::server::sample_request())
+        .send(
+            Method::POST,
+            "/v2/models/digits/infer",
+            crate::server::sample_request(),
+        )
         .json();
     let label = answer["result"][0]["label"].as_str().unwrap();
     assert!(label.chars().all(|c| c.is_ascii_alphabetic()), "{answer}");
     assert!(server.models.join("digits/2/model.onnx").is_file());
-    assert_eq!(std::fs::read(server.models.join("digits/labels.txt")).unwrap(), labels);
+    assert_eq!(
+        std::fs::read(server.models.join("digits/labels.txt")).unwrap(),
+        labels
+    );
     let staging = server.models.join(".onnxd-staging");
-    assert!(std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()), "staging left over");
+    assert!(
+        std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()),
+        "staging left over"
+    );
     let metrics = server.metrics();
     common::promtool_check(&metrics);
-    assert!(metrics.contains("onnxd_delivery_uploads_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("onnxd_delivery_uploads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("onnxd_delivery_promotions_total{model=\"digits\",rollout=\"immediate\"} 1"),
         "{metrics}"
@@ -69,7 +87,11 @@ fn raw(server: &Server, head: &str, body: &[u8], half_close: bool) -> (u16, Stri
     }
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, answer)
 }
 
@@ -95,7 +117,12 @@ fn every_refusal_is_clear_and_changes_nothing() {
 
     let big = server.send(Method::PUT, path, vec![0u8; 100_000]);
     assert_eq!(big.status, 413);
-    assert!(big.error().contains("over the limit of 65536 bytes (repository.max_upload_bytes)"), "{}", big.error());
+    assert!(
+        big.error()
+            .contains("over the limit of 65536 bytes (repository.max_upload_bytes)"),
+        "{}",
+        big.error()
+    );
     unchanged("a body over the limit");
 
     let chunked = format!(
@@ -120,20 +147,41 @@ fn every_refusal_is_clear_and_changes_nothing() {
     assert_eq!(server.send(Method::PUT, path, v2.clone()).status, 201);
     let missing = server.post(&format!("{path}/commit"));
     assert_eq!(missing.status, 400);
-    assert!(missing.error().contains("SHA-256 is required"), "{}", missing.error());
+    assert!(
+        missing.error().contains("SHA-256 is required"),
+        "{}",
+        missing.error()
+    );
     let wrong = server.post(&format!("{path}/commit?sha256={}", "0".repeat(64)));
     assert_eq!(wrong.status, 400);
     let error = wrong.error();
-    assert!(error.contains(&format!("SHA-256 is {}, expected 000", sha256(&v2))), "{error}");
+    assert!(
+        error.contains(&format!("SHA-256 is {}, expected 000", sha256(&v2))),
+        "{error}"
+    );
     unchanged("a wrong SHA-256");
 
     let existing = server.send(Method::PUT, "/v2/repository/models/digits/versions/1", v2.clone());
     assert_eq!(existing.status, 409);
-    assert!(existing.error().contains("version 1 exists"), "{}", existing.error());
+    assert!(
+        existing.error().contains("version 1 exists"),
+        "{}",
+        existing.error()
+    );
     let bad_name = server.send(Method::PUT, &format!("{path}/files/evil.sh"), b"x".to_vec());
     assert_eq!(bad_name.status, 400);
-    assert!(bad_name.error().contains("cannot accompany a version"), "{}", bad_name.error());
-    let broken = server.deliver("digits", 3, &std::fs::read(common::fixture("truncated.onnx")).unwrap(), &[], "");
+    assert!(
+        bad_name.error().contains("cannot accompany a version"),
+        "{}",
+        bad_name.error()
+    );
+    let broken = server.deliver(
+        "digits",
+        3,
+        &std::fs::read(common::fixture("truncated.onnx")).unwrap(),
+        &[],
+        "",
+    );
     assert_eq!(broken.status, 422, "{}", broken.text());
     unchanged("a broken model file");
     let metrics = server.metrics();
@@ -181,7 +229,11 @@ fn signatures_are_required_when_configured() {
     let v2 = models::rotated();
     let unsigned = server.deliver("digits", 2, &v2, &[], "");
     assert_eq!(unsigned.status, 422);
-    assert!(unsigned.error().contains("signatures are required"), "{}", unsigned.error());
+    assert!(
+        unsigned.error().contains("signatures are required"),
+        "{}",
+        unsigned.error()
+    );
     let wrong = server.deliver("digits", 2, &v2, &[("model.onnx.minisig", &v1_signature)], "");
     assert_eq!(wrong.status, 422);
     assert!(wrong.error().contains("does not verify"), "{}", wrong.error());
@@ -191,14 +243,22 @@ fn signatures_are_required_when_configured() {
     assert_eq!(signed.status, 200, "{}", signed.text());
     assert_eq!(server.served_version("digits"), "2");
     let metrics = server.metrics();
-    assert!(metrics.contains("onnxd_delivery_uploads_total{result=\"signature\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("onnxd_delivery_uploads_total{result=\"signature\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn rollback_delete_and_keep_versions() {
-    let server = Server::start(Options::default(), |m| digits_repository(m, "digits", &digits_file()));
+    let server = Server::start(Options::default(), |m| {
+        digits_repository(m, "digits", &digits_file())
+    });
     let load = server.load("digits", 2);
-    assert_eq!(server.deliver("digits", 2, &models::rotated(), &[], "").status, 200);
+    assert_eq!(
+        server.deliver("digits", 2, &models::rotated(), &[], "").status,
+        200
+    );
     assert_eq!(server.served_version("digits"), "2");
     let back = server.post("/v2/repository/models/digits/rollback");
     assert_eq!(back.status, 200, "{}", back.text());
@@ -206,7 +266,10 @@ fn rollback_delete_and_keep_versions() {
     assert_eq!(server.served_version("digits"), "1");
     assert!(!server.models.join("digits/2").exists());
     let status = server.rollout("digits");
-    assert_eq!((status["state"].as_str(), status["version"].as_u64()), (Some("rolled_back"), Some(2)));
+    assert_eq!(
+        (status["state"].as_str(), status["version"].as_u64()),
+        (Some("rolled_back"), Some(2))
+    );
     let none = server.post("/v2/repository/models/digits/rollback");
     assert_eq!(none.status, 409);
     assert!(none.error().contains("no version below 1"), "{}", none.error());
@@ -224,10 +287,18 @@ fn rollback_delete_and_keep_versions() {
         .collect();
     on_disk.sort();
     assert_eq!(on_disk, ["4", "5"], "keep_versions = 2");
-    let deleted = server.send(Method::DELETE, "/v2/repository/models/digits/versions/5", Vec::new());
+    let deleted = server.send(
+        Method::DELETE,
+        "/v2/repository/models/digits/versions/5",
+        Vec::new(),
+    );
     assert_eq!(deleted.status, 200, "{}", deleted.text());
     assert_eq!(server.served_version("digits"), "4");
-    let missing = server.send(Method::DELETE, "/v2/repository/models/digits/versions/9", Vec::new());
+    let missing = server.send(
+        Method::DELETE,
+        "/v2/repository/models/digits/versions/9",
+        Vec::new(),
+    );
     assert_eq!(missing.status, 404);
     let metrics = server.metrics();
     assert!(
