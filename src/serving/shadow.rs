@@ -5,8 +5,11 @@
 //! post-processes them with the candidate's `[output]`, and compares: max |Δ| and relative
 //! error over the output tensors, top-1 agreement of classify/detect results (the first
 //! result's label), or — for raw outputs — agreement when the relative error is within the
-//! tolerance. Engine time of both sides is kept for the p99 comparison. The client never
-//! waits for, or sees, the candidate; a full candidate queue drops the copy (counted).
+//! tolerance. Engine time of both sides is kept for the p99 comparison, per row of the
+//! execution each ran in: copies that queue up behind each other on the candidate are batched
+//! together, and charging each the whole batch's time would compare the candidate on bigger
+//! batches than the serving version ran. The client never waits for, or sees, the candidate;
+//! a full candidate queue drops the copy (counted).
 //!
 //! This module measures; whoever attached the shadow (model delivery) decides what the
 //! figures mean.
@@ -92,9 +95,9 @@ pub struct ShadowFigures {
     pub max_abs_diff: f64,
     /// Largest relative error (max |Δ| / max |current|) of any request.
     pub max_rel_error: f64,
-    /// p99 engine time of the candidate, µs.
+    /// p99 engine time of the candidate (per row of its execution's batch), µs.
     pub p99_us: f64,
-    /// p99 engine time of the current version on the same requests, µs.
+    /// p99 engine time of the current version on the same requests (per row), µs.
     pub current_p99_us: f64,
     /// `p99_us / current_p99_us` (0 when unknown).
     pub p99_ratio: f64,
@@ -180,7 +183,7 @@ impl Shadow {
         let primary = Primary {
             outputs: current.outputs.clone(),
             result: current.result.clone(),
-            compute: current.compute_time,
+            compute: per_row(current.compute_time, current.execution.batch_size),
         };
         runtime.spawn(async move { self.run(inputs, outputs, transform, primary).await });
     }
@@ -218,7 +221,8 @@ impl Shadow {
             (Some(current), Some(candidate)) => top1(current) == top1(candidate),
             _ => rel <= self.settings.rtol,
         };
-        self.compared(agreed, abs, rel, primary.compute, result.compute_time);
+        let compute = per_row(result.compute_time, result.execution.batch_size);
+        self.compared(agreed, abs, rel, primary.compute, compute);
     }
 
     fn compared(&self, agreed: bool, abs: f64, rel: f64, current: Duration, candidate: Duration) {
@@ -260,6 +264,11 @@ struct Primary {
     outputs: Tensors,
     result: Option<Vec<Detection>>,
     compute: Duration,
+}
+
+/// An execution's engine time per row of its batch.
+fn per_row(compute: Duration, batch_size: usize) -> Duration {
+    compute / u32::try_from(batch_size.max(1)).unwrap_or(u32::MAX)
 }
 
 fn record(samples: &mut Vec<u32>, at: usize, value: Duration) {
@@ -344,6 +353,12 @@ mod tests {
             "{abs} {rel}"
         );
         assert_eq!(difference(&tensor(&[1.0]), &tensor(&[1.0, 2.0])).0, f64::INFINITY);
+    }
+
+    #[test]
+    fn engine_time_is_shared_by_the_rows_of_a_batch() {
+        assert_eq!(per_row(Duration::from_micros(800), 4), Duration::from_micros(200));
+        assert_eq!(per_row(Duration::from_micros(800), 0), Duration::from_micros(800));
     }
 
     #[test]

@@ -19,6 +19,10 @@ const SLOW_DEPTH: usize = 40;
 
 fn sidecar(extra: &str) -> Vec<u8> {
     let base = std::fs::read_to_string(common::models().join("digits/model.toml")).unwrap();
+    // One request per execution on both sides: copies that queue up on a slow candidate
+    // would otherwise run batched, and its time per row would hide the slowness.
+    assert!(base.contains("max_batch_size = 32"), "{base}");
+    let base = base.replace("max_batch_size = 32", "max_batch_size = 0");
     // Top-level keys go before the first table.
     let (head, tables) = base.split_once("\n[").unwrap();
     format!("{head}\n{extra}\n[{tables}").into_bytes()
@@ -143,7 +147,10 @@ fn a_rollback_request_ends_a_shadow_and_the_current_version_serves_on() {
         assert!(std::time::Instant::now() < until, "version 1 never answered");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let reply = server.deliver("work", 2, &models::work(DEPTH), &[], "&rollout=shadow");
+    // A shadow that does not decide by itself before the rollback request.
+    let long = sidecar("shadow_requests = 0\nshadow_secs = 3600");
+    let extras: &[(&str, &[u8])] = &[("model.toml", &long)];
+    let reply = server.deliver("work", 2, &models::work(DEPTH), extras, "&rollout=shadow");
     assert_eq!(reply.status, 202, "{}", reply.text());
     let busy = server.deliver_conflict("work", 3);
     assert!(
