@@ -22,6 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
+use super::listen::Listeners;
 use super::publisher::{Command, Delivery, LinkEvent, RequestAck};
 use super::requests::{Handler, Request};
 use super::topics::Topics;
@@ -136,6 +137,8 @@ pub struct EventLoopTask {
     pub publisher: Sender<Command>,
     /// Runs requests.
     pub handler: Arc<Handler>,
+    /// Topics other parts of the daemon listen to.
+    pub listeners: Arc<Listeners>,
     /// Becomes `true` when the daemon stops.
     pub stop: watch::Receiver<bool>,
     /// Model delivery, which takes deploy and rollback commands.
@@ -178,12 +181,14 @@ impl EventLoopTask {
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot queue the MQTT subscriptions");
                     }
+                    self.listeners.connected(&self.client);
                     self.link(LinkEvent::Connected);
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(event) => self.event(event, epoch),
                 Err(e) => {
                     connected = false;
+                    self.listeners.disconnected();
                     self.handler.stats.connection_error();
                     self.forget_retransmissions(epoch);
                     if *self.stop.borrow() {
@@ -204,9 +209,15 @@ impl EventLoopTask {
         let _ = self.publisher.send(Command::Link(event));
     }
 
-    /// A message in: a model delivery command, or an inference request.
+    /// A message in: a model delivery command, a topic another part of the daemon listens
+    /// to, or an inference request.
     fn incoming(&self, publish: rumqttc::v5::mqttbytes::v5::Publish, epoch: u64) {
-        if !super::deploy::handle(self.deploys.as_ref(), &self.topics, &self.client, &publish) {
+        if super::deploy::handle(self.deploys.as_ref(), &self.topics, &self.client, &publish) {
+            return;
+        }
+        if self.listeners.deliver(&publish.topic, &publish.payload) {
+            let _ = self.client.try_ack(&publish);
+        } else {
             self.request(publish, epoch);
         }
     }
