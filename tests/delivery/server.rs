@@ -117,7 +117,7 @@ impl Server {
         }
         let config = format!(
             "node_id = \"t\"\nstate_dir = \"state\"\ndrain_secs = 5\n{repository}\
-             [engine]\nort_library = {:?}\nintra_threads = 1\n{http}[mqtt]\nurl = \"\"\n",
+             [engine]\nort_library = {:?}\nintra_threads = 1\n{http}[grpc]\nlisten = \"\"\n[mqtt]\nurl = \"\"\n",
             common::ort_library()
         );
         std::fs::write(dir.path().join("onnxd.toml"), config).unwrap();
