@@ -1,6 +1,6 @@
 //! The daemon as a library (the mini-redis shape): [`Daemon::start`] wires the serving core,
-//! the repository, HTTP, gRPC, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
-//! is SIGHUP; [`Daemon::shutdown`] is SIGTERM's drain. `onnxd run` is a signal loop around it,
+//! the repository, model delivery, HTTP, gRPC, MQTT and the cameras from a validated
+//! [`Config`]; [`Daemon::reload`] is SIGHUP; [`Daemon::shutdown`] is SIGTERM's drain. `onnxd run` is a signal loop around it,
 //! and tests start it in-process.
 //!
 //! One shutdown signal ([`CancellationToken`]) reaches every part that takes work: the HTTP
@@ -17,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::camera::pipeline::Cameras;
 use crate::config::{Config, ConfigError};
+use crate::delivery::{Announcer, Delivery};
 use crate::grpc::{self, GrpcMetrics, GrpcState};
 use crate::http::{self, HttpState};
-use crate::mqtt::Mqtt;
+use crate::mqtt::topics::Topics;
+use crate::mqtt::{Mqtt, Sink};
 use crate::node::NodeReport;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
@@ -88,9 +90,18 @@ impl Daemon {
         metrics.add(Arc::new(ModelMetrics(router.clone())));
         let repository = start_repository(&config, router.clone()).await?;
         let shutdown = CancellationToken::new();
-        let mqtt = Mqtt::start(&config, router.clone(), shutdown.clone())?;
+        let delivery = Delivery::new(&config, router.clone(), repository.events());
+        metrics.add(delivery.metrics.clone());
+        delivery.resume();
+        let mqtt = Mqtt::start(&config, router.clone(), shutdown.clone(), Some(delivery.clone()))?;
         if let Some(mqtt) = &mqtt {
             metrics.add(mqtt.stats.clone());
+        }
+        if let (Some(settings), Some(mqtt)) = (&config.mqtt, &mqtt) {
+            delivery.announce_to(Arc::new(MqttRollout {
+                sink: mqtt.sink(),
+                topics: Topics::new(&settings.topic_prefix, &config.node_id, &settings.share_group),
+            }));
         }
         // Home Assistant discovery goes out before the cameras' first results.
         let mut node = NodeReport::start(&config, mqtt.as_ref(), &router);
@@ -111,6 +122,7 @@ impl Daemon {
             token: config.http.token.clone(),
             metrics: metrics.clone(),
             web: Some(web),
+            delivery: Some(delivery.clone()),
         });
         let grpc = match grpc_listener {
             Some(listener) => Some(serve_grpc(&config, listener, &state, shutdown.clone())?),
@@ -299,6 +311,19 @@ fn serve_grpc(
     });
     let server = grpc::serve(listener, state, config.http.tls.as_ref())?;
     Ok((address, server))
+}
+
+/// Model delivery's rollout statuses, retained on `P/models/<m>/rollout` (SPEC §6).
+struct MqttRollout {
+    sink: Sink,
+    topics: Topics,
+}
+
+impl Announcer for MqttRollout {
+    fn rollout(&self, model: &str, status: &serde_json::Value) {
+        self.sink
+            .retain(self.topics.rollout(model), status.to_string().into_bytes());
+    }
 }
 
 async fn serve_http(

@@ -11,6 +11,8 @@
 //! - [`conformance`]: the ONNX backend node-test runner behind `examples/conformance.rs`.
 //! - [`http`]: the KServe V2 / Triton-compatible HTTP API.
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
+//! - [`delivery`]: model delivery — HTTP uploads, MQTT deploys with resumable downloads,
+//!   shadow rollouts with promotion or rollback, rollback on demand.
 //! - [`mqtt`]: MQTT requests and responses with at-least-once delivery, status, the durable
 //!   outbox.
 //! - [`service`]: systemd notifications (ready, status, reloading, stopping, watchdog).
@@ -36,6 +38,7 @@ pub mod commands;
 pub mod config;
 pub mod conformance;
 pub mod daemon;
+pub mod delivery;
 pub mod engine;
 pub mod grpc;
 pub mod homeassistant;

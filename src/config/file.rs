@@ -72,6 +72,10 @@ pub struct RepositoryConfig {
     pub require_signatures: bool,
     /// Trusted minisign public keys.
     pub trusted_keys: Vec<String>,
+    /// Largest model file an upload or a deploy download may bring.
+    pub max_upload_bytes: u64,
+    /// Versions kept on disk (for rollback) after a delivery.
+    pub keep_versions: usize,
 }
 
 impl Default for RepositoryConfig {
@@ -84,6 +88,8 @@ impl Default for RepositoryConfig {
             reload: ReloadMode::Beside,
             require_signatures: false,
             trusted_keys: Vec::new(),
+            max_upload_bytes: 2 << 30,
+            keep_versions: 2,
         }
     }
 }

@@ -408,6 +408,12 @@ impl Checker {
                 "require_signatures = true needs at least one trusted key",
             ));
         }
+        if repository.keep_versions == 0 {
+            return Err(self.invalid(
+                "repository.keep_versions",
+                "expected at least 1 (the version serving)",
+            ));
+        }
         let mut engine = raw.engine;
         engine.ort_library = self.resolve(&engine.ort_library);
         if engine.providers.is_empty() {

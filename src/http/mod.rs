@@ -1,6 +1,7 @@
 //! The HTTP API (SPEC §7): KServe V2 / Triton-compatible routes on axum. [`v2`] holds health,
 //! metadata, config, statistics and inference; [`repository`] the repository extension;
-//! `/metrics` serves the daemon's [`Metrics`]. The wire forms are the codec's; requests go to the
+//! [`delivery`] model uploads, version deletion and rollback; `/metrics` serves the daemon's
+//! [`Metrics`]. The wire forms are the codec's; requests go to the
 //! serving core's [`Router`] and never touch an engine.
 //!
 //! Every non-200 answer is `{"error": "..."}` with Triton's status mapping. Request bodies may
@@ -13,6 +14,7 @@
 //! The status page ([`crate::web`]: `/`, `/status.json`, `/cameras/{c}/snapshot.jpg`,
 //! `/assets/…`) is served when the daemon gives [`HttpState::web`].
 
+pub mod delivery;
 pub mod repository;
 pub mod v2;
 
@@ -23,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use crossbeam_channel::Sender;
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
@@ -49,6 +51,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// What the status page shows; `None` serves no page.
     pub web: Option<Arc<dyn crate::web::StatusSource>>,
+    /// Model delivery (uploads, rollback), when the daemon runs it.
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -131,6 +135,19 @@ pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
         .route("/v2/repository/models/{model}/unload", post(repository::unload))
+        .route(
+            "/v2/repository/models/{model}/versions/{version}",
+            put(delivery::put_version).delete(delivery::delete_version),
+        )
+        .route(
+            "/v2/repository/models/{model}/versions/{version}/files/{name}",
+            put(delivery::put_file),
+        )
+        .route(
+            "/v2/repository/models/{model}/versions/{version}/commit",
+            post(delivery::commit),
+        )
+        .route("/v2/repository/models/{model}/rollback", post(delivery::rollback))
         .route("/metrics", get(metrics));
     let (protected, public) = match &state.web {
         Some(source) => (

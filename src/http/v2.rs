@@ -101,7 +101,12 @@ pub(super) async fn model_stats(
 ) -> Result<Json<Value>, ApiError> {
     let handle = state.router.get(&params["model"])?;
     let stats = views::statistics(&handle, parse_version(&params)?);
-    Ok(Json(json!({ "model_stats": stats })))
+    let mut body = json!({ "model_stats": stats });
+    if let Some(rollout) = handle.rollout() {
+        // Model delivery's last rollout status (onnxd's extension of Triton's answer).
+        body["rollout"] = (*rollout).clone();
+    }
+    Ok(Json(body))
 }
 
 pub(super) async fn all_stats(State(state): State<Arc<HttpState>>) -> Json<Value> {

@@ -141,6 +141,8 @@ pub struct EventLoopTask {
     pub listeners: Arc<Listeners>,
     /// Becomes `true` when the daemon stops.
     pub stop: watch::Receiver<bool>,
+    /// Model delivery, which takes deploy and rollback commands.
+    pub deploys: Option<Arc<crate::delivery::Delivery>>,
 }
 
 impl EventLoopTask {
@@ -166,10 +168,15 @@ impl EventLoopTask {
                     backoff.reset();
                     self.handler.stats.connected();
                     tracing::info!(session_present = ack.session_present, "MQTT connected");
+                    let commands = match self.deploys {
+                        Some(_) => self.topics.command_filters(),
+                        None => Vec::new(),
+                    };
                     let filters = self
                         .topics
                         .request_filters()
                         .into_iter()
+                        .chain(commands)
                         .map(|f| Filter::new(f, QoS::AtLeastOnce));
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot queue the MQTT subscriptions");
@@ -202,15 +209,22 @@ impl EventLoopTask {
         let _ = self.publisher.send(Command::Link(event));
     }
 
+    /// A message in: a model delivery command, a topic another part of the daemon listens
+    /// to, or an inference request.
+    fn incoming(&self, publish: rumqttc::v5::mqttbytes::v5::Publish, epoch: u64) {
+        if super::deploy::handle(self.deploys.as_ref(), &self.topics, &self.client, &publish) {
+            return;
+        }
+        if self.listeners.deliver(&publish.topic, &publish.payload) {
+            let _ = self.client.try_ack(&publish);
+        } else {
+            self.request(publish, epoch);
+        }
+    }
+
     fn event(&self, event: Event, epoch: u64) {
         match event {
-            Event::Incoming(Packet::Publish(publish)) => {
-                if self.listeners.deliver(&publish.topic, &publish.payload) {
-                    let _ = self.client.try_ack(&publish);
-                } else {
-                    self.request(publish, epoch);
-                }
-            }
+            Event::Incoming(Packet::Publish(publish)) => self.incoming(publish, epoch),
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => self.link(LinkEvent::Sent(pkid)),
             Event::Incoming(Packet::PubAck(ack)) => self.link(LinkEvent::Acked {
                 pkid: ack.pkid,

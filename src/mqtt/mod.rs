@@ -1,5 +1,6 @@
 //! MQTT (SPEC §6): requests in on `P/models/<m>/infer` (and the fleet's pool topic through a
-//! shared subscription), responses out with at-least-once delivery, node and model status.
+//! shared subscription), responses out with at-least-once delivery, node and model status,
+//! model delivery's deploy and rollback commands ([`deploy`]).
 //!
 //! - [`topics`]: the topic layout.
 //! - [`client`]: connection options (TLS, credentials, session, Last Will) and the task that
@@ -15,6 +16,7 @@
 //! in the outbox, HTTP and cameras are unaffected.
 
 pub mod client;
+pub mod deploy;
 pub mod listen;
 pub mod outbox;
 pub mod publisher;
@@ -66,12 +68,14 @@ pub struct Mqtt {
 }
 
 impl Mqtt {
-    /// Connects (in the background) as configured; `None` when `mqtt.url` is empty. Must be
+    /// Connects (in the background) as configured; `None` when `mqtt.url` is empty. With
+    /// `deploys`, model delivery's commands are subscribed to and handed to it. Must be
     /// called inside the tokio runtime.
     pub fn start(
         config: &Config,
         router: Arc<Router>,
         shutdown: CancellationToken,
+        deploys: Option<Arc<crate::delivery::Delivery>>,
     ) -> Result<Option<Mqtt>, StartError> {
         let Some(mqtt) = &config.mqtt else {
             return Ok(None);
@@ -120,6 +124,7 @@ impl Mqtt {
             publisher: publisher.clone(),
             handler: handler.clone(),
             stop: stopped,
+            deploys,
         };
         tracing::info!(host = %mqtt.broker.host, port = mqtt.broker.port, tls = mqtt.broker.tls, client_id = %mqtt.client_id, "MQTT starting");
         Ok(Some(Mqtt {

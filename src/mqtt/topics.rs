@@ -69,6 +69,34 @@ impl Topics {
         format!("{}/cameras/{camera}/snapshot", self.node)
     }
 
+    /// `P/models/<m>/rollout`: model delivery's retained rollout status.
+    pub fn rollout(&self, model: &str) -> String {
+        format!("{}/models/{model}/rollout", self.node)
+    }
+
+    /// Model delivery's command filters: deploy manifests for this daemon and for the whole
+    /// fleet (a plain subscription: every daemon takes a fleet deploy), and rollbacks.
+    pub fn command_filters(&self) -> Vec<String> {
+        vec![
+            format!("{}/models/+/deploy", self.node),
+            format!("{}/models/+/deploy", self.fleet),
+            format!("{}/models/+/rollback", self.node),
+            format!("{}/models/+/rollback", self.fleet),
+        ]
+    }
+
+    /// The model and command (`deploy` or `rollback`) a command topic names.
+    pub fn parse_command<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic
+            .strip_prefix(self.node.as_str())
+            .or_else(|| topic.strip_prefix(self.fleet.as_str()))?
+            .strip_prefix("/models/")?;
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [model, command @ ("deploy" | "rollback")] => Some((model, command)),
+            _ => None,
+        }
+    }
+
     /// The filters to subscribe to: this daemon's requests, and the fleet's pool requests
     /// through `$share/<group>/…` when a share group is set.
     pub fn request_filters(&self) -> Vec<String> {
@@ -140,5 +168,16 @@ mod tests {
             .request_filters()
             .contains(&"$share/pool/onnxd/models/+/infer".to_string()));
         assert_eq!(Topics::new("onnxd", "n", "").request_filters().len(), 2);
+        assert_eq!(t.rollout("digits"), "onnxd/cam1/models/digits/rollout");
+        assert!(t.command_filters().contains(&"onnxd/models/+/deploy".to_string()));
+        assert_eq!(
+            t.parse_command("onnxd/models/digits/deploy"),
+            Some(("digits", "deploy"))
+        );
+        assert_eq!(
+            t.parse_command("onnxd/cam1/models/digits/rollback"),
+            Some(("digits", "rollback"))
+        );
+        assert_eq!(t.parse_command("onnxd/cam1/models/digits/infer"), None);
     }
 }

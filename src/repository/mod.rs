@@ -94,6 +94,9 @@ pub struct Repository {
     held: HashSet<String>,
     /// Reads `MemAvailable` (bytes) for the memory admission rule.
     memory: fn() -> Option<u64>,
+    /// A version loaded and checked elsewhere (model delivery), taken by the next sync of its
+    /// model instead of loading its file again.
+    adopted: Option<(String, LoadedVersion)>,
 }
 
 impl Repository {
@@ -108,6 +111,7 @@ impl Repository {
             retired: Vec::new(),
             held: HashSet::new(),
             memory: mem_available,
+            adopted: None,
         }
     }
 
@@ -145,6 +149,17 @@ impl Repository {
     pub fn load_requested(&mut self, name: &str) -> SyncReport {
         self.held.remove(name);
         self.sync_model(name)
+    }
+
+    /// Syncs a model whose new version was already loaded and checked from the files now in
+    /// place (model delivery): the sync publishes `loaded` instead of loading it again, when
+    /// the version is wanted and `loaded.file` is its model file. Otherwise it is dropped.
+    pub fn adopt(&mut self, name: &str, loaded: LoadedVersion) -> SyncReport {
+        self.held.remove(name);
+        self.adopted = Some((name.to_string(), loaded));
+        let report = self.sync_model(name);
+        self.adopted = None;
+        report
     }
 
     /// Unloads a model on request; file changes leave it alone until [`Self::load_requested`].
@@ -247,15 +262,15 @@ impl Repository {
             sidecar: pass.sidecar,
         };
         let started = Instant::now();
+        let adopted = self
+            .adopted
+            .take_if(|(name, v)| name == pass.name && v.version == version && v.file == file)
+            .map(|(_, v)| v);
         let replace = self.mode == ReloadMode::Replace || !memory_admits(file, (self.memory)());
-        let loaded = loader::stage(&source, &self.settings).and_then(|staged| {
-            let drained = if replace {
-                self.drain_for(pass, version)
-            } else {
-                Vec::new()
-            };
-            loader::load_staged(&source, staged).inspect_err(|_| self.restore(pass, drained))
-        });
+        let loaded = match adopted {
+            Some(loaded) => Ok(loaded),
+            None => self.load_source(pass, &source, replace),
+        };
         match loaded {
             Ok(loaded) => {
                 tracing::info!(model = pass.name, version, engine = %loaded.model.engine, provider = %loaded.model.provider,
@@ -277,6 +292,24 @@ impl Repository {
                 pass.handle.stats.reload("failed");
             }
         }
+    }
+
+    /// Loads a version from its files: staged first; in replace mode what it replaces is
+    /// drained after staging and restored if the load still fails.
+    fn load_source(
+        &mut self,
+        pass: &mut Pass<'_>,
+        source: &VersionSource<'_>,
+        replace: bool,
+    ) -> Result<LoadedVersion, loader::LoadError> {
+        loader::stage(source, &self.settings).and_then(|staged| {
+            let drained = if replace {
+                self.drain_for(pass, source.version)
+            } else {
+                Vec::new()
+            };
+            loader::load_staged(source, staged).inspect_err(|_| self.restore(pass, drained))
+        })
     }
 
     /// Drains and frees what loading `version` replaces (the same version, and the versions
@@ -460,7 +493,7 @@ pub fn serve_one(path: &Path, settings: &LoadSettings) -> Result<(String, Arc<Ro
 }
 
 /// Whether `available` memory leaves room to load `file` beside what serves.
-fn memory_admits(file: &Path, available: Option<u64>) -> bool {
+pub fn memory_admits(file: &Path, available: Option<u64>) -> bool {
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     admits(size, available)
 }
@@ -472,7 +505,7 @@ fn admits(file_size: u64, available: Option<u64>) -> bool {
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes.
-fn mem_available() -> Option<u64> {
+pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,7 +1,8 @@
 //! `model.toml`, the optional sidecar of a model directory (SPEC §4): engine and instance
-//! settings, the version policy, image pre/post-processing and the golden sample. Parsed
-//! with unknown keys refused and then validated, so an error names the file, the key and
-//! what was expected. Everything absent comes from the ONNX file itself.
+//! settings, the version policy, image pre/post-processing, the golden sample and the rollout
+//! policy of model delivery. Parsed with unknown keys refused and then validated, so an error
+//! names the file, the key and what was expected. Everything absent comes from the ONNX file
+//! itself.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,20 @@ pub struct Sidecar {
     pub output: Option<OutputProcessing>,
     /// Golden sample a new version must reproduce.
     pub validate: Option<Validate>,
+    /// Model delivery: `"immediate"` (default) or `"shadow"`.
+    pub rollout: Option<String>,
+    /// Shadow: decide after this many compared requests (default 200).
+    pub shadow_requests: Option<u64>,
+    /// Shadow: decide after this many seconds at the latest (default 600).
+    pub shadow_secs: Option<u64>,
+    /// Shadow: fraction of requests copied to the candidate (default 1.0 = all).
+    pub shadow_fraction: Option<f64>,
+    /// Shadow: raw outputs agree when max |Δ| / max |current| is at most this (default 1e-3).
+    pub shadow_rtol: Option<f64>,
+    /// Shadow: promote only when at least this fraction of requests agreed (default 0.95).
+    pub min_agreement: Option<f64>,
+    /// Shadow: promote only when the candidate's p99 is at most this × the current's (1.5).
+    pub max_p99_ratio: Option<f64>,
 }
 
 /// `versions = "latest" | "all" | [1, 3]`.
@@ -207,6 +222,45 @@ impl Sidecar {
         }
         if let Some(v) = &self.validate {
             v.check()?;
+        }
+        self.check_rollout()
+    }
+
+    fn check_rollout(&self) -> Result<(), String> {
+        if let Some(rollout) = self
+            .rollout
+            .as_deref()
+            .filter(|r| !["immediate", "shadow"].contains(r))
+        {
+            return Err(format!(
+                "rollout: expected \"immediate\" or \"shadow\", got \"{rollout}\""
+            ));
+        }
+        let fractions = [
+            ("shadow_fraction", self.shadow_fraction),
+            ("min_agreement", self.min_agreement),
+        ];
+        for (key, value) in fractions {
+            if value.is_some_and(|v| !(0.0..=1.0).contains(&v) || (key == "shadow_fraction" && v == 0.0)) {
+                return Err(format!(
+                    "{key}: expected a fraction in (0, 1], got {}",
+                    value.unwrap_or_default()
+                ));
+            }
+        }
+        for (key, value) in [
+            ("shadow_rtol", self.shadow_rtol),
+            ("max_p99_ratio", self.max_p99_ratio),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(format!(
+                    "{key}: expected a positive number, got {}",
+                    value.unwrap_or_default()
+                ));
+            }
+        }
+        if self.shadow_requests == Some(0) && self.shadow_secs == Some(0) {
+            return Err("shadow_requests/shadow_secs: at least one must be positive".into());
         }
         Ok(())
     }
@@ -373,6 +427,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("validate.warmup.inputs.x"), "{err}");
+        let err = sidecar("rollout = \"canary\"").unwrap_err().to_string();
+        assert!(
+            err.contains("rollout: expected \"immediate\" or \"shadow\""),
+            "{err}"
+        );
+        let err = sidecar("min_agreement = 1.5").unwrap_err().to_string();
+        assert!(err.contains("min_agreement: expected a fraction"), "{err}");
+        let err = sidecar("max_p99_ratio = 0").unwrap_err().to_string();
+        assert!(err.contains("max_p99_ratio: expected a positive"), "{err}");
+        let ok = sidecar("rollout = \"shadow\"\nshadow_requests = 50\nmin_agreement = 0.9\n").unwrap();
+        assert_eq!(ok.rollout.as_deref(), Some("shadow"));
         let ok = sidecar("[validate.warmup.inputs.x]\nshape = [1, 3]\nvalue = 0.5\n").unwrap();
         let warmup = ok.validate.unwrap().warmup.unwrap();
         assert_eq!(warmup.inputs["x"].shape, Some(vec![1, 3]));

@@ -27,6 +27,13 @@ pub enum RepoEvent {
     SyncNow(String, Sender<super::SyncReport>),
     /// Unload a model until it is loaded again through the API (the unload API).
     Unload(String, Sender<()>),
+    /// Sync a model now, publishing a version model delivery already loaded from the files
+    /// it just moved into place (see [`Repository::adopt`]); the report goes back.
+    Adopt(
+        String,
+        Box<crate::serving::LoadedVersion>,
+        Sender<super::SyncReport>,
+    ),
     /// Stop the thread.
     Stop,
 }
@@ -110,6 +117,10 @@ pub fn run(mut repo: Repository, events: Receiver<RepoEvent>, timing: Timing) {
             Ok(RepoEvent::SyncNow(name, reply)) => {
                 pending.remove(&name);
                 let _ = reply.send(repo.load_requested(&name));
+            }
+            Ok(RepoEvent::Adopt(name, loaded, reply)) => {
+                pending.remove(&name);
+                let _ = reply.send(repo.adopt(&name, *loaded));
             }
             Ok(RepoEvent::Unload(name, reply)) => {
                 pending.remove(&name);

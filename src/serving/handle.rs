@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::shadow::Shadow;
 use super::{ModelStats, ServeError};
 use crate::engine::pool::LoadedModel;
 
@@ -36,6 +37,16 @@ pub struct LoadedVersion {
     pub post: Option<crate::pipeline::postprocess::Postprocessor>,
     /// How its warm-up went (`ok on …`, or `skipped: …` with the reason).
     pub warmup: String,
+}
+
+impl std::fmt::Debug for LoadedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedVersion")
+            .field("version", &self.version)
+            .field("file", &self.file)
+            .field("engine", &self.model.engine)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Lifecycle state of a model.
@@ -99,6 +110,10 @@ pub struct ModelHandle {
     versions: ArcSwap<Versions>,
     state: ArcSwap<ModelState>,
     changed: watch::Sender<u64>,
+    /// A candidate version receiving copies of requests (model delivery's shadow rollout).
+    shadow: ArcSwapOption<Shadow>,
+    /// The last rollout status (model delivery), reported with the statistics.
+    rollout: ArcSwapOption<serde_json::Value>,
 }
 
 impl ModelHandle {
@@ -110,6 +125,8 @@ impl ModelHandle {
             versions: ArcSwap::from_pointee(Versions::new()),
             state: ArcSwap::from_pointee(ModelState::loading()),
             changed: watch::channel(0).0,
+            shadow: ArcSwapOption::empty(),
+            rollout: ArcSwapOption::empty(),
         }
     }
 
@@ -174,6 +191,26 @@ impl ModelHandle {
         let old = self.versions.swap(Arc::new(versions));
         self.changed.send_modify(|n| *n += 1);
         old
+    }
+
+    /// The shadow attached to this model, if any.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.load_full()
+    }
+
+    /// Attaches (or, with `None`, detaches) a shadow; returns the one it replaced.
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        self.shadow.swap(shadow)
+    }
+
+    /// The last rollout status of this model.
+    pub fn rollout(&self) -> Option<Arc<serde_json::Value>> {
+        self.rollout.load_full()
+    }
+
+    /// Records the rollout status (what model delivery last reported for this model).
+    pub fn set_rollout(&self, status: serde_json::Value) {
+        self.rollout.store(Some(Arc::new(status)));
     }
 
     /// Notified on every change of versions or state.

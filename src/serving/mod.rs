@@ -10,6 +10,7 @@ pub mod handle;
 pub mod image;
 pub mod metrics;
 pub mod router;
+pub mod shadow;
 pub mod stats;
 pub mod views;
 

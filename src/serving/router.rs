@@ -2,7 +2,8 @@
 //! runs a request, picked once per request; the request is decoded (or its image
 //! pre-processed) against that version, run on it and post-processed. It waits, bounded,
 //! while a model is `LOADING` (a first load, or a `replace` reload's gap) instead of failing,
-//! and keeps each model's counters.
+//! keeps each model's counters, and hands a copy of each answered request to the model's
+//! [`super::shadow::Shadow`] when one is attached.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -268,7 +269,14 @@ impl<'a> Run<'a> {
     ) -> Result<InferResponse, ServeError> {
         let stats = self.handle.stats.version(self.version.version);
         let arrived = self.arrived;
+        // A shadow gets a copy of what ran on the version it is compared against, once the
+        // answer is complete (off the response path).
+        let shadow = self.handle.shadow().filter(|s| s.takes(self.version.version));
+        let copy = shadow.as_ref().map(|_| (inputs.clone(), outputs.clone()));
         let result = self.run(inputs, outputs, transform).await;
+        if let (Some(shadow), Some((inputs, outputs)), Ok(response)) = (shadow, copy, &result) {
+            shadow.offer(inputs, outputs, transform.copied(), response);
+        }
         match &result {
             Ok(r) => stats.success(Served {
                 request: arrived.elapsed(),

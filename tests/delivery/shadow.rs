@@ -1,0 +1,197 @@
+//! Shadow rollouts against the daemon in-process under live load: a copy of the serving
+//! version is promoted; a version with other weights (top-1 disagreement) and one about three
+//! times slower are rolled back with the figures in the rollout status; a rollback request
+//! ends a shadow. Clients get the current version's answers throughout, and none fails.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common;
+use crate::models;
+use crate::server::{digits_repository, Options, Server};
+
+/// Side-branch layers of the base model: engine time ≫ scheduling noise.
+const DEPTH: usize = 2;
+/// Side-branch layers of the slow variant: each layer adds about an eighth of the base
+/// model's engine time (with its fixed overhead), so this is several times slower.
+const SLOW_DEPTH: usize = 40;
+
+fn sidecar(extra: &str) -> Vec<u8> {
+    let base = std::fs::read_to_string(common::models().join("digits/model.toml")).unwrap();
+    // One request per execution on both sides: copies that queue up on a slow candidate
+    // would otherwise run batched, and its time per row would hide the slowness.
+    assert!(base.contains("max_batch_size = 32"), "{base}");
+    let base = base.replace("max_batch_size = 32", "max_batch_size = 0");
+    // Top-level keys go before the first table.
+    let (head, tables) = base.split_once("\n[").unwrap();
+    format!("{head}\n{extra}\n[{tables}").into_bytes()
+}
+
+fn start() -> Server {
+    Server::start(Options::default(), |m| {
+        digits_repository(m, "work", &models::work(DEPTH));
+        // max_p99_ratio 2.5, not the default 1.5: on a 2-core box shared with builds an
+        // identical copy measured up to 1.7× (once 6×) the serving version's p99. The slow
+        // variant (measured about 5× the p99) stays well above it.
+        let policy = "rollout = \"shadow\"\nshadow_requests = 300\nshadow_secs = 120\nmax_p99_ratio = 2.5";
+        let toml = sidecar(policy);
+        std::fs::write(m.join("work/model.toml"), toml).unwrap();
+    })
+}
+
+fn figures(status: &Value) -> &Value {
+    &status["figures"]
+}
+
+#[test]
+fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
+    let server = start();
+    let load = server.load("work", 2);
+
+    let copy = server.deliver("work", 2, &models::work(DEPTH), &[], "");
+    assert_eq!(copy.status, 202, "{}", copy.text());
+    assert_eq!(copy.json()["state"], "shadowing");
+    let status = server.wait_rollout(
+        "work",
+        2,
+        &["promoted", "rolled_back", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(status["state"], "promoted", "{status}");
+    let f = figures(&status);
+    assert!(f["compared"].as_u64().unwrap() >= 300, "{status}");
+    assert_eq!(
+        (f["agreement"].as_f64(), f["errors"].as_u64()),
+        (Some(1.0), Some(0)),
+        "{status}"
+    );
+    assert_eq!(f["max_abs_diff"].as_f64(), Some(0.0), "{status}");
+    assert!(f["p99_ratio"].as_f64().unwrap() <= 2.5, "{status}");
+    assert_eq!(server.served_version("work"), "2");
+
+    let rotated = server.deliver("work", 3, &models::rotated(), &[], "");
+    assert_eq!(rotated.status, 202, "{}", rotated.text());
+    let status = server.wait_rollout(
+        "work",
+        3,
+        &["promoted", "rolled_back", "failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert!(figures(&status)["agreement"].as_f64().unwrap() < 0.95, "{status}");
+    assert!(
+        figures(&status)["max_abs_diff"].as_f64().unwrap() > 0.0,
+        "{status}"
+    );
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("below min_agreement 0.95"),
+        "{status}"
+    );
+    assert!(!server.models.join("work/3").exists());
+
+    let slow = server.deliver("work", 4, &models::work(SLOW_DEPTH), &[], "");
+    assert_eq!(slow.status, 202, "{}", slow.text());
+    let status = server.wait_rollout(
+        "work",
+        4,
+        &["promoted", "rolled_back", "failed"],
+        Duration::from_secs(90),
+    );
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    let f = figures(&status);
+    assert_eq!(f["agreement"].as_f64(), Some(1.0), "same outputs: {status}");
+    assert!(f["p99_ratio"].as_f64().unwrap() > 2.5, "{status}");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("above max_p99_ratio 2.5"),
+        "{status}"
+    );
+    assert_eq!(status["thresholds"]["max_p99_ratio"].as_f64(), Some(2.5));
+
+    let (versions, failures) = load.stop();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(
+        versions.keys().collect::<Vec<_>>(),
+        ["1", "2"],
+        "only serving versions answer"
+    );
+    assert_eq!(server.served_version("work"), "2");
+    let metrics = server.metrics();
+    common::promtool_check(&metrics);
+    assert!(
+        metrics.contains("onnxd_delivery_promotions_total{model=\"work\",rollout=\"shadow\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("onnxd_delivery_rollbacks_total{cause=\"shadow\",model=\"work\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("onnxd_shadow_comparisons_total{model=\"work\",result=\"disagree\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_rollback_request_ends_a_shadow_and_the_current_version_serves_on() {
+    let server = start();
+    let load = server.load("work", 1);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while load.answers_from("1") == 0 {
+        assert!(std::time::Instant::now() < until, "version 1 never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A shadow that does not decide by itself before the rollback request.
+    let long = sidecar("shadow_requests = 0\nshadow_secs = 3600");
+    let extras: &[(&str, &[u8])] = &[("model.toml", &long)];
+    let reply = server.deliver("work", 2, &models::work(DEPTH), extras, "&rollout=shadow");
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let busy = server.deliver_conflict("work", 3);
+    assert!(
+        busy.contains("deploy of 'work' version 2 is in progress"),
+        "{busy}"
+    );
+    let back = server.post("/v2/repository/models/work/rollback");
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(back.json()["cancelled"], 2);
+    let status = server.wait_rollout("work", 2, &["rolled_back"], Duration::from_secs(10));
+    assert!(
+        status["reason"].as_str().unwrap().contains("rollback requested"),
+        "{status}"
+    );
+    let (versions, failures) = load.stop();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(versions.keys().collect::<Vec<_>>(), ["1"]);
+    assert!(!server.models.join("work/2").exists());
+    let uncommitted = server.send(
+        reqwest::Method::DELETE,
+        "/v2/repository/models/work/versions/3",
+        Vec::new(),
+    );
+    assert_eq!(
+        uncommitted.json()["was"],
+        "uploaded, not committed",
+        "{}",
+        uncommitted.text()
+    );
+    let staging = server.models.join(".onnxd-staging");
+    assert!(std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()));
+}
+
+impl Server {
+    /// Uploads and commits a copy of the base model as `version`, expecting 409; the error.
+    fn deliver_conflict(&self, model: &str, version: u64) -> String {
+        let file = models::work(DEPTH);
+        let base = format!("/v2/repository/models/{model}/versions/{version}");
+        assert_eq!(self.send(reqwest::Method::PUT, &base, file.clone()).status, 201);
+        let reply = self.post(&format!("{base}/commit?sha256={}", crate::server::sha256(&file)));
+        assert_eq!(reply.status, 409, "{}", reply.text());
+        reply.error()
+    }
+}
