@@ -247,8 +247,8 @@ impl Repository {
             sidecar: pass.sidecar,
         };
         let started = Instant::now();
-        let replace = self.mode == ReloadMode::Replace || !memory_admits(file, (self.memory)());
         let loaded = loader::stage(&source, &self.settings).and_then(|staged| {
+            let replace = self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
             let drained = if replace {
                 self.drain_for(pass, version)
             } else {
@@ -459,22 +459,27 @@ pub fn serve_one(path: &Path, settings: &LoadSettings) -> Result<(String, Arc<Ro
     Ok((name, router))
 }
 
-/// Whether `available` memory leaves room to load `file` beside what serves.
-fn memory_admits(file: &Path, available: Option<u64>) -> bool {
-    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-    admits(size, available)
-}
-
-/// The admission rule: a model needs about three times its file size while it loads
-/// (weights, the engine's copy, arena and optimiser scratch); unknown memory admits.
-fn admits(file_size: u64, available: Option<u64>) -> bool {
-    available.is_none_or(|available| file_size.saturating_mul(3) < available)
+/// The admission rule: a model needs about three times its declared size while it loads
+/// (weights, the engine's copy, arena and optimiser scratch) — the declared size being the
+/// larger of its file and its weights (external data included), plus the largest value known
+/// before it runs ([`crate::model::declared`]); unknown memory admits.
+fn admits(declared: u64, available: Option<u64>) -> bool {
+    available.is_none_or(|available| declared.saturating_mul(3) < available)
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes.
 fn mem_available() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes: a version declaring more is refused outright.
+pub(crate) fn mem_total() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -489,5 +494,6 @@ mod tests {
         assert!(!admits(100, Some(300)));
         assert!(admits(u64::MAX, None));
         assert!(mem_available().is_some_and(|m| m > 0));
+        assert!(mem_total() >= mem_available());
     }
 }
