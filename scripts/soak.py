@@ -150,10 +150,11 @@ class Repository:
 class Http(threading.Thread):
     """One client sending KServe requests back to back (at most `rate` a second)."""
 
-    def __init__(self, base, request, rate):
+    def __init__(self, base, request, expected, rate):
         super().__init__(daemon=True)
         self.url = base + "/v2/models/soak/infer"
         self.body = json.dumps(request).encode()
+        self.expected = expected
         self.period = 1.0 / rate
         self.results = []  # (time, ok, detail)
         self.stopping = threading.Event()
@@ -165,7 +166,9 @@ class Http(threading.Thread):
                 req = urllib.request.Request(self.url, self.body, {"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=30) as r:
                     body = json.loads(r.read())
-                    ok = r.status == 200 and len(body["outputs"][0]["data"]) == 12
+                    got = body["outputs"][0]["data"]
+                    ok = r.status == 200 and len(got) == len(self.expected) and all(
+                        abs(g - e) <= 1e-4 + 1e-4 * abs(e) for g, e in zip(got, self.expected))
                     self.results.append((started, ok, "" if ok else str(body)[:200]))
             except Exception as e:  # refused connection, timeout, 5xx
                 self.results.append((started, False, str(e)[:200]))
@@ -175,8 +178,8 @@ class Http(threading.Thread):
 class Mqtt:
     """Publishes QoS 1 requests with a response topic and correlation data; matches replies."""
 
-    def __init__(self, port, request, rate):
-        self.port, self.rate = port, rate
+    def __init__(self, port, request, expected, rate):
+        self.port, self.rate, self.expected = port, rate, expected
         self.body = json.dumps(request).encode()
         self.sent = {}  # id -> time
         self.replies = {}  # id -> count
@@ -210,10 +213,16 @@ class Mqtt:
             return
         cid = msg.properties.CorrelationData.decode() if hasattr(msg.properties, "CorrelationData") else None
         body = json.loads(msg.payload)
+        problem = body.get("error")
+        if problem is None:
+            got = body["outputs"][0]["data"]
+            if len(got) != len(self.expected) or any(abs(g - e) > 1e-4 + 1e-4 * abs(e)
+                                                      for g, e in zip(got, self.expected)):
+                problem = f"wrong outputs {got}"
         with self.lock:
             self.replies[cid] = self.replies.get(cid, 0) + 1
-            if "error" in body:
-                self.errors[cid] = body["error"]
+            if problem is not None:
+                self.errors[cid] = problem
 
     def publish_loop(self):
         n = 0
@@ -314,6 +323,7 @@ def run(args):
     root = tempfile.mkdtemp(prefix="onnxd-soak-")
     os.chmod(root, 0o755)  # the broker's user reaches its folder inside
     request = json.load(open(os.path.join(args.fixtures, "dynamic_batch.request.json")))
+    expected = json.load(open(os.path.join(args.fixtures, "dynamic_batch.expected.json")))["outputs"][0]["data"]
     broker = Broker(root)
     broker.start()
     repo = Repository(root, args.fixtures, args.repo)
@@ -321,8 +331,8 @@ def run(args):
     config = write_config(root, http_port, broker.port, make_clip(root, args.duration + 600))
     daemon = Daemon(args.binary, config, root, http_port)
     daemon.start()
-    http = Http(daemon.base, request, args.rate)
-    requester = Mqtt(broker.port, request, args.rate)
+    http = Http(daemon.base, request, expected, args.rate)
+    requester = Mqtt(broker.port, request, expected, args.rate)
     http.start()
     requester.start()
     schedule = Schedule(args.duration, args.scale)

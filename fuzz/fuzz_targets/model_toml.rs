@@ -13,19 +13,21 @@ use onnxd::repository::warmup;
 use onnxd::serving::image::ImagePipeline;
 use onnxd::tensor::{DType, Dim};
 
+/// An image model whose batch, height and width are symbolic (as dynamic exports are): the
+/// sidecar's `[input]` sizes are then the only bound.
 fn image_signature() -> ModelInfo {
-    let dims = |d: &[u64]| d.iter().map(|&n| Dim::Fixed(n)).collect();
+    let symbolic = |name: &str| Dim::Symbolic(Some(name.into()));
     ModelInfo {
         inputs: vec![TensorSpec {
             name: "images".into(),
             kind: ValueKind::Tensor(DType::F32),
-            dims: dims(&[1, 3, 32, 32]),
+            dims: vec![symbolic("N"), Dim::Fixed(3), symbolic("H"), symbolic("W")],
             rank_known: true,
         }],
         outputs: vec![TensorSpec {
             name: "scores".into(),
             kind: ValueKind::Tensor(DType::F32),
-            dims: dims(&[1, 10]),
+            dims: vec![symbolic("N"), Dim::Fixed(10)],
             rank_known: true,
         }],
         ..ModelInfo::default()

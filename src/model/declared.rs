@@ -429,7 +429,7 @@ mod tests {
         let ok = check(&graph(vec![tensor(&[2, 4], 32)], vec![]), dir).unwrap();
         assert_eq!(ok.weights, 32);
         let err = check(&graph(vec![tensor(&[1_000_000_000, 4], 16)], vec![]), dir).unwrap_err();
-        assert!(err.contains("declares shape [1000000000, 4] of float = 16000000000 bytes but holds 16 bytes"), "{err}");
+        assert!(err.contains("declares shape [1000000000, 4] of FP32 = 16000000000 bytes but holds 16 bytes"), "{err}");
         let err = check(&graph(vec![tensor(&[-4], 16)], vec![]), dir).unwrap_err();
         assert!(err.contains("negative or overflows"), "{err}");
         let err = check(&graph(vec![tensor(&[1 << 62, 1 << 62], 16)], vec![]), dir).unwrap_err();
@@ -464,7 +464,7 @@ mod tests {
         let err = run(external("w.bin", Some(u64::MAX), Some(u64::MAX))).unwrap_err();
         assert!(err.contains("shorter than"), "{err}");
         let err = run(external("w.bin", Some(4), None)).unwrap_err();
-        assert!(err.contains("declares shape [4] of float = 16 bytes but holds 12 bytes"), "{err}");
+        assert!(err.contains("declares shape [4] of FP32 = 16 bytes but holds 12 bytes"), "{err}");
     }
 
     #[test]

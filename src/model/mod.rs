@@ -458,3 +458,28 @@ fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Option<Ten
     }
     Some(Tensor::from_raw(dtype, shape, bytes).expect("count matches shape"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guessed_inputs_of_impossible_sizes_are_refused_not_allocated() {
+        let info = |dims: Vec<u64>| ModelInfo {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                kind: ValueKind::Tensor(DType::F32),
+                dims: dims.into_iter().map(Dim::Fixed).collect(),
+                rank_known: true,
+            }],
+            ..ModelInfo::default()
+        };
+        // Found by tests/hostile_models.rs: a fixed input of i64::MAX elements overflowed the
+        // element count (a panic that killed the repository thread).
+        for dims in [vec![i64::MAX as u64, 4], vec![1 << 40, 1 << 40], vec![1 << 62]] {
+            let err = info(dims.clone()).unit_inputs().unwrap_err();
+            assert!(err.to_string().contains("is too large to build"), "{dims:?}: {err}");
+        }
+        assert_eq!(info(vec![2, 3]).unit_inputs().unwrap()[0].1.shape(), &[2, 3]);
+    }
+}

@@ -26,7 +26,7 @@ use crate::config::ReloadMode;
 use crate::serving::handle::Versions;
 use crate::serving::{LoadedVersion, ModelHandle, Router};
 use layout::Fingerprint;
-use loader::{load_version, LoadSettings, VersionSource};
+use loader::{load_version, LoadError, LoadSettings, VersionSource};
 use sidecar::Sidecar;
 
 /// How long a `replace` reload waits for in-flight requests of the old version.
@@ -247,14 +247,16 @@ impl Repository {
             sidecar: pass.sidecar,
         };
         let started = Instant::now();
-        let loaded = loader::stage(&source, &self.settings).and_then(|staged| {
-            let replace = self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
-            let drained = if replace {
-                self.drain_for(pass, version)
-            } else {
-                Vec::new()
-            };
-            loader::load_staged(&source, staged).inspect_err(|_| self.restore(pass, drained))
+        let loaded = unwound(version, || {
+            loader::stage(&source, &self.settings).and_then(|staged| {
+                let replace = self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
+                let drained = if replace {
+                    self.drain_for(pass, version)
+                } else {
+                    Vec::new()
+                };
+                loader::load_staged(&source, staged).inspect_err(|_| self.restore(pass, drained))
+            })
         });
         match loaded {
             Ok(loaded) => {
@@ -459,6 +461,27 @@ pub fn serve_one(path: &Path, settings: &LoadSettings) -> Result<(String, Arc<Ro
     Ok((name, router))
 }
 
+/// Runs one version's load, a panic turned into its refusal: a bug in one check must not take
+/// the repository thread — and with it every later load — down.
+fn unwound(
+    version: u64,
+    load: impl FnOnce() -> Result<LoadedVersion, LoadError>,
+) -> Result<LoadedVersion, LoadError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        tracing::error!(version, panic = message, "loading a version panicked");
+        Err(LoadError {
+            version,
+            step: "model",
+            message: format!("loading panicked (a bug in onnxd): {message}"),
+        })
+    })
+}
+
 /// The admission rule: a model needs about three times its declared size while it loads
 /// (weights, the engine's copy, arena and optimiser scratch) — the declared size being the
 /// larger of its file and its weights (external data included), plus the largest value known
@@ -487,6 +510,12 @@ fn meminfo(key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_load_is_a_refusal_not_a_dead_thread() {
+        let err = unwound(3, || panic!("boom")).err().unwrap();
+        assert_eq!(err.to_string(), "version 3: model: loading panicked (a bug in onnxd): boom");
+    }
 
     #[test]
     fn admission_needs_three_times_the_file() {
