@@ -2,17 +2,20 @@
 mixed load with faults injected, then checks what an unattended edge daemon must keep.
 
 Load: HTTP KServe requests (one client, back to back), MQTT 5 requests at QoS 1 (response
-topic + correlation data, persistent session), and a camera (ffmpeg playing a clip it made)
-whose results go to MQTT. Faults, by the schedule below (`--scale` shrinks every interval for
-a short debugging run): a new model version every minute, a broken version every 5 minutes,
-SIGHUP every 10 minutes, a mosquitto restart every 10 minutes (5 minutes apart from the
-SIGHUPs), one `kill -9` of the daemon and a restart halfway.
+topic + correlation data, persistent session), and a camera (a 10 s clip it made, played in
+real time and looped: a `file://` source) whose results go to MQTT. Faults, by the schedule
+below (`--scale` shrinks every interval for a short debugging run): a new model version every
+minute, a broken version every 5 minutes, SIGHUP every 10 minutes, a mosquitto restart every
+10 minutes (5 minutes apart from the SIGHUPs), one `kill -9` of the daemon and a restart
+halfway.
 
-Checks at the end: every MQTT request got a response (0 lost; duplicates are counted, they
-are allowed at QoS 1); every HTTP request succeeded except in the kill window (kill until the
-restarted daemon is ready); RSS, threads and open files sampled every 10 s, their slopes per
-hour reported over each process's life after a warm-up; the outbox drained (its records gauge
-0). Writes a JSON report and prints a Markdown summary; exit 1 when a check fails.
+Checks at the end: every MQTT request got a response with the right numbers (0 lost;
+duplicates are counted, they are allowed at QoS 1); every HTTP request succeeded with the
+right numbers except in the kill window (kill until the restarted daemon is ready, + 2 s);
+camera results arrived; RSS, threads and open files, sampled every 10 s, stayed flat
+(FLAT_LIMITS) over each process's life after a warm-up when that is 10 minutes or more, their
+slopes per hour reported; the outbox drained (its records gauge 0); SIGTERM exits 0. Writes a
+JSON report and prints a Markdown summary; exit 1 when a check fails.
 """
 import argparse
 import json
@@ -264,6 +267,25 @@ def slope(points):
     return 3600 * sum((t - mt) * (v - mv) for t, v in points) / den if den else None
 
 
+# What "flat" allows over a process's life after its warm-up (checked when that is at least
+# FLAT_MIN_S long): the last samples against the first ones, each side the median of 5.
+FLAT_MIN_S = 600
+FLAT_LIMITS = {"rss_kb": 32 * 1024, "threads": 4, "fds": 8}
+
+
+def growth(steady):
+    """The resources that grew past FLAT_LIMITS over `steady` samples: {name: (first, last)}."""
+    if len(steady) < 10 or steady[-1]["t"] - steady[0]["t"] < FLAT_MIN_S:
+        return {}
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    grown = {}
+    for key, limit in FLAT_LIMITS.items():
+        first, last = median([s[key] for s in steady[:5]]), median([s[key] for s in steady[-5:]])
+        if last - first > limit:
+            grown[key] = (first, last)
+    return grown
+
+
 def metric(base, name):
     text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
     for line in text.splitlines():
@@ -287,7 +309,7 @@ listen = "127.0.0.1:{http_port}"
 url = "mqtt://127.0.0.1:{broker_port}"
 [[camera]]
 name = "cam"
-source = "{clip}"
+source = "file://{clip}"
 model = "digits"
 fps = 5
 stall_secs = 20
@@ -328,7 +350,7 @@ def run(args):
     broker.start()
     repo = Repository(root, args.fixtures, args.repo)
     http_port = free_port()
-    config = write_config(root, http_port, broker.port, make_clip(root, args.duration + 600))
+    config = write_config(root, http_port, broker.port, make_clip(root, 10))
     daemon = Daemon(args.binary, config, root, http_port)
     daemon.start()
     http = Http(daemon.base, request, expected, args.rate)
@@ -392,6 +414,7 @@ def report(args, root, http, requester, samples, events, kill_window, outbox, ex
         steady = [s for s in life if s["t"] - life[0]["t"] >= WARMUP_S * min(1.0, args.scale)]
         slopes[pid] = {k: slope([(s["t"], s[k]) for s in steady]) for k in ("rss_kb", "threads", "fds")}
         slopes[pid]["minutes"] = round((life[-1]["t"] - life[0]["t"]) / 60, 1)
+        slopes[pid]["growth"] = growth(steady)
         slopes[pid]["first"] = {k: life[0][k] for k in ("rss_kb", "threads", "fds")}
         slopes[pid]["last"] = {k: life[-1][k] for k in ("rss_kb", "threads", "fds")}
     result = {
@@ -407,8 +430,10 @@ def report(args, root, http, requester, samples, events, kill_window, outbox, ex
     }
     with open(args.report, "w") as f:
         json.dump({**result, "samples": samples}, f, indent=1)
+    grown = {pid: s["growth"] for pid, s in slopes.items() if s["growth"]}
+    result["grown"] = grown
     ok = (not lost and not http_failed and outbox == 0 and exit_code == 0 and requester.camera_results > 0
-          and not requester.errors)
+          and not requester.errors and not grown)
     print(markdown(result, ok))
     return 0 if ok else 1
 
@@ -425,7 +450,8 @@ def markdown(r, ok):
              f"| broker restarts / SIGHUPs | {r['broker_restarts']} / "
              f"{sum(1 for _, e in r['events'] if e == 'sighup')} |",
              f"| outbox records at the end | {r['outbox_records_at_end']} |",
-             f"| exit status (SIGTERM) | {r['exit_code']} |", "",
+             f"| exit status (SIGTERM) | {r['exit_code']} |",
+             f"| RSS / threads / open files grown past the limits | {r['grown'] or 'none'} |", "",
              "| process | minutes | RSS first → last (MiB), slope/h | threads first → last, slope/h "
              "| open files first → last, slope/h |", "|---|---|---|---|---|"]
     fmt = lambda v, scale=1: "n/a" if v is None else f"{v / scale:+.2f}"

@@ -67,7 +67,10 @@ pub fn check(graph: &GraphProto, dir: &Path) -> Result<Footprint, String> {
         constants: HashMap::new(),
         types: HashMap::new(),
     };
-    for value in graph.input.iter().chain(&graph.output) {
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let values = graph.input.iter().chain(&graph.output);
+    for value in values.filter(|v| !initializers.contains(v.name.as_str())) {
         if let Some((elem_type, dims)) = tensor_type(value) {
             let count = dims.iter().map(|&d| d.max(0) as f64).product::<f64>();
             let bytes = to_bytes(count, elem_bits(elem_type).unwrap_or(8));
@@ -126,7 +129,8 @@ impl Walk<'_> {
         if node.op_type == "Constant" && attribute.name == "value_ints" {
             if let Some(output) = node.output.first() {
                 let floats = attribute.ints.iter().map(|&i| i as f64).collect();
-                self.constants.insert(output.clone(), (attribute.ints.clone(), floats));
+                self.constants
+                    .insert(output.clone(), (attribute.ints.clone(), floats));
             }
         }
         for graph in attribute.g.iter().chain(&attribute.graphs) {
@@ -137,7 +141,11 @@ impl Walk<'_> {
 
     /// Checks one tensor's declared size against what it holds and counts its bytes.
     fn tensor(&mut self, tensor: &TensorProto, name: &str) -> Result<(), String> {
-        let name = if tensor.name.is_empty() { name } else { &tensor.name };
+        let name = if tensor.name.is_empty() {
+            name
+        } else {
+            &tensor.name
+        };
         let wrong = |what: String| format!("tensor '{name}': {what}");
         let count = tensor.dims.iter().try_fold(1u64, |acc, &d| {
             u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
@@ -222,7 +230,13 @@ impl Walk<'_> {
             _ => (None, 8),
         };
         if let Some(count) = count.filter(|c| !c.is_nan()) {
-            let what = || format!("node '{}' ({}): {count:.0} elements", node_name(node), node.op_type);
+            let what = || {
+                format!(
+                    "node '{}' ({}): {count:.0} elements",
+                    node_name(node),
+                    node.op_type
+                )
+            };
             self.footprint.value(what, to_bytes(count, bits));
         }
     }
@@ -260,7 +274,12 @@ fn held_inline(t: &TensorProto) -> Held {
 
 /// Checks where an external tensor's data is and returns the bytes it names.
 fn external(t: &TensorProto, dir: &Path) -> Result<u64, String> {
-    let entry = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+    let entry = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    };
     let location = entry("location")
         .filter(|l| !l.is_empty())
         .ok_or("external data without a location")?;
@@ -285,7 +304,11 @@ fn external(t: &TensorProto, dir: &Path) -> Result<u64, String> {
     let file_len = std::fs::metadata(&path).map_err(unreadable)?.len();
     let number = |key: &str| -> Result<Option<u64>, String> {
         entry(key)
-            .map(|v| v.trim().parse::<u64>().map_err(|_| format!("external data {key} {v:?} is not a number")))
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("external data {key} {v:?} is not a number"))
+            })
             .transpose()
     };
     let offset = number("offset")?.unwrap_or(0);
@@ -418,8 +441,10 @@ mod tests {
         let mut t = tensor(&[4], 0);
         t.data_location = Some(EXTERNAL);
         t.external_data.push(entry("location", location.into()));
-        t.external_data.extend(offset.map(|o| entry("offset", o.to_string())));
-        t.external_data.extend(length.map(|l| entry("length", l.to_string())));
+        t.external_data
+            .extend(offset.map(|o| entry("offset", o.to_string())));
+        t.external_data
+            .extend(length.map(|l| entry("length", l.to_string())));
         t
     }
 
@@ -429,7 +454,10 @@ mod tests {
         let ok = check(&graph(vec![tensor(&[2, 4], 32)], vec![]), dir).unwrap();
         assert_eq!(ok.weights, 32);
         let err = check(&graph(vec![tensor(&[1_000_000_000, 4], 16)], vec![]), dir).unwrap_err();
-        assert!(err.contains("declares shape [1000000000, 4] of FP32 = 16000000000 bytes but holds 16 bytes"), "{err}");
+        assert!(
+            err.contains("declares shape [1000000000, 4] of FP32 = 16000000000 bytes but holds 16 bytes"),
+            "{err}"
+        );
         let err = check(&graph(vec![tensor(&[-4], 16)], vec![]), dir).unwrap_err();
         assert!(err.contains("negative or overflows"), "{err}");
         let err = check(&graph(vec![tensor(&[1 << 62, 1 << 62], 16)], vec![]), dir).unwrap_err();
@@ -449,9 +477,18 @@ mod tests {
         assert_eq!(run(external("w.bin", None, None)).unwrap().weights, 16);
         assert_eq!(run(external("./w.bin", Some(0), Some(16))).unwrap().weights, 16);
         for (location, why) in [
-            ("/etc/passwd", "expected a relative path inside the model's folder"),
-            ("../../../../etc/passwd", "expected a relative path inside the model's folder"),
-            ("sub/../w.bin", "expected a relative path inside the model's folder"),
+            (
+                "/etc/passwd",
+                "expected a relative path inside the model's folder",
+            ),
+            (
+                "../../../../etc/passwd",
+                "expected a relative path inside the model's folder",
+            ),
+            (
+                "sub/../w.bin",
+                "expected a relative path inside the model's folder",
+            ),
             ("link.bin", "outside the model's folder"),
             ("missing.bin", "cannot be read"),
             ("", "without a location"),
@@ -464,7 +501,10 @@ mod tests {
         let err = run(external("w.bin", Some(u64::MAX), Some(u64::MAX))).unwrap_err();
         assert!(err.contains("shorter than"), "{err}");
         let err = run(external("w.bin", Some(4), None)).unwrap_err();
-        assert!(err.contains("declares shape [4] of FP32 = 16 bytes but holds 12 bytes"), "{err}");
+        assert!(
+            err.contains("declares shape [4] of FP32 = 16 bytes but holds 12 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
