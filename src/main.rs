@@ -98,7 +98,7 @@ enum Command {
         engine: EngineArgs,
     },
     /// Generate load against an in-process model and report throughput and latency.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// `onnxd bench`'s arguments.
@@ -269,7 +269,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print(&format!("{}\n", serde_json::to_string_pretty(&response)?))?;
             Ok(())
         }
-        Command::Bench(args) => bench_command(args),
+        Command::Bench(args) => bench_command(*args),
     }
 }
 

@@ -163,60 +163,9 @@ pub enum Target {
 /// One client's way of sending a request; returns the server's compute time.
 type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
 
-/// The binary-framed request body for `inputs`, and its JSON header length.
-fn binary_request(inputs: &Tensors) -> (Vec<u8>, usize) {
-    let wires: Vec<Vec<u8>> = inputs.iter().map(|(_, t)| t.to_wire()).collect();
-    let header = serde_json::json!({
-        "inputs": inputs.iter().zip(&wires).map(|((name, t), wire)| serde_json::json!({
-            "name": name,
-            "shape": t.shape(),
-            "datatype": t.dtype().kserve_name(),
-            "parameters": { "binary_data_size": wire.len() },
-        })).collect::<Vec<_>>(),
-        "parameters": { "binary_data_output": true },
-    });
-    let mut body = serde_json::to_vec(&header).expect("header serialises");
-    let length = body.len();
-    for wire in wires {
-        body.extend_from_slice(&wire);
-    }
-    (body, length)
-}
-
 fn http_call(address: &str, model: &str) -> Call {
-    let url = format!("http://{address}/v2/models/{model}/infer");
-    let client = reqwest::Client::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
-    Box::new(move |inputs: &Tensors| {
-        let (body, length) = binary_request(inputs);
-        runtime.block_on(async {
-            let response = client
-                .post(&url)
-                .header("Inference-Header-Content-Length", length)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let ok = response.status().is_success();
-            let header_length: Option<usize> = response
-                .headers()
-                .get("inference-header-content-length")
-                .and_then(|v| v.to_str().ok()?.parse().ok());
-            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            let json: serde_json::Value =
-                serde_json::from_slice(&bytes[..header_length.unwrap_or(bytes.len()).min(bytes.len())])
-                    .map_err(|e| e.to_string())?;
-            if !ok {
-                return Err(json["error"].as_str().unwrap_or("HTTP error").to_string());
-            }
-            Ok(Duration::from_micros(
-                json["parameters"]["inference_us"].as_u64().unwrap_or(0),
-            ))
-        })
-    })
+    let mut client = super::bench_http::HttpClient::new(address, model);
+    Box::new(move |inputs: &Tensors| client.call(inputs))
 }
 
 /// CPU time (user + system) of this process so far.
@@ -406,9 +355,8 @@ impl std::fmt::Display for BenchReport {
             "engine {} ({}), concurrency {}",
             self.engine, self.provider, self.concurrency
         )?;
-        match self.instances {
-            Some(n) => write!(f, ", {n} instance(s)")?,
-            None => {}
+        if let Some(n) = self.instances {
+            write!(f, ", {n} instance(s)")?;
         }
         match (self.max_batch_size, self.mean_batch) {
             (Some(0), _) => writeln!(f, ", no batching")?,
