@@ -44,17 +44,27 @@ fn cases(out: &Path) -> Vec<Case> {
         script.display(),
         String::from_utf8_lossy(&made.stderr)
     );
-    let manifest: Vec<Value> = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let all: Vec<Case> = manifest
         .iter()
         .map(|c| Case {
             name: c["name"].as_str().unwrap().into(),
             class: c["class"].as_str().unwrap().into(),
             expect: c["expect"].as_str().unwrap().into(),
-            cause: c["cause"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_lowercase()).collect(),
+            cause: c["cause"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap().to_lowercase())
+                .collect(),
         })
         .collect();
-    assert!(all.len() >= 100, "the generator made only {} hostile models", all.len());
+    assert!(
+        all.len() >= 100,
+        "the generator made only {} hostile models",
+        all.len()
+    );
     all
 }
 
@@ -129,7 +139,9 @@ impl Live {
             format!("node_id = \"hostile\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[mqtt]\nurl = \"\"\n"),
         )
         .unwrap();
-        let read = |name: &str| -> Value { serde_json::from_slice(&std::fs::read(common::fixture(name)).unwrap()).unwrap() };
+        let read = |name: &str| -> Value {
+            serde_json::from_slice(&std::fs::read(common::fixture(name)).unwrap()).unwrap()
+        };
         let expected = read("dynamic_batch.expected.json")["outputs"][0]["data"]
             .as_array()
             .unwrap()
@@ -138,7 +150,10 @@ impl Live {
             .collect();
         Live {
             daemon: Onnxd::start(&config, &[]),
-            client: reqwest::blocking::Client::builder().timeout(HANG).build().unwrap(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(HANG)
+                .build()
+                .unwrap(),
             base: format!("http://127.0.0.1:{port}"),
             model,
             request: read("dynamic_batch.request.json"),
@@ -151,13 +166,23 @@ impl Live {
     fn check_serving(&self, after: &str) {
         let url = format!("{}/v2/models/h/versions/1/infer", self.base);
         let response = self.client.post(&url).json(&self.request).send();
-        let response = response.unwrap_or_else(|e| panic!("after {after}: version 1 unreachable: {e}\n{}", self.daemon.log()));
+        let response = response
+            .unwrap_or_else(|e| panic!("after {after}: version 1 unreachable: {e}\n{}", self.daemon.log()));
         assert_eq!(response.status(), 200, "after {after}: version 1 stopped serving");
         let body: Value = response.json().unwrap();
-        let got: Vec<f64> = body["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let got: Vec<f64> = body["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(got.len(), self.expected.len(), "after {after}");
         for (g, e) in got.iter().zip(&self.expected) {
-            assert!((g - e).abs() <= 1e-4 + 1e-4 * e.abs(), "after {after}: {got:?} != {:?}", self.expected);
+            assert!(
+                (g - e).abs() <= 1e-4 + 1e-4 * e.abs(),
+                "after {after}: {got:?} != {:?}",
+                self.expected
+            );
         }
     }
 
@@ -167,7 +192,13 @@ impl Live {
         let started = Instant::now();
         let url = format!("{}/v2/repository/models/h/load", self.base);
         let response = self.client.post(&url).json(&json!({})).send();
-        let response = response.unwrap_or_else(|e| panic!("{}: load did not answer: {e}\n{}", case.display(), self.daemon.log()));
+        let response = response.unwrap_or_else(|e| {
+            panic!(
+                "{}: load did not answer: {e}\n{}",
+                case.display(),
+                self.daemon.log()
+            )
+        });
         let status = response.status().as_u16();
         let message = response.text().unwrap_or_default();
         (status, message, started.elapsed())
@@ -182,7 +213,10 @@ fn judge(case: &Case, status: u16, message: &str) -> Result<&'static str, String
     }
     let lower = message.to_lowercase();
     if refused && !lower.contains("version 2") {
-        return Err(format!("{}: the refusal does not name the version: {message}", case.name));
+        return Err(format!(
+            "{}: the refusal does not name the version: {message}",
+            case.name
+        ));
     }
     if refused && !case.cause.is_empty() && !case.cause.iter().any(|w| lower.contains(w.as_str())) {
         return Err(format!(
@@ -216,10 +250,16 @@ fn hostile_models_never_take_the_serving_version_down() {
             problems.push(problem);
             "unexpected"
         });
-        eprintln!("{:<44} {outcome:<10} {:>6} ms  {message}", case.name, took.as_millis());
+        eprintln!(
+            "{:<44} {outcome:<10} {:>6} ms  {message}",
+            case.name,
+            took.as_millis()
+        );
         live.check_serving(&case.name);
-        report.push(json!({"name": case.name, "class": case.class, "expect": case.expect, "outcome": outcome,
-            "ms": took.as_millis() as u64, "rss_kb": rss, "hwm_kb": hwm, "message": message}));
+        report.push(
+            json!({"name": case.name, "class": case.class, "expect": case.expect, "outcome": outcome,
+            "ms": took.as_millis() as u64, "rss_kb": rss, "hwm_kb": hwm, "message": message}),
+        );
     }
     let (_, hwm, running) = process_status(pid);
     assert!(running, "the daemon died\n{}", live.daemon.log());

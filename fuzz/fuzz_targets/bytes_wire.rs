@@ -15,7 +15,11 @@ fn main() {
         };
         assert_eq!(tensor.to_wire(), wire, "BYTES wire form round trip");
         let shared = Tensor::from_wire_bytes(DType::Bytes, shape, bytes::Bytes::copy_from_slice(wire));
-        assert_eq!(shared.as_ref().ok(), Some(&tensor), "shared and copied decodes agree");
+        assert_eq!(
+            shared.as_ref().ok(),
+            Some(&tensor),
+            "shared and copied decodes agree"
+        );
         let _ = onnxd::tensor::kserve::tensor_to_json(&tensor);
         let _ = tensor.utf8_strings();
         if let Some(rows) = tensor.shape().first().copied() {

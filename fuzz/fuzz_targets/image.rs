@@ -24,8 +24,16 @@ fn settings(input: &mut onnxd_fuzz::Input<'_>) -> ImageInput {
         layout: LAYOUT[modes / 9 % 2].into(),
         dtype: DTYPE[numbers % 4].into(),
         scale: if numbers & 8 != 0 { 1.0 / 255.0 } else { 1.0 },
-        mean: if normalised { vec![0.485, 0.456, 0.406] } else { Vec::new() },
-        std: if normalised { vec![0.229, 0.224, 0.225] } else { Vec::new() },
+        mean: if normalised {
+            vec![0.485, 0.456, 0.406]
+        } else {
+            Vec::new()
+        },
+        std: if normalised {
+            vec![0.229, 0.224, 0.225]
+        } else {
+            Vec::new()
+        },
         pad: 114,
     }
 }
@@ -39,7 +47,10 @@ fn main() {
             return;
         };
         if let Ok(image) = decode(encoded) {
-            assert_eq!(image.rgb.len() as u64, u64::from(image.width) * u64::from(image.height) * 3);
+            assert_eq!(
+                image.rgb.len() as u64,
+                u64::from(image.width) * u64::from(image.height) * 3
+            );
             let prepared = pre
                 .from_rgb(image.width, image.height, &image.rgb)
                 .expect("a decoded image prepares");

@@ -44,7 +44,12 @@ fn main() {
         };
         let policy = sidecar.policy().expect("validated");
         let _ = policy.select(&[1, 2, 3, 7]);
-        let _ = batch_policy(&sidecar, &BatchOverrides::default(), &info, &EngineOptions::default());
+        let _ = batch_policy(
+            &sidecar,
+            &BatchOverrides::default(),
+            &info,
+            &EngineOptions::default(),
+        );
         let image = sidecar
             .input
             .as_ref()

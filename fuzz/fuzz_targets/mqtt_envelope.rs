@@ -77,6 +77,9 @@ fn main() {
         assert_eq!(entry.correlation_data, correlation.map(|c| c.to_vec()));
         let reply: serde_json::Value =
             serde_json::from_slice(&entry.payload).expect("the error reply is JSON");
-        assert!(reply.get("error").is_some(), "no model serves here: an error reply");
+        assert!(
+            reply.get("error").is_some(),
+            "no model serves here: an error reply"
+        );
     });
 }

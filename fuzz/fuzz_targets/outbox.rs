@@ -43,7 +43,11 @@ fn write_files(dir: &Path, data: &[u8]) {
         std::fs::write(dir.join("cursor"), cursor).expect("scratch write");
     }
     let split = input.u16() as usize;
-    let bytes = if flags & 2 != 0 { framed(input) } else { input.rest().to_vec() };
+    let bytes = if flags & 2 != 0 {
+        framed(input)
+    } else {
+        input.rest().to_vec()
+    };
     let seg = |first: u64| dir.join(format!("{first:020}.seg"));
     if flags & 4 != 0 && split < bytes.len() {
         std::fs::write(seg(0), &bytes[..split]).expect("scratch write");

@@ -88,7 +88,10 @@ pub fn scratch(target: &str) -> PathBuf {
     let base = std::env::var_os("ONNXD_FUZZ_SCRATCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/dev/shm"));
-    let dir = base.join(format!("onnxd-fuzz-{target}-{}", std::os::unix::process::parent_id()));
+    let dir = base.join(format!(
+        "onnxd-fuzz-{target}-{}",
+        std::os::unix::process::parent_id()
+    ));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     dir
 }
@@ -122,7 +125,11 @@ pub fn signature() -> ModelInfo {
     };
     ModelInfo {
         inputs: vec![
-            tensor("x", DType::F32, vec![Dim::Symbolic(Some("N".into())), Dim::Fixed(4)]),
+            tensor(
+                "x",
+                DType::F32,
+                vec![Dim::Symbolic(Some("N".into())), Dim::Fixed(4)],
+            ),
             tensor("text", DType::Bytes, vec![Dim::Fixed(1)]),
         ],
         outputs: vec![tensor(
@@ -138,7 +145,12 @@ pub fn signature() -> ModelInfo {
 /// tensors decoded against `info`, the signature check, and the response encoder on the
 /// decoded tensors (JSON and binary) — so whatever a request can carry also goes back out.
 pub fn exercise_payload(payload: &onnxd::codec::Payload, info: &ModelInfo) {
-    let _ = (payload.kind(), payload.id(), payload.reply_to(), payload.timeout());
+    let _ = (
+        payload.kind(),
+        payload.id(),
+        payload.reply_to(),
+        payload.timeout(),
+    );
     let outputs = payload.outputs();
     let encoding = payload.encoding();
     let _ = payload.image();

@@ -133,7 +133,12 @@ fn raw_and_wire(seeds: &mut Seeds) {
     let cases: [(&[u8], Vec<u8>); 4] = [
         (&[11, 2, 0, 4], fp32),
         (&[1, 2, 3, 4], (0..12).collect()),
-        (&[13, 1, 1], Tensor::from_strings(vec![1], vec![b"hello".to_vec()]).unwrap().to_wire()),
+        (
+            &[13, 1, 1],
+            Tensor::from_strings(vec![1], vec![b"hello".to_vec()])
+                .unwrap()
+                .to_wire(),
+        ),
         (&[8, 1, 0], (0..3i64).flat_map(|i| i.to_le_bytes()).collect()),
     ];
     for (i, (spec, body)) in cases.iter().enumerate() {
@@ -191,7 +196,10 @@ fn text_files(seeds: &mut Seeds, repo: &Path) {
     for (i, sidecar) in SIDECARS.iter().enumerate() {
         seeds.put("model_toml", &format!("sidecar{i}.toml"), sidecar.as_bytes());
     }
-    for (name, path) in [("config.toml", "config/onnxd.toml"), ("systemd.toml", "systemd/onnxd.toml")] {
+    for (name, path) in [
+        ("config.toml", "config/onnxd.toml"),
+        ("systemd.toml", "systemd/onnxd.toml"),
+    ] {
         if let Ok(text) = std::fs::read(repo.join(path)) {
             seeds.put("config", name, &text);
         }
@@ -228,7 +236,11 @@ fn outbox(seeds: &mut Seeds) {
     let segment = std::fs::read(dir.join(format!("{:020}.seg", 0))).expect("segment");
     let _ = std::fs::remove_dir_all(&dir);
     seeds.put("outbox", "segment", &[&[0u8, 0, 0][..], &segment].concat());
-    seeds.put("outbox", "torn", &[&[0u8, 0, 0][..], &segment[..segment.len() - 3]].concat());
+    seeds.put(
+        "outbox",
+        "torn",
+        &[&[0u8, 0, 0][..], &segment[..segment.len() - 3]].concat(),
+    );
     // The framed form: the same bodies with the headers left to the target.
     let mut bodies = vec![2u8, 0, 0];
     let mut rest = &segment[..];

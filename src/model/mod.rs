@@ -478,7 +478,10 @@ mod tests {
         // element count (a panic that killed the repository thread).
         for dims in [vec![i64::MAX as u64, 4], vec![1 << 40, 1 << 40], vec![1 << 62]] {
             let err = info(dims.clone()).unit_inputs().unwrap_err();
-            assert!(err.to_string().contains("is too large to build"), "{dims:?}: {err}");
+            assert!(
+                err.to_string().contains("is too large to build"),
+                "{dims:?}: {err}"
+            );
         }
         assert_eq!(info(vec![2, 3]).unit_inputs().unwrap()[0].1.shape(), &[2, 3]);
     }

@@ -249,7 +249,8 @@ impl Repository {
         let started = Instant::now();
         let loaded = unwound(version, || {
             loader::stage(&source, &self.settings).and_then(|staged| {
-                let replace = self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
+                let replace =
+                    self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
                 let drained = if replace {
                     self.drain_for(pass, version)
                 } else {
@@ -514,7 +515,10 @@ mod tests {
     #[test]
     fn a_panicking_load_is_a_refusal_not_a_dead_thread() {
         let err = unwound(3, || panic!("boom")).err().unwrap();
-        assert_eq!(err.to_string(), "version 3: model: loading panicked (a bug in onnxd): boom");
+        assert_eq!(
+            err.to_string(),
+            "version 3: model: loading panicked (a bug in onnxd): boom"
+        );
     }
 
     #[test]
