@@ -73,7 +73,11 @@ fn main() {
         let correlation = request.correlation_data.clone();
         let _taken = handler.take().expect("not shutting down");
         let entry = runtime.block_on(handler.reply(request));
-        assert!(!entry.topic.is_empty(), "every reply has a destination");
+        assert!(
+            !entry.topic.is_empty() && !entry.topic.contains(['+', '#', '\0']),
+            "every reply goes to a topic MQTT can publish to: {:?}",
+            entry.topic
+        );
         assert_eq!(entry.correlation_data, correlation.map(|c| c.to_vec()));
         let reply: serde_json::Value =
             serde_json::from_slice(&entry.payload).expect("the error reply is JSON");
