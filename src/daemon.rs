@@ -1,10 +1,10 @@
 //! The daemon as a library (the mini-redis shape): [`Daemon::start`] wires the serving core,
-//! the repository, HTTP, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
+//! the repository, HTTP, gRPC, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
 //! is SIGHUP; [`Daemon::shutdown`] is SIGTERM's drain. `onnxd run` is a signal loop around it,
 //! and tests start it in-process.
 //!
 //! One shutdown signal ([`CancellationToken`]) reaches every part that takes work: the HTTP
-//! listener closes, MQTT stops taking requests (later ones stay with the broker), cameras stop.
+//! and gRPC listeners close (gRPC streams stop reading requests), MQTT stops taking requests (later ones stay with the broker), cameras stop.
 //! Then what is in flight finishes (at most `drain_secs`), MQTT publishes `stopped` and
 //! disconnects, and the repository thread ends.
 
@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::camera::pipeline::{Cameras, NoOutputs, Outputs};
+use crate::camera::pipeline::Cameras;
 use crate::config::{Config, ConfigError};
+use crate::grpc::{self, GrpcMetrics, GrpcState};
 use crate::http::{self, HttpState};
-use crate::mqtt::topics::Topics;
-use crate::mqtt::{Mqtt, Sink};
+use crate::mqtt::Mqtt;
+use crate::node::NodeReport;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
 use crate::repository::Repository;
@@ -40,6 +41,12 @@ pub enum StartError {
     /// The HTTPS certificate or key is refused by rustls.
     #[error("http.tls_cert / http.tls_key: {0}")]
     Tls(std::io::Error),
+    /// The gRPC address cannot be bound (in use, no permission).
+    #[error("grpc.listen: cannot listen on {0}: {1}")]
+    GrpcListen(SocketAddr, std::io::Error),
+    /// The gRPC server cannot start (its TLS settings).
+    #[error(transparent)]
+    Grpc(#[from] grpc::StartError),
     /// The repository watch cannot be set up.
     #[error("repository.path: cannot watch: {0}")]
     Watch(#[from] notify::Error),
@@ -60,8 +67,10 @@ pub struct Daemon {
     shutdown: CancellationToken,
     repository: RepositoryThread,
     http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    grpc: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     mqtt: Option<Mqtt>,
     cameras: Cameras,
+    node: NodeReport,
     service: Service,
 }
 
@@ -72,14 +81,8 @@ impl Daemon {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| StartError::StateDir(config.state_dir.display().to_string(), e))?;
         // Bind first: a port in use is a start-up error, not a late surprise.
-        let listener = match config.http.listen {
-            Some(address) => Some(
-                tokio::net::TcpListener::bind(address)
-                    .await
-                    .map_err(|e| StartError::Listen(address, e))?,
-            ),
-            None => None,
-        };
+        let listener = bind(config.http.listen, StartError::Listen).await?;
+        let grpc_listener = bind(config.grpc.listen, StartError::GrpcListen).await?;
         let router = Arc::new(Router::default());
         let metrics = Arc::new(Metrics::default());
         metrics.add(Arc::new(ModelMetrics(router.clone())));
@@ -89,13 +92,17 @@ impl Daemon {
         if let Some(mqtt) = &mqtt {
             metrics.add(mqtt.stats.clone());
         }
+        // Home Assistant discovery goes out before the cameras' first results.
+        let mut node = NodeReport::start(&config, mqtt.as_ref(), &router);
         let cameras = Cameras::start(
             &config.camera,
             router.clone(),
-            outputs(&config, mqtt.as_ref()),
+            node.camera_outputs(&config, mqtt.as_ref()),
             &shutdown,
         );
         metrics.add(Arc::new(cameras.registry.clone()));
+        node.run(router.clone(), cameras.registry.clone(), shutdown.clone());
+        let web = node.status_source(router.clone(), cameras.registry.clone(), mqtt.as_ref());
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(HttpState {
             router: router.clone(),
@@ -103,7 +110,12 @@ impl Daemon {
             ready: ready.clone(),
             token: config.http.token.clone(),
             metrics: metrics.clone(),
+            web: Some(web),
         });
+        let grpc = match grpc_listener {
+            Some(listener) => Some(serve_grpc(&config, listener, &state, shutdown.clone())?),
+            None => None,
+        };
         let http = match listener {
             Some(listener) => Some(serve_http(&config, listener, state, shutdown.clone()).await?),
             None => None,
@@ -116,8 +128,10 @@ impl Daemon {
             shutdown,
             repository,
             http,
+            grpc,
             mqtt,
             cameras,
+            node,
             service: Service,
         };
         daemon.announce_ready();
@@ -127,6 +141,11 @@ impl Daemon {
     /// The bound HTTP address (useful with port 0).
     pub fn http_address(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(address, _)| *address)
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|(address, _)| *address)
     }
 
     /// The serving core.
@@ -149,6 +168,8 @@ impl Daemon {
                 tracing::info!(file = %config.file.display(), "SIGHUP: config re-read, cameras updated, rescanning the repository");
                 self.cameras.reconcile(&config.camera).await;
                 self.config.camera = config.camera.clone();
+                self.node.reload(config);
+                self.config.homeassistant = config.homeassistant.clone();
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: config refused, the running one stays; rescanning the repository")
@@ -176,6 +197,12 @@ impl Daemon {
                 tracing::warn!("HTTP requests still running after drain_secs: abandoned");
             }
         };
+        let grpc = async {
+            let Some((_, server)) = self.grpc else { return };
+            if tokio::time::timeout(wait, server).await.is_err() {
+                tracing::warn!("gRPC requests or streams still running after drain_secs: abandoned");
+            }
+        };
         let mqtt_requests = async {
             let Some(mqtt) = &self.mqtt else { return };
             let left = mqtt.drain(wait).await;
@@ -186,7 +213,7 @@ impl Daemon {
                 );
             }
         };
-        tokio::join!(self.cameras.stop(), http, mqtt_requests);
+        tokio::join!(self.cameras.stop(), http, grpc, mqtt_requests);
         if let Some(mqtt) = self.mqtt {
             mqtt.stop(Duration::from_secs(5)).await;
         }
@@ -236,46 +263,42 @@ async fn start_repository(config: &Config, router: Arc<Router>) -> Result<Reposi
     )?)
 }
 
-/// Where cameras publish: MQTT when it is on (the daemon is where cameras and MQTT meet).
-fn outputs(config: &Config, mqtt: Option<&Mqtt>) -> Arc<dyn Outputs> {
-    match (&config.mqtt, mqtt) {
-        (Some(settings), Some(mqtt)) => Arc::new(MqttOutputs {
-            sink: mqtt.sink(),
-            topics: Topics::new(&settings.topic_prefix, &config.node_id, &settings.share_group),
-        }),
-        _ => Arc::new(NoOutputs),
-    }
+/// A listener on `address` (`None`: that endpoint is off); a failure is `error`'s.
+async fn bind(
+    address: Option<SocketAddr>,
+    error: fn(SocketAddr, std::io::Error) -> StartError,
+) -> Result<Option<tokio::net::TcpListener>, StartError> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address).await;
+    listener.map(Some).map_err(|e| error(address, e))
 }
 
-/// Camera results, snapshots and status on their MQTT topics (SPEC §6).
-struct MqttOutputs {
-    sink: Sink,
-    topics: Topics,
-}
-
-impl Outputs for MqttOutputs {
-    fn result(&self, camera: &str, body: Vec<u8>) {
-        self.sink
-            .publish(self.topics.camera_result(camera), body, "application/json");
-    }
-
-    fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
-        self.sink
-            .publish(self.topics.camera_snapshot(camera), jpeg, "image/jpeg");
-    }
-
-    fn status(&self, camera: &str, online: bool, detail: Vec<u8>) {
-        let topic = self.topics.camera_status(camera);
-        self.sink.retain(format!("{topic}/detail"), detail);
-        let state: &[u8] = if online { b"online" } else { b"offline" };
-        self.sink.retain(topic, state.to_vec());
-    }
-
-    fn removed(&self, camera: &str) {
-        let topic = self.topics.camera_status(camera);
-        self.sink.retain(format!("{topic}/detail"), Vec::new());
-        self.sink.retain(topic, Vec::new());
-    }
+/// Starts gRPC on its bound listener, with `[http]`'s token, TLS identity and size limit and
+/// the HTTP state's router, repository and readiness; its counters join the metrics.
+fn serve_grpc(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    http: &HttpState,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| StartError::GrpcListen(config.grpc.listen.expect("bound"), e))?;
+    let metrics = Arc::new(GrpcMetrics::default());
+    http.metrics.add(metrics.clone());
+    let state = Arc::new(GrpcState {
+        router: http.router.clone(),
+        repository: http.repository.clone(),
+        ready: http.ready.clone(),
+        token: config.http.token.clone(),
+        max_message_bytes: config.http.max_body_bytes,
+        shutdown,
+        metrics,
+    });
+    let server = grpc::serve(listener, state, config.http.tls.as_ref())?;
+    Ok((address, server))
 }
 
 async fn serve_http(

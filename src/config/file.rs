@@ -26,10 +26,14 @@ pub struct FileConfig {
     pub engine: EngineConfig,
     /// `[http]`.
     pub http: FileHttp,
+    /// `[grpc]`.
+    pub grpc: FileGrpc,
     /// `[mqtt]`.
     pub mqtt: FileMqtt,
     /// `[[camera]]` entries.
     pub camera: Vec<CameraConfig>,
+    /// `[homeassistant]`.
+    pub homeassistant: HomeAssistantConfig,
 }
 
 impl Default for FileConfig {
@@ -42,8 +46,10 @@ impl Default for FileConfig {
             repository: RepositoryConfig::default(),
             engine: EngineConfig::default(),
             http: FileHttp::default(),
+            grpc: FileGrpc::default(),
             mqtt: FileMqtt::default(),
             camera: Vec::new(),
+            homeassistant: HomeAssistantConfig::default(),
         }
     }
 }
@@ -156,6 +162,22 @@ impl Default for FileHttp {
     }
 }
 
+/// `[grpc]`: the KServe V2 / Triton gRPC endpoint (token, TLS and size limit are `[http]`'s).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileGrpc {
+    /// Listen address; empty disables gRPC.
+    pub listen: String,
+}
+
+impl Default for FileGrpc {
+    fn default() -> Self {
+        FileGrpc {
+            listen: "127.0.0.1:8001".into(),
+        }
+    }
+}
+
 /// `[mqtt]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -241,4 +263,27 @@ fn default_fps() -> f64 {
 
 fn default_stall_secs() -> u64 {
     20
+}
+
+/// `[homeassistant]`: Home Assistant MQTT discovery (device-based) of the node, its models and
+/// its cameras. Validated as it is (the prefix and labels are checked at load).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery configs (needs `[mqtt] url`).
+    pub enabled: bool,
+    /// HA's discovery prefix (its birth message is `<prefix>/status`).
+    pub discovery_prefix: String,
+    /// Detection labels that get a count sensor per camera; empty = all of the model's.
+    pub labels: Vec<String>,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            enabled: false,
+            discovery_prefix: "homeassistant".into(),
+            labels: Vec::new(),
+        }
+    }
 }

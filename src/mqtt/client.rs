@@ -22,6 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
+use super::listen::Listeners;
 use super::publisher::{Command, Delivery, LinkEvent, RequestAck};
 use super::requests::{Handler, Request};
 use super::topics::Topics;
@@ -136,6 +137,8 @@ pub struct EventLoopTask {
     pub publisher: Sender<Command>,
     /// Runs requests.
     pub handler: Arc<Handler>,
+    /// Topics other parts of the daemon listen to.
+    pub listeners: Arc<Listeners>,
     /// Becomes `true` when the daemon stops.
     pub stop: watch::Receiver<bool>,
 }
@@ -171,12 +174,14 @@ impl EventLoopTask {
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "cannot queue the MQTT subscriptions");
                     }
+                    self.listeners.connected(&self.client);
                     self.link(LinkEvent::Connected);
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(event) => self.event(event, epoch),
                 Err(e) => {
                     connected = false;
+                    self.listeners.disconnected();
                     self.handler.stats.connection_error();
                     self.forget_retransmissions(epoch);
                     if *self.stop.borrow() {
@@ -199,7 +204,13 @@ impl EventLoopTask {
 
     fn event(&self, event: Event, epoch: u64) {
         match event {
-            Event::Incoming(Packet::Publish(publish)) => self.request(publish, epoch),
+            Event::Incoming(Packet::Publish(publish)) => {
+                if self.listeners.deliver(&publish.topic, &publish.payload) {
+                    let _ = self.client.try_ack(&publish);
+                } else {
+                    self.request(publish, epoch);
+                }
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => self.link(LinkEvent::Sent(pkid)),
             Event::Incoming(Packet::PubAck(ack)) => self.link(LinkEvent::Acked {
                 pkid: ack.pkid,

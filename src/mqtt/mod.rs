@@ -9,11 +9,13 @@
 //!   requests once their response is safe, and owns the [`outbox`].
 //! - [`outbox`]: the durable, checksummed queue of what the broker could not take yet.
 //! - [`stats`]: counters for `/metrics`.
+//! - [`listen`]: topics other parts of the daemon listen to (Home Assistant's birth message).
 //!
 //! The daemon runs without a broker: the connection keeps retrying with backoff, results wait
 //! in the outbox, HTTP and cameras are unaffected.
 
 pub mod client;
+pub mod listen;
 pub mod outbox;
 pub mod publisher;
 pub mod requests;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::serving::Router;
 use client::EventLoopTask;
+use listen::Listeners;
 use outbox::{Outbox, OutboxLimits};
 use publisher::Command;
 use requests::Handler;
@@ -58,6 +61,8 @@ pub struct Mqtt {
     handler: Arc<Handler>,
     event_loop: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
+    client: AsyncClient,
+    listeners: Arc<Listeners>,
 }
 
 impl Mqtt {
@@ -98,6 +103,7 @@ impl Mqtt {
             stats.clone(),
         );
         let (stop, stopped) = watch::channel(false);
+        let listeners = Arc::new(Listeners::default());
         let handler = Arc::new(Handler::new(
             router,
             topics.clone(),
@@ -108,7 +114,8 @@ impl Mqtt {
         ));
         let task = EventLoopTask {
             eventloop,
-            client,
+            client: client.clone(),
+            listeners: listeners.clone(),
             topics: topics.clone(),
             publisher: publisher.clone(),
             handler: handler.clone(),
@@ -122,6 +129,8 @@ impl Mqtt {
             handler,
             event_loop: tokio::spawn(task.run()),
             stop,
+            client,
+            listeners,
         }))
     }
 
@@ -130,6 +139,12 @@ impl Mqtt {
         Sink {
             commands: self.publisher.clone(),
         }
+    }
+
+    /// Messages on `topic` (exactly; subscribed on every connect), e.g. Home Assistant's
+    /// birth message. Must be called inside the tokio runtime.
+    pub fn listen(&self, topic: &str) -> tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes> {
+        self.listeners.add(topic, &self.client)
     }
 
     /// Once the shutdown signal stopped intake (later requests are left to the broker for the
