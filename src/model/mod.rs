@@ -7,7 +7,10 @@
 //! truncated, empty or non-ONNX file is refused here with a clear [`ModelError::InvalidModel`].
 //! [`ModelInfo`] holds the facts (inputs, outputs, opsets, producer, metadata) and validates
 //! requests against the model's signature, so both engines reject bad inputs with the same
-//! messages.
+//! messages. [`declared`] checks what the file declares about its sizes and external data
+//! before any engine allocates them.
+
+pub mod declared;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -133,6 +136,8 @@ pub struct ModelInfo {
     pub sha256: String,
     /// File size in bytes.
     pub file_size: u64,
+    /// The sizes the file declares (weights, largest statically known value).
+    pub footprint: declared::Footprint,
 }
 
 /// A model file read and decoded, ready to hand to an engine.
@@ -181,6 +186,11 @@ impl ModelFile {
                 "not an ONNX model (no IR version or opset import); truncated or corrupt?".into(),
             ));
         }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let footprint = declared::check(graph, dir).map_err(invalid)?;
         let initializers: std::collections::HashSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs = graph
@@ -211,6 +221,7 @@ impl ModelFile {
                 .collect(),
             sha256: hex(&Sha256::digest(bytes)),
             file_size: bytes.len() as u64,
+            footprint,
         };
         Ok(ModelFile {
             path: path.to_path_buf(),
@@ -311,8 +322,14 @@ impl ModelInfo {
                         }),
                     })
                     .collect::<Result<Vec<usize>, _>>()?;
-                let count: usize = shape.iter().product();
-                let tensor = synthetic_tensor(dtype, shape, count);
+                let too_large = || {
+                    ModelError::BadInput(format!(
+                        "input '{}' of shape {shape:?} is too large to build",
+                        spec.name
+                    ))
+                };
+                let count = crate::tensor::element_count(&shape).map_err(|_| too_large())?;
+                let tensor = synthetic_tensor(dtype, shape.clone(), count).ok_or_else(too_large)?;
                 Ok((spec.name.clone(), tensor))
             })
             .collect()
@@ -403,7 +420,8 @@ fn check_tensor(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
+/// `None` when its bytes cannot be allocated (checked, never an abort).
+fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Option<Tensor> {
     // A tiny LCG: reproducible without a dependency.
     let mut state = 0x2545_f491_u64;
     let mut next = move || {
@@ -412,7 +430,10 @@ fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
             .wrapping_add(1442695040888963407);
         (state >> 33) as f64 / (1u64 << 31) as f64
     };
-    let mut bytes = Vec::with_capacity(count * dtype.size().unwrap_or(0));
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(count.checked_mul(dtype.size().unwrap_or(0))?)
+        .ok()?;
     for _ in 0..count {
         let x = next() * 2.0 - 1.0;
         match dtype {
@@ -430,7 +451,38 @@ fn synthetic_tensor(dtype: DType, shape: Vec<usize>, count: usize) -> Tensor {
         }
     }
     if dtype == DType::Bytes {
-        return Tensor::from_strings(shape, vec![b"onnxd".to_vec(); count]).expect("count matches shape");
+        let mut elements = Vec::new();
+        elements.try_reserve_exact(count).ok()?;
+        elements.resize(count, b"onnxd".to_vec());
+        return Some(Tensor::from_strings(shape, elements).expect("count matches shape"));
     }
-    Tensor::from_raw(dtype, shape, bytes).expect("count matches shape")
+    Some(Tensor::from_raw(dtype, shape, bytes).expect("count matches shape"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guessed_inputs_of_impossible_sizes_are_refused_not_allocated() {
+        let info = |dims: Vec<u64>| ModelInfo {
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                kind: ValueKind::Tensor(DType::F32),
+                dims: dims.into_iter().map(Dim::Fixed).collect(),
+                rank_known: true,
+            }],
+            ..ModelInfo::default()
+        };
+        // Found by tests/hostile_models.rs: a fixed input of i64::MAX elements overflowed the
+        // element count (a panic that killed the repository thread).
+        for dims in [vec![i64::MAX as u64, 4], vec![1 << 40, 1 << 40], vec![1 << 62]] {
+            let err = info(dims.clone()).unit_inputs().unwrap_err();
+            assert!(
+                err.to_string().contains("is too large to build"),
+                "{dims:?}: {err}"
+            );
+        }
+        assert_eq!(info(vec![2, 3]).unit_inputs().unwrap()[0].1.shape(), &[2, 3]);
+    }
 }

@@ -159,6 +159,14 @@ impl Failure {
     }
 }
 
+/// Whether a client-chosen reply topic can be published to: MQTT forbids an empty topic name,
+/// wildcards and NUL in one, and more than 65 535 bytes. Publishing such a topic would make
+/// the broker drop the connection, and the reply, kept in the outbox, would drop it again on
+/// every reconnect; the reply goes to the model's result topic instead.
+fn publishable(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
+}
+
 impl Handler {
     /// Runs a request and builds its reply.
     pub async fn reply(&self, request: Request) -> Entry {
@@ -172,7 +180,9 @@ impl Handler {
         let destination = request
             .response_topic
             .clone()
+            .filter(|t| publishable(t))
             .or_else(|| payload.as_ref().ok()?.reply_to().map(str::to_string))
+            .filter(|t| publishable(t))
             .unwrap_or_else(|| self.topics.result(model));
         let id = payload.as_ref().ok().and_then(|p| p.id().cloned());
         let (body, content_type, user_properties) = match self.run(&request, payload, target).await {
@@ -257,3 +267,44 @@ impl Handler {
 
 /// A reply's payload, content type and user properties.
 type Reply = (Vec<u8>, &'static str, Vec<(String, String)>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(response_topic: Option<&str>, payload: &str) -> Request {
+        Request {
+            topic: "onnxd/n1/models/m/infer".into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            response_topic: response_topic.map(String::from),
+            correlation_data: None,
+            header_length: None,
+            expiry_secs: None,
+            arrived: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reply_topics_that_cannot_be_published_are_not_used() {
+        // Found by the `mqtt_envelope` fuzz target: an empty response topic became the
+        // reply's topic (the broker drops a connection publishing there).
+        let handler = Handler::new(
+            Arc::new(Router::default()),
+            Topics::new("onnxd", "n1", "onnxd"),
+            "n1".into(),
+            1 << 20,
+            Arc::new(MqttStats::default()),
+            CancellationToken::new(),
+        );
+        let long = "x".repeat(65_536);
+        for bad in ["", "a/+/b", "a/#", "a\0b", long.as_str()] {
+            let entry = handler.reply(request(Some(bad), "{}")).await;
+            assert_eq!(entry.topic, "onnxd/n1/models/m/result", "response topic {bad:?}");
+            let body = format!(r#"{{"reply_to": {}, "inputs": []}}"#, serde_json::json!(bad));
+            let entry = handler.reply(request(None, &body)).await;
+            assert_eq!(entry.topic, "onnxd/n1/models/m/result", "reply_to {bad:?}");
+        }
+        let entry = handler.reply(request(Some("replies/c7"), "{}")).await;
+        assert_eq!(entry.topic, "replies/c7");
+    }
+}

@@ -69,7 +69,7 @@ impl LoadSettings {
 pub struct LoadError {
     /// Version that failed.
     pub version: u64,
-    /// `signature`, `model`, `warmup` or `golden`.
+    /// `signature`, `model`, `memory`, `warmup` or `golden`.
     pub step: &'static str,
     /// What was wrong.
     pub message: String,
@@ -148,6 +148,7 @@ pub fn stage(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<Stag
     }
     let file = ModelFile::from_bytes(source.file, &bytes).map_err(|e| fail("model", e.to_string()))?;
     drop(bytes);
+    check_declared(&file.info).map_err(|m| fail("memory", m))?;
     let mut options = engine_options(&settings.engine, source.sidecar);
     if let Some(engine) = settings.force_engine {
         options.choice = engine;
@@ -184,6 +185,27 @@ pub fn stage(source: &VersionSource<'_>, settings: &LoadSettings) -> Result<Stag
         labels,
         started,
     })
+}
+
+impl Staged {
+    /// Bytes the version declares it needs at least (see [`crate::model::declared`]).
+    pub fn footprint(&self) -> u64 {
+        let info = &self.file.info;
+        info.footprint.total(info.file_size)
+    }
+}
+
+/// Refuses a version that declares more than this machine's memory, before any engine
+/// tries to allocate it (and before a replace reload drains what serves).
+fn check_declared(info: &ModelInfo) -> Result<(), String> {
+    let declared = info.footprint.total(info.file_size);
+    match super::mem_total() {
+        Some(total) if declared >= total => Err(format!(
+            "the model declares {declared} bytes ({}), more than this machine's memory ({total} bytes)",
+            info.footprint.describe()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Loads a staged version in its engine, warms it up and checks the golden sample.

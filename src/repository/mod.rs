@@ -26,7 +26,7 @@ use crate::config::ReloadMode;
 use crate::serving::handle::Versions;
 use crate::serving::{LoadedVersion, ModelHandle, Router};
 use layout::Fingerprint;
-use loader::{load_version, LoadSettings, VersionSource};
+use loader::{load_version, LoadError, LoadSettings, VersionSource};
 use sidecar::Sidecar;
 
 /// How long a `replace` reload waits for in-flight requests of the old version.
@@ -266,10 +266,9 @@ impl Repository {
             .adopted
             .take_if(|(name, v)| name == pass.name && v.version == version && v.file == file)
             .map(|(_, v)| v);
-        let replace = self.mode == ReloadMode::Replace || !memory_admits(file, (self.memory)());
         let loaded = match adopted {
             Some(loaded) => Ok(loaded),
-            None => self.load_source(pass, &source, replace),
+            None => unwound(version, || self.load_source(pass, &source)),
         };
         match loaded {
             Ok(loaded) => {
@@ -300,9 +299,10 @@ impl Repository {
         &mut self,
         pass: &mut Pass<'_>,
         source: &VersionSource<'_>,
-        replace: bool,
     ) -> Result<LoadedVersion, loader::LoadError> {
         loader::stage(source, &self.settings).and_then(|staged| {
+            let replace =
+                self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
             let drained = if replace {
                 self.drain_for(pass, source.version)
             } else {
@@ -498,16 +498,48 @@ pub fn memory_admits(file: &Path, available: Option<u64>) -> bool {
     admits(size, available)
 }
 
-/// The admission rule: a model needs about three times its file size while it loads
-/// (weights, the engine's copy, arena and optimiser scratch); unknown memory admits.
-fn admits(file_size: u64, available: Option<u64>) -> bool {
-    available.is_none_or(|available| file_size.saturating_mul(3) < available)
+/// Runs one version's load, a panic turned into its refusal: a bug in one check must not take
+/// the repository thread — and with it every later load — down.
+fn unwound(
+    version: u64,
+    load: impl FnOnce() -> Result<LoadedVersion, LoadError>,
+) -> Result<LoadedVersion, LoadError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        tracing::error!(version, panic = message, "loading a version panicked");
+        Err(LoadError {
+            version,
+            step: "model",
+            message: format!("loading panicked (a bug in onnxd): {message}"),
+        })
+    })
+}
+
+/// The admission rule: a model needs about three times its declared size while it loads
+/// (weights, the engine's copy, arena and optimiser scratch) — the declared size being the
+/// larger of its file and its weights (external data included), plus the largest value known
+/// before it runs ([`crate::model::declared`]); unknown memory admits.
+fn admits(declared: u64, available: Option<u64>) -> bool {
+    available.is_none_or(|available| declared.saturating_mul(3) < available)
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes.
 pub fn mem_available() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes: a version declaring more is refused outright.
+pub(crate) fn mem_total() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -517,10 +549,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_panicking_load_is_a_refusal_not_a_dead_thread() {
+        let err = unwound(3, || panic!("boom")).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "version 3: model: loading panicked (a bug in onnxd): boom"
+        );
+    }
+
+    #[test]
     fn admission_needs_three_times_the_file() {
         assert!(admits(100, Some(301)));
         assert!(!admits(100, Some(300)));
         assert!(admits(u64::MAX, None));
         assert!(mem_available().is_some_and(|m| m > 0));
+        assert!(mem_total() >= mem_available());
     }
 }

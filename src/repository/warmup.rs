@@ -206,6 +206,7 @@ mod tests {
                 .collect(),
             sha256: String::new(),
             file_size: 0,
+            footprint: Default::default(),
         }
     }
 

@@ -678,6 +678,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_or_segment_near_the_largest_sequence_number_is_not_trusted() {
+        // Found by the `outbox` fuzz target: a cursor file (valid CRC) holding
+        // 18446744073709551615 made the next sequence number overflow at the next append (a
+        // panic in the MQTT task; a wrapped number in release). A segment file named so did
+        // the same while counting its records.
+        let tmp = TempDir::new().unwrap();
+        let mut ob = Outbox::open(tmp.path(), limits()).unwrap();
+        append_all(&mut ob, 0..3);
+        ob.sync().unwrap();
+        drop(ob);
+        let bogus = segment_path(tmp.path(), u64::MAX);
+        fs::copy(segment_path(tmp.path(), 0), &bogus).unwrap();
+        write_cursor(tmp.path(), u64::MAX).unwrap();
+        let mut ob = Outbox::open(tmp.path(), limits()).unwrap();
+        assert!(!bogus.exists(), "the untrusted segment is deleted");
+        assert_entries(&ob.pending(10).unwrap(), 0..3);
+        ob.append(&entry(3)).unwrap();
+        assert_entries(&ob.pending(10).unwrap(), 3..4);
+    }
+
+    #[test]
     fn acks_move_the_cursor_and_delete_delivered_segments() {
         let tmp = TempDir::new().unwrap();
         let small = OutboxLimits {

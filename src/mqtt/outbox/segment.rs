@@ -59,7 +59,12 @@ pub(super) fn read_cursor(path: &Path) -> Option<Seq> {
     }
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&bytes[4..12]);
-    Some(u64::from_le_bytes(seq))
+    let seq = u64::from_le_bytes(seq);
+    if seq > LARGEST_FIRST {
+        tracing::warn!(path = %path.display(), seq, "outbox: cursor past any reachable record, replaying everything on disk");
+        return None;
+    }
+    Some(seq)
 }
 
 pub(super) fn write_cursor(dir: &Path, cursor: Seq) -> io::Result<()> {
@@ -129,6 +134,10 @@ pub(super) struct Recovered {
     pub changed: bool,
 }
 
+/// The largest sequence number a trusted segment file name or cursor may hold: 2^63, more
+/// records than a billion a second for 290 years, so counting on from it never overflows.
+const LARGEST_FIRST: Seq = 1 << 63;
+
 /// Scans the segment files `firsts` (sorted) of `dir`: indexes the intact records from
 /// `cursor` on, truncates a torn tail and deletes every later segment (and segments that
 /// overlap the previous one or were never written).
@@ -137,8 +146,9 @@ pub(super) fn recover(dir: &Path, firsts: &[Seq], cursor: Seq) -> Result<Recover
     let mut torn = false;
     for &first in firsts {
         let path = segment_path(dir, first);
-        if torn || first < found.next_seq {
-            // After a torn tail, or overlapping the previous segment: not trustworthy.
+        if torn || first < found.next_seq || first > LARGEST_FIRST {
+            // After a torn tail, overlapping the previous segment, or named by a number no
+            // outbox reaches (its sequence numbers would overflow): not trustworthy.
             let len = fs::metadata(&path)
                 .map_err(|e| io_error("reading", &path, e))?
                 .len();
