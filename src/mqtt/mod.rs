@@ -2,39 +2,46 @@
 //! shared subscription), responses out with at-least-once delivery, node and model status.
 //!
 //! - [`topics`]: the topic layout.
-//! - [`client`]: connection options (TLS, credentials, session, Last Will) and the task that
-//!   polls the event loop, reconnecting with backoff.
+//! - [`client`]: connection settings (TLS, credentials, session, Last Will).
+//! - [`wire`]: one connection at the packet level (`rumqttc`'s MQTT 5 codec).
+//! - [`session`]: the task that keeps the connection, reconnecting with backoff, and writes
+//!   what the publisher hands it.
 //! - [`requests`]: one request in, one reply out (JSON, binary framing, errors).
-//! - [`publisher`]: the thread that delivers replies and status, tracks PUBACKs, acknowledges
-//!   requests once their response is safe, and owns the [`outbox`].
+//! - [`publisher`]: the thread that delivers replies and status with packet ids of its own
+//!   ([`packet_ids`]), matches PUBACKs by id, acknowledges requests once their response is
+//!   safe, remembers them as [`answered`], and owns the [`outbox`].
 //! - [`outbox`]: the durable, checksummed queue of what the broker could not take yet.
 //! - [`stats`]: counters for `/metrics`.
 //!
 //! The daemon runs without a broker: the connection keeps retrying with backoff, results wait
 //! in the outbox, HTTP and cameras are unaffected.
 
+pub mod answered;
 pub mod client;
 pub mod outbox;
+pub mod packet_ids;
 pub mod publisher;
 pub mod requests;
+pub mod session;
 pub mod stats;
 pub mod topics;
+pub mod wire;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use rumqttc::v5::AsyncClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::serving::Router;
-use client::EventLoopTask;
+use answered::Answered;
 use outbox::{Outbox, OutboxLimits};
 use publisher::Command;
 use requests::Handler;
+use session::{Session, Wire};
 use stats::MqttStats;
 use topics::Topics;
 
@@ -72,7 +79,7 @@ impl Mqtt {
             return Ok(None);
         };
         let topics = Topics::new(&mqtt.topic_prefix, &config.node_id, &mqtt.share_group);
-        let options = client::options(mqtt, &topics)?;
+        let settings = client::settings(mqtt, &topics)?;
         let outbox = Outbox::open(
             &config.state_dir.join("outbox"),
             OutboxLimits {
@@ -89,14 +96,16 @@ impl Mqtt {
             );
         }
         let stats = Arc::new(MqttStats::default());
-        let (client, eventloop) = AsyncClient::new(options, client::CLIENT_QUEUE);
-        let (publisher, publisher_thread) = publisher::spawn(
-            client.clone(),
+        let answered = Arc::new(Answered::default());
+        let (wire, commands) = Wire::channel();
+        let (publisher, publisher_thread) = publisher::spawn(publisher::Parts {
+            wire,
             outbox,
-            router.clone(),
-            topics.clone(),
-            stats.clone(),
-        );
+            router: router.clone(),
+            topics: topics.clone(),
+            stats: stats.clone(),
+            answered: answered.clone(),
+        });
         let (stop, stopped) = watch::channel(false);
         let handler = Arc::new(Handler::new(
             router,
@@ -106,12 +115,13 @@ impl Mqtt {
             stats.clone(),
             shutdown,
         ));
-        let task = EventLoopTask {
-            eventloop,
-            client,
+        let task = Session {
+            settings,
             topics: topics.clone(),
             publisher: publisher.clone(),
             handler: handler.clone(),
+            answered,
+            commands,
             stop: stopped,
         };
         tracing::info!(host = %mqtt.broker.host, port = mqtt.broker.port, tls = mqtt.broker.tls, client_id = %mqtt.client_id, "MQTT starting");
