@@ -52,7 +52,7 @@ impl Server {
         let config = format!(
             "node_id = \"t\"\nstate_dir = \"state-{engine}\"\n[repository]\npath = \"repo\"\nwatch = false\n\
              [engine]\ndefault = \"{engine}\"\nort_library = {:?}\nintra_threads = 1\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"\"\n",
+             [http]\nlisten = \"127.0.0.1:0\"\n[grpc]\nlisten = \"\"\n[mqtt]\nurl = \"\"\n",
             common::ort_library()
         );
         let file = dir.join(format!("onnxd-{engine}.toml"));

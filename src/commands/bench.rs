@@ -1,6 +1,7 @@
-//! `onnxd bench MODEL [--http HOST:PORT]`: a load generator. Client threads send requests — to
-//! the model loaded in this process through the serving core (as every transport reaches it),
-//! or over HTTP (Triton's binary tensor extension) to a running server — for a duration or a
+//! `onnxd bench MODEL [--http HOST:PORT | --grpc HOST:PORT]`: a load generator. Client threads
+//! send requests — to the model loaded in this process through the serving core (as every
+//! transport reaches it), over HTTP (Triton's binary tensor extension) or over gRPC
+//! ([`super::bench_grpc`]) to a running server — for a duration or a
 //! count, with progress on stderr, then report throughput, latency percentiles (end to end,
 //! and the engine's own compute time) and the client's CPU time per request.
 
@@ -158,10 +159,25 @@ pub enum Target {
         /// Model name on the server.
         model: String,
     },
+    /// A running onnxd (or Triton) gRPC endpoint at `host:port`: unary `ModelInfer`, or one
+    /// `ModelStreamInfer` stream per client with `streaming`.
+    Grpc {
+        /// `host:port`.
+        address: String,
+        /// Model name on the server.
+        model: String,
+        /// One stream per client instead of unary calls.
+        streaming: bool,
+    },
 }
 
 /// One client's way of sending a request; returns the server's compute time.
 type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
+
+fn grpc_call(address: &str, model: &str, streaming: bool) -> Call {
+    let mut client = super::bench_grpc::GrpcClient::new(address, model, streaming);
+    Box::new(move |inputs: &Tensors| client.call(inputs))
+}
 
 fn http_call(address: &str, model: &str) -> Call {
     let mut client = super::bench_http::HttpClient::new(address, model);
@@ -201,6 +217,11 @@ pub fn bench(
         match target {
             Target::InProcess => in_process_call(served.clone()),
             Target::Http { address, model } => http_call(address, model),
+            Target::Grpc {
+                address,
+                model,
+                streaming,
+            } => grpc_call(address, model, *streaming),
         }
     };
     let mut warmup = new_call();
@@ -219,6 +240,14 @@ pub fn bench(
             )
         }
         Target::Http { address, model } => (format!("http://{address}"), model.clone()),
+        Target::Grpc {
+            address,
+            model,
+            streaming,
+        } => {
+            let how = if *streaming { "grpc+stream" } else { "grpc" };
+            (format!("{how}://{address}"), model.clone())
+        }
     };
     let executions = || executions(&served);
     let before = executions();
