@@ -1,8 +1,8 @@
 //! Generates the gRPC service and messages of `proto/` (the KServe V2 / Triton inference
 //! protocol) at build time. `protox`, a protobuf compiler in Rust, parses the files, so no
 //! `protoc` is needed or downloaded; `tonic-prost-build` turns the descriptors into prost
-//! messages and the tonic server (no client) in `$OUT_DIR/inference.rs`, which
-//! `src/grpc/proto.rs` includes.
+//! messages, the tonic server and the client (`onnxd bench --grpc`, tests) in
+//! `$OUT_DIR/inference.rs`, which `src/grpc/proto.rs` includes.
 
 use std::error::Error;
 
@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])
         .map_err(|e| format!("cannot compile the protocol definitions in proto/: {e:?}"))?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .build_transport(false)
         .compile_fds(descriptors)?;

@@ -79,7 +79,7 @@ def daemon(binary, engine, seconds):
         sock.bind(notify)
         sock.settimeout(120)
         env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="30000000", RUST_LOG="warn",
-                   ONNXD_HTTP__LISTEN=f"127.0.0.1:{port}", ONNXD_STATE_DIR=work,
+                   ONNXD_HTTP__LISTEN=f"127.0.0.1:{port}", ONNXD_GRPC__LISTEN="", ONNXD_STATE_DIR=work,
                    ONNXD_REPOSITORY__PATH=repository(work, engine))
         started = time.monotonic()
         proc = subprocess.Popen([binary, "run", "-c", os.path.join(ROOT, "config/onnxd.toml")], env=env,

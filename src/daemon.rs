@@ -1,10 +1,10 @@
 //! The daemon as a library (the mini-redis shape): [`Daemon::start`] wires the serving core,
-//! the repository, HTTP, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
+//! the repository, HTTP, gRPC, MQTT and the cameras from a validated [`Config`]; [`Daemon::reload`]
 //! is SIGHUP; [`Daemon::shutdown`] is SIGTERM's drain. `onnxd run` is a signal loop around it,
 //! and tests start it in-process.
 //!
 //! One shutdown signal ([`CancellationToken`]) reaches every part that takes work: the HTTP
-//! listener closes, MQTT stops taking requests (later ones stay with the broker), cameras stop.
+//! and gRPC listeners close (gRPC streams stop reading requests), MQTT stops taking requests (later ones stay with the broker), cameras stop.
 //! Then what is in flight finishes (at most `drain_secs`), MQTT publishes `stopped` and
 //! disconnects, and the repository thread ends.
 
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::camera::pipeline::{Cameras, NoOutputs, Outputs};
 use crate::config::{Config, ConfigError};
+use crate::grpc::{self, GrpcMetrics, GrpcState};
 use crate::http::{self, HttpState};
 use crate::mqtt::topics::Topics;
 use crate::mqtt::{Mqtt, Sink};
@@ -40,6 +41,12 @@ pub enum StartError {
     /// The HTTPS certificate or key is refused by rustls.
     #[error("http.tls_cert / http.tls_key: {0}")]
     Tls(std::io::Error),
+    /// The gRPC address cannot be bound (in use, no permission).
+    #[error("grpc.listen: cannot listen on {0}: {1}")]
+    GrpcListen(SocketAddr, std::io::Error),
+    /// The gRPC server cannot start (its TLS settings).
+    #[error(transparent)]
+    Grpc(#[from] grpc::StartError),
     /// The repository watch cannot be set up.
     #[error("repository.path: cannot watch: {0}")]
     Watch(#[from] notify::Error),
@@ -60,6 +67,7 @@ pub struct Daemon {
     shutdown: CancellationToken,
     repository: RepositoryThread,
     http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    grpc: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     mqtt: Option<Mqtt>,
     cameras: Cameras,
     service: Service,
@@ -72,14 +80,8 @@ impl Daemon {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| StartError::StateDir(config.state_dir.display().to_string(), e))?;
         // Bind first: a port in use is a start-up error, not a late surprise.
-        let listener = match config.http.listen {
-            Some(address) => Some(
-                tokio::net::TcpListener::bind(address)
-                    .await
-                    .map_err(|e| StartError::Listen(address, e))?,
-            ),
-            None => None,
-        };
+        let listener = bind(config.http.listen, StartError::Listen).await?;
+        let grpc_listener = bind(config.grpc.listen, StartError::GrpcListen).await?;
         let router = Arc::new(Router::default());
         let metrics = Arc::new(Metrics::default());
         metrics.add(Arc::new(ModelMetrics(router.clone())));
@@ -104,6 +106,10 @@ impl Daemon {
             token: config.http.token.clone(),
             metrics: metrics.clone(),
         });
+        let grpc = match grpc_listener {
+            Some(listener) => Some(serve_grpc(&config, listener, &state, shutdown.clone())?),
+            None => None,
+        };
         let http = match listener {
             Some(listener) => Some(serve_http(&config, listener, state, shutdown.clone()).await?),
             None => None,
@@ -116,6 +122,7 @@ impl Daemon {
             shutdown,
             repository,
             http,
+            grpc,
             mqtt,
             cameras,
             service: Service,
@@ -127,6 +134,11 @@ impl Daemon {
     /// The bound HTTP address (useful with port 0).
     pub fn http_address(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|(address, _)| *address)
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|(address, _)| *address)
     }
 
     /// The serving core.
@@ -176,6 +188,12 @@ impl Daemon {
                 tracing::warn!("HTTP requests still running after drain_secs: abandoned");
             }
         };
+        let grpc = async {
+            let Some((_, server)) = self.grpc else { return };
+            if tokio::time::timeout(wait, server).await.is_err() {
+                tracing::warn!("gRPC requests or streams still running after drain_secs: abandoned");
+            }
+        };
         let mqtt_requests = async {
             let Some(mqtt) = &self.mqtt else { return };
             let left = mqtt.drain(wait).await;
@@ -186,7 +204,7 @@ impl Daemon {
                 );
             }
         };
-        tokio::join!(self.cameras.stop(), http, mqtt_requests);
+        tokio::join!(self.cameras.stop(), http, grpc, mqtt_requests);
         if let Some(mqtt) = self.mqtt {
             mqtt.stop(Duration::from_secs(5)).await;
         }
@@ -276,6 +294,44 @@ impl Outputs for MqttOutputs {
         self.sink.retain(format!("{topic}/detail"), Vec::new());
         self.sink.retain(topic, Vec::new());
     }
+}
+
+/// A listener on `address` (`None`: that endpoint is off); a failure is `error`'s.
+async fn bind(
+    address: Option<SocketAddr>,
+    error: fn(SocketAddr, std::io::Error) -> StartError,
+) -> Result<Option<tokio::net::TcpListener>, StartError> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address).await;
+    listener.map(Some).map_err(|e| error(address, e))
+}
+
+/// Starts gRPC on its bound listener, with `[http]`'s token, TLS identity and size limit and
+/// the HTTP state's router, repository and readiness; its counters join the metrics.
+fn serve_grpc(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    http: &HttpState,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| StartError::GrpcListen(config.grpc.listen.expect("bound"), e))?;
+    let metrics = Arc::new(GrpcMetrics::default());
+    http.metrics.add(metrics.clone());
+    let state = Arc::new(GrpcState {
+        router: http.router.clone(),
+        repository: http.repository.clone(),
+        ready: http.ready.clone(),
+        token: config.http.token.clone(),
+        max_message_bytes: config.http.max_body_bytes,
+        shutdown,
+        metrics,
+    });
+    let server = grpc::serve(listener, state, config.http.tls.as_ref())?;
+    Ok((address, server))
 }
 
 async fn serve_http(

@@ -98,7 +98,7 @@ enum Command {
         engine: EngineArgs,
     },
     /// Generate load against an in-process model and report throughput and latency.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// `onnxd bench`'s arguments.
@@ -131,7 +131,14 @@ struct BenchArgs {
     /// file still provides the inputs' signature).
     #[arg(long)]
     http: Option<String>,
-    /// Model name on the HTTP server or MQTT daemon (default: the file's stem).
+    /// Send the requests over gRPC (KServe V2 / Triton ModelInfer, raw contents) to a running
+    /// server at HOST:PORT instead.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "http")]
+    grpc: Option<String>,
+    /// gRPC: one ModelStreamInfer stream per client instead of unary calls.
+    #[arg(long, requires = "grpc")]
+    streaming: bool,
+    /// Model name on the HTTP/gRPC server or MQTT daemon (default: the file's stem).
     #[arg(long, visible_alias = "model")]
     model_name: Option<String>,
     /// In-process: batch up to this many rows (0 = no batching) [default: the model
@@ -152,7 +159,7 @@ struct BenchArgs {
 struct MqttBenchArgs {
     /// Send the requests over MQTT 5 (QoS 1, response topic + correlation data) through the
     /// broker at HOST:PORT to a running daemon instead; a single `-i` FILE.json is sent as it is.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "http")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["http", "grpc"])]
     mqtt: Option<String>,
     /// MQTT: the daemon's node id (default: this host's name, as the daemon's own default).
     #[arg(long, requires = "mqtt")]
@@ -269,7 +276,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print(&format!("{}\n", serde_json::to_string_pretty(&response)?))?;
             Ok(())
         }
-        Command::Bench(args) => bench_command(args),
+        Command::Bench(args) => bench_command(*args),
     }
 }
 
@@ -295,9 +302,14 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
             args.json,
         );
     }
-    let target = match args.http {
-        Some(address) => bench::Target::Http { address, model: name },
-        None => bench::Target::InProcess,
+    let target = match (args.http, args.grpc) {
+        (Some(address), _) => bench::Target::Http { address, model: name },
+        (None, Some(address)) => bench::Target::Grpc {
+            address,
+            model: name,
+            streaming: args.streaming,
+        },
+        (None, None) => bench::Target::InProcess,
     };
     let mut settings = args.engine.settings(args.instances);
     settings.batching = BatchOverrides {

@@ -561,7 +561,7 @@ fn daemon_loads_the_repository_rescans_on_sighup_and_stops_on_sigterm() {
     // No inotify watch: only SIGHUP makes the daemon look again.
     std::fs::write(
         &config,
-        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\nwatch = false\n",
+        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\nwatch = false\n[grpc]\nlisten = \"\"\n",
     )
     .unwrap();
     let daemon = Onnxd::spawn(&config, &[("RUST_LOG", "info")]);
@@ -655,7 +655,7 @@ fn bench_drives_a_running_daemon_over_http() {
     .unwrap();
     let port = common::free_port();
     let config = dir.path().join("onnxd.toml");
-    std::fs::write(&config, format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    std::fs::write(&config, format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[grpc]\nlisten = \"\"\n")).unwrap();
     let mut daemon = Onnxd::spawn(&config, &[]);
     assert_eq!(
         wait_until_ready(&format!("http://127.0.0.1:{port}/v2/health/ready")),
@@ -737,7 +737,7 @@ fn https_serves_with_the_configured_certificate() {
     let config = dir.path().join("onnxd.toml");
     std::fs::write(
         &config,
-        format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"),
+        format!("node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n[grpc]\nlisten = \"\"\n"),
     )
     .unwrap();
     let mut daemon = Onnxd::spawn(&config, &[]);

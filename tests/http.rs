@@ -55,7 +55,7 @@ fn start_with(token: Option<&str>, prepare: impl FnOnce(&Path)) -> Server {
     let mut config = format!(
         "node_id = \"t\"\nstate_dir = \"state\"\ndrain_secs = 5\n[repository]\npath = \"models\"\nsettle_ms = 50\n\
          [engine]\nort_library = {:?}\nintra_threads = 1\n\
-         [http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {MAX_BODY}\n[mqtt]\nurl = \"\"\n",
+         [http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {MAX_BODY}\n[grpc]\nlisten = \"\"\n[mqtt]\nurl = \"\"\n",
         common::ort_library()
     );
     if let Some(token) = token {

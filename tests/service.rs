@@ -65,7 +65,7 @@ fn start() -> Started {
     let config = dir.path().join("onnxd.toml");
     std::fs::write(
         &config,
-        format!("node_id = \"svc\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[mqtt]\nurl = \"\"\n"),
+        format!("node_id = \"svc\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[grpc]\nlisten = \"\"\n[mqtt]\nurl = \"\"\n"),
     )
     .unwrap();
     let socket_path = dir.path().join("notify.sock");

@@ -4,10 +4,11 @@
 //! `[output]`, the transport's extra fields — and the outputs, each as JSON `data` or, when the
 //! request asked for binary, as raw bytes after the JSON (Triton's binary tensor extension).
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::pipeline::postprocess::Detection;
-use crate::tensor::kserve::OutputTensor;
+use crate::tensor::kserve::JsonData;
 use crate::tensor::Tensors;
 
 /// What a response says, independent of the transport.
@@ -61,59 +62,95 @@ impl Encoding {
     }
 }
 
+/// The JSON header of a response, serialised straight from the reply (no `Value` tree):
+/// field order as Triton writes it, then the transport's extra fields.
+#[derive(Serialize)]
+struct Header<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    parameters: Parameters<'a>,
+    outputs: Vec<Output<'a>>,
+    engine: &'a str,
+    inference_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a [Detection]>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Parameters<'a> {
+    engine: &'a str,
+    provider: &'a str,
+    inference_us: u64,
+}
+
+/// One output: its elements as JSON `data`, or the size of its bytes after the JSON.
+#[derive(Serialize)]
+struct Output<'a> {
+    name: &'a str,
+    shape: &'a [usize],
+    datatype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
 /// Encodes a response; `extra` fields join the JSON header. Returns the body and, when binary
 /// outputs follow the JSON, the JSON's length (`Inference-Header-Content-Length`).
 pub fn encode(reply: &Reply<'_>, encoding: &Encoding, extra: Map<String, Value>) -> (Vec<u8>, Option<usize>) {
-    let mut header = Map::new();
-    header.insert("model_name".into(), reply.model.into());
-    header.insert("model_version".into(), reply.version.to_string().into());
-    if let Some(id) = reply.id {
-        header.insert("id".into(), id.clone());
-    }
-    header.insert(
-        "parameters".into(),
-        json!({ "engine": reply.engine, "provider": reply.provider, "inference_us": reply.inference_us }),
-    );
-    header.insert("engine".into(), reply.engine.into());
-    header.insert("inference_us".into(), reply.inference_us.into());
-    if let Some(result) = reply.result {
-        header.insert(
-            "result".into(),
-            serde_json::to_value(result).expect("detections serialise"),
-        );
-    }
-    header.extend(extra);
-    let mut tail = Vec::new();
-    let outputs: Vec<OutputTensor> = reply
+    let mut binary = Vec::new();
+    let outputs = reply
         .outputs
         .iter()
         .map(|(name, tensor)| {
-            if !encoding.binary(name) {
-                return OutputTensor::from_tensor(name, tensor);
+            let as_binary = encoding.binary(name);
+            if as_binary {
+                binary.push(tensor);
             }
-            let bytes = tensor.to_wire();
-            let mut parameters = Map::new();
-            parameters.insert("binary_data_size".into(), bytes.len().into());
-            tail.extend_from_slice(&bytes);
-            OutputTensor {
-                name: name.clone(),
-                shape: tensor.shape().to_vec(),
-                datatype: tensor.dtype().kserve_name().into(),
-                parameters: Some(parameters),
-                data: None,
+            Output {
+                name,
+                shape: tensor.shape(),
+                datatype: tensor.dtype().kserve_name(),
+                parameters: as_binary.then(|| BinarySize {
+                    binary_data_size: tensor.wire_len(),
+                }),
+                data: (!as_binary).then_some(JsonData(tensor)),
             }
         })
         .collect();
-    header.insert(
-        "outputs".into(),
-        serde_json::to_value(outputs).expect("outputs serialise"),
-    );
-    let mut body = serde_json::to_vec(&header).expect("response serialises");
-    if tail.is_empty() {
+    let header = Header {
+        model_name: reply.model,
+        model_version: reply.version.to_string(),
+        id: reply.id,
+        parameters: Parameters {
+            engine: reply.engine,
+            provider: reply.provider,
+            inference_us: reply.inference_us,
+        },
+        outputs,
+        engine: reply.engine,
+        inference_us: reply.inference_us,
+        result: reply.result,
+        extra: &extra,
+    };
+    let mut body = Vec::with_capacity(256 + binary.iter().map(|t| t.wire_len()).sum::<usize>());
+    serde_json::to_writer(&mut body, &header).expect("response serialises");
+    if binary.is_empty() {
         return (body, None);
     }
     let length = body.len();
-    body.extend_from_slice(&tail);
+    for tensor in binary {
+        tensor.write_wire(&mut body);
+    }
     (body, Some(length))
 }
 

@@ -1,6 +1,7 @@
-//! `onnxd bench MODEL [--http HOST:PORT]`: a load generator. Client threads send requests — to
-//! the model loaded in this process through the serving core (as every transport reaches it),
-//! or over HTTP (Triton's binary tensor extension) to a running server — for a duration or a
+//! `onnxd bench MODEL [--http HOST:PORT | --grpc HOST:PORT]`: a load generator. Client threads
+//! send requests — to the model loaded in this process through the serving core (as every
+//! transport reaches it), over HTTP (Triton's binary tensor extension) or over gRPC
+//! ([`super::bench_grpc`]) to a running server — for a duration or a
 //! count, with progress on stderr, then report throughput, latency percentiles (end to end,
 //! and the engine's own compute time) and the client's CPU time per request.
 
@@ -158,65 +159,29 @@ pub enum Target {
         /// Model name on the server.
         model: String,
     },
+    /// A running onnxd (or Triton) gRPC endpoint at `host:port`: unary `ModelInfer`, or one
+    /// `ModelStreamInfer` stream per client with `streaming`.
+    Grpc {
+        /// `host:port`.
+        address: String,
+        /// Model name on the server.
+        model: String,
+        /// One stream per client instead of unary calls.
+        streaming: bool,
+    },
 }
 
 /// One client's way of sending a request; returns the server's compute time.
 type Call = Box<dyn FnMut(&Tensors) -> Result<Duration, String> + Send>;
 
-/// The binary-framed request body for `inputs`, and its JSON header length.
-fn binary_request(inputs: &Tensors) -> (Vec<u8>, usize) {
-    let wires: Vec<Vec<u8>> = inputs.iter().map(|(_, t)| t.to_wire()).collect();
-    let header = serde_json::json!({
-        "inputs": inputs.iter().zip(&wires).map(|((name, t), wire)| serde_json::json!({
-            "name": name,
-            "shape": t.shape(),
-            "datatype": t.dtype().kserve_name(),
-            "parameters": { "binary_data_size": wire.len() },
-        })).collect::<Vec<_>>(),
-        "parameters": { "binary_data_output": true },
-    });
-    let mut body = serde_json::to_vec(&header).expect("header serialises");
-    let length = body.len();
-    for wire in wires {
-        body.extend_from_slice(&wire);
-    }
-    (body, length)
+fn grpc_call(address: &str, model: &str, streaming: bool) -> Call {
+    let mut client = super::bench_grpc::GrpcClient::new(address, model, streaming);
+    Box::new(move |inputs: &Tensors| client.call(inputs))
 }
 
 fn http_call(address: &str, model: &str) -> Call {
-    let url = format!("http://{address}/v2/models/{model}/infer");
-    let client = reqwest::Client::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
-    Box::new(move |inputs: &Tensors| {
-        let (body, length) = binary_request(inputs);
-        runtime.block_on(async {
-            let response = client
-                .post(&url)
-                .header("Inference-Header-Content-Length", length)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let ok = response.status().is_success();
-            let header_length: Option<usize> = response
-                .headers()
-                .get("inference-header-content-length")
-                .and_then(|v| v.to_str().ok()?.parse().ok());
-            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            let json: serde_json::Value =
-                serde_json::from_slice(&bytes[..header_length.unwrap_or(bytes.len()).min(bytes.len())])
-                    .map_err(|e| e.to_string())?;
-            if !ok {
-                return Err(json["error"].as_str().unwrap_or("HTTP error").to_string());
-            }
-            Ok(Duration::from_micros(
-                json["parameters"]["inference_us"].as_u64().unwrap_or(0),
-            ))
-        })
-    })
+    let mut client = super::bench_http::HttpClient::new(address, model);
+    Box::new(move |inputs: &Tensors| client.call(inputs))
 }
 
 /// CPU time (user + system) of this process so far.
@@ -252,6 +217,11 @@ pub fn bench(
         match target {
             Target::InProcess => in_process_call(served.clone()),
             Target::Http { address, model } => http_call(address, model),
+            Target::Grpc {
+                address,
+                model,
+                streaming,
+            } => grpc_call(address, model, *streaming),
         }
     };
     let mut warmup = new_call();
@@ -270,11 +240,22 @@ pub fn bench(
             )
         }
         Target::Http { address, model } => (format!("http://{address}"), model.clone()),
+        Target::Grpc {
+            address,
+            model,
+            streaming,
+        } => {
+            let how = if *streaming { "grpc+stream" } else { "grpc" };
+            (format!("{how}://{address}"), model.clone())
+        }
     };
     let executions = || executions(&served);
     let before = executions();
     let cpu_before = process_cpu();
-    let measured = drive(plan, new_call, &inputs);
+    let measured = match target {
+        Target::InProcess => drive_in_process(plan, &served, &inputs),
+        Target::Http { .. } => drive(plan, new_call, &inputs),
+    };
     let cpu = process_cpu().saturating_sub(cpu_before);
     let in_process = matches!(target, Target::InProcess);
     let (inferences, runs) = (executions().0 - before.0, executions().1 - before.1);
@@ -308,26 +289,31 @@ fn executions(served: &Served) -> (u64, u64) {
         .fold((0, 0), |(i, e), v| (i + v.inferences, e + v.executions))
 }
 
-/// A client of the model in this process, through the serving core (as every transport).
+/// One in-process request: the model's inputs, through the serving core (as every transport).
+fn in_process_request(served: &Served, inputs: &Tensors) -> InferRequest {
+    InferRequest {
+        model: served.name.clone(),
+        inputs: inputs.clone(),
+        ..Default::default()
+    }
+}
+
+/// The warm-up's client of the model in this process.
 fn in_process_call(served: Arc<Served>) -> Call {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("client runtime");
     Box::new(move |inputs: &Tensors| {
-        let request = InferRequest {
-            model: served.name.clone(),
-            inputs: inputs.clone(),
-            ..Default::default()
-        };
         let response = runtime
-            .block_on(served.router.infer(request))
+            .block_on(served.router.infer(in_process_request(&served, inputs)))
             .map_err(|e| e.to_string())?;
         Ok(response.compute_time)
     })
 }
 
 /// What the clients measured.
+#[derive(Default)]
 struct Measured {
     latencies: Vec<f64>,
     computes: Vec<f64>,
@@ -335,68 +321,134 @@ struct Measured {
     seconds: f64,
 }
 
-/// Runs `plan.concurrency` client threads until the duration or count is reached, with
-/// progress on stderr.
+impl Measured {
+    fn record(&mut self, started: Instant, outcome: Result<Duration, String>) {
+        match outcome {
+            Ok(compute) => {
+                self.latencies.push(started.elapsed().as_secs_f64() * 1e6);
+                self.computes.push(compute.as_secs_f64() * 1e6);
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// All clients' figures, measured up to the last client's last reply (not to the progress
+    /// loop's next tick).
+    fn merge(started: Instant, clients: impl IntoIterator<Item = (Measured, Instant)>) -> Measured {
+        let mut all = Measured::default();
+        let mut finished = started;
+        for (measured, end) in clients {
+            all.latencies.extend(measured.latencies);
+            all.computes.extend(measured.computes);
+            all.errors += measured.errors;
+            finished = finished.max(end);
+        }
+        all.seconds = (finished - started).as_secs_f64();
+        all
+    }
+}
+
+/// What the clients share: when to stop and how many requests were issued.
+#[derive(Clone)]
+struct Pacing {
+    stop: Arc<AtomicBool>,
+    issued: Arc<AtomicU64>,
+    count: Option<u64>,
+}
+
+impl Pacing {
+    fn new(plan: &BenchPlan) -> Pacing {
+        Pacing {
+            stop: Arc::new(AtomicBool::new(false)),
+            issued: Arc::new(AtomicU64::new(0)),
+            count: plan.count,
+        }
+    }
+
+    /// Whether a client may send one more request.
+    fn next(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        self.count.is_none_or(|c| n < c)
+    }
+
+    /// Shows progress until every client is done; stops them when the duration is over.
+    fn watch(&self, plan: &BenchPlan, started: Instant, done: impl Fn() -> bool) {
+        let mut progress = Progress::new(plan);
+        while !done() {
+            std::thread::sleep(Duration::from_millis(50));
+            let elapsed = started.elapsed();
+            progress.update(elapsed, self.issued.load(Ordering::Relaxed));
+            if plan.count.is_none() && elapsed >= plan.duration {
+                self.stop.store(true, Ordering::Relaxed);
+            }
+        }
+        progress.finish();
+    }
+}
+
+/// Runs `plan.concurrency` client threads, each with its own [`Call`], until the duration or
+/// count is reached, with progress on stderr.
 fn drive(plan: &BenchPlan, new_call: impl Fn() -> Call, inputs: &Tensors) -> Measured {
-    let mut progress = Progress::new(plan);
-    let stop = Arc::new(AtomicBool::new(false));
-    let issued = Arc::new(AtomicU64::new(0));
+    let pacing = Pacing::new(plan);
     let started = Instant::now();
     let clients: Vec<_> = (0..plan.concurrency.max(1))
         .map(|_| {
-            let (mut call, inputs, stop, issued) = (new_call(), inputs.clone(), stop.clone(), issued.clone());
-            let count = plan.count;
+            let (mut call, inputs, pacing) = (new_call(), inputs.clone(), pacing.clone());
             std::thread::spawn(move || {
-                let mut measured = Measured {
-                    latencies: Vec::new(),
-                    computes: Vec::new(),
-                    errors: 0,
-                    seconds: 0.0,
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let n = issued.fetch_add(1, Ordering::Relaxed);
-                    if count.is_some_and(|c| n >= c) {
-                        break;
-                    }
+                let mut measured = Measured::default();
+                while pacing.next() {
                     let t0 = Instant::now();
-                    match call(&inputs) {
-                        Ok(compute) => {
-                            measured.latencies.push(t0.elapsed().as_secs_f64() * 1e6);
-                            measured.computes.push(compute.as_secs_f64() * 1e6);
-                        }
-                        Err(_) => measured.errors += 1,
-                    }
+                    measured.record(t0, call(&inputs));
                 }
                 (measured, Instant::now())
             })
         })
         .collect();
-    while !clients.iter().all(|c| c.is_finished()) {
-        std::thread::sleep(Duration::from_millis(50));
-        let elapsed = started.elapsed();
-        progress.update(elapsed, issued.load(Ordering::Relaxed));
-        if plan.count.is_none() && elapsed >= plan.duration {
-            stop.store(true, Ordering::Relaxed);
+    pacing.watch(plan, started, || clients.iter().all(|c| c.is_finished()));
+    Measured::merge(
+        started,
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("bench client thread")),
+    )
+}
+
+/// In-process clients: `plan.concurrency` tasks on one multi-threaded runtime calling the
+/// serving core, as the transports' connection tasks do (not one thread per client: a reply
+/// would then cost a thread wake-up that no transport pays).
+fn drive_in_process(plan: &BenchPlan, served: &Arc<Served>, inputs: &Tensors) -> Measured {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let pacing = Pacing::new(plan);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..plan.concurrency.max(1))
+        .map(|_| {
+            let (served, inputs, pacing) = (served.clone(), inputs.clone(), pacing.clone());
+            runtime.spawn(async move {
+                let mut measured = Measured::default();
+                while pacing.next() {
+                    let t0 = Instant::now();
+                    let outcome = served.router.infer(in_process_request(&served, &inputs)).await;
+                    measured.record(t0, outcome.map(|r| r.compute_time).map_err(|e| e.to_string()));
+                }
+                (measured, Instant::now())
+            })
+        })
+        .collect();
+    pacing.watch(plan, started, || clients.iter().all(|c| c.is_finished()));
+    let joined = runtime.block_on(async {
+        let mut joined = Vec::with_capacity(clients.len());
+        for client in clients {
+            joined.push(client.await.expect("bench client task"));
         }
-    }
-    progress.finish();
-    let mut all = Measured {
-        latencies: Vec::new(),
-        computes: Vec::new(),
-        errors: 0,
-        seconds: 0.0,
-    };
-    let mut finished = started;
-    for client in clients {
-        let (measured, end) = client.join().expect("bench client thread");
-        all.latencies.extend(measured.latencies);
-        all.computes.extend(measured.computes);
-        all.errors += measured.errors;
-        finished = finished.max(end);
-    }
-    // Measured up to the last client's last reply, not to the progress loop's next tick.
-    all.seconds = (finished - started).as_secs_f64();
-    all
+        joined
+    });
+    Measured::merge(started, joined)
 }
 
 impl std::fmt::Display for BenchReport {
@@ -406,9 +458,8 @@ impl std::fmt::Display for BenchReport {
             "engine {} ({}), concurrency {}",
             self.engine, self.provider, self.concurrency
         )?;
-        match self.instances {
-            Some(n) => write!(f, ", {n} instance(s)")?,
-            None => {}
+        if let Some(n) = self.instances {
+            write!(f, ", {n} instance(s)")?;
         }
         match (self.max_batch_size, self.mean_batch) {
             (Some(0), _) => writeln!(f, ", no batching")?,

@@ -2,6 +2,8 @@
 //! here, so tests reach every command through the library.
 
 pub mod bench;
+pub mod bench_grpc;
+pub mod bench_http;
 pub mod bench_mqtt;
 pub mod check;
 pub mod infer;

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub engine: EngineConfig,
     /// `[http]`.
     pub http: FileHttp,
+    /// `[grpc]`.
+    pub grpc: FileGrpc,
     /// `[mqtt]`.
     pub mqtt: FileMqtt,
     /// `[[camera]]` entries.
@@ -42,6 +44,7 @@ impl Default for FileConfig {
             repository: RepositoryConfig::default(),
             engine: EngineConfig::default(),
             http: FileHttp::default(),
+            grpc: FileGrpc::default(),
             mqtt: FileMqtt::default(),
             camera: Vec::new(),
         }
@@ -152,6 +155,22 @@ impl Default for FileHttp {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+/// `[grpc]`: the KServe V2 / Triton gRPC endpoint (token, TLS and size limit are `[http]`'s).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileGrpc {
+    /// Listen address; empty disables gRPC.
+    pub listen: String,
+}
+
+impl Default for FileGrpc {
+    fn default() -> Self {
+        FileGrpc {
+            listen: "127.0.0.1:8001".into(),
         }
     }
 }

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::engine::EngineOptions;
 pub use file::{CameraConfig, EngineConfig, ReloadMode, RepositoryConfig};
-use file::{FileConfig, FileHttp, FileMqtt};
+use file::{FileConfig, FileGrpc, FileHttp, FileMqtt};
 
 /// Where the config file is looked for when `-c` is not given (after `$ONNXD_CONFIG`).
 pub const SEARCH_PATHS: [&str; 2] = ["/etc/onnxd/onnxd.toml", "config/onnxd.toml"];
@@ -102,6 +102,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// `[http]`.
     pub http: HttpConfig,
+    /// `[grpc]`.
+    pub grpc: GrpcConfig,
     /// `[mqtt]`; `None` when `url` is empty.
     pub mqtt: Option<MqttConfig>,
     /// `[[camera]]` entries.
@@ -121,6 +123,13 @@ pub struct HttpConfig {
     pub tls: Option<Identity>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+}
+
+/// `[grpc]`, validated. The token, TLS identity and message size limit are `[http]`'s.
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    /// Listen address; `None` disables gRPC.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The broker of `mqtt.url`.
@@ -393,6 +402,7 @@ impl Checker {
         Ok(Config {
             file: self.file.clone(),
             http: self.http(&raw.http)?,
+            grpc: self.grpc(&raw.grpc)?,
             mqtt: self.mqtt(&raw.mqtt, &node_id)?,
             camera: self.cameras(raw.camera)?,
             node_id,
@@ -405,21 +415,37 @@ impl Checker {
         })
     }
 
-    fn http(&self, raw: &FileHttp) -> Result<HttpConfig, ConfigError> {
-        let listen = match raw.listen.as_str() {
-            "" => None,
-            address => Some(address.parse::<SocketAddr>().map_err(|_| {
+    /// A `listen` value: an address, or `None` for "" (the endpoint disabled).
+    fn listen(
+        &self,
+        key: &str,
+        value: &str,
+        example: &str,
+        what: &str,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        match value {
+            "" => Ok(None),
+            address => address.parse::<SocketAddr>().map(Some).map_err(|_| {
                 self.invalid(
-                    "http.listen",
-                    "expected an address like \"127.0.0.1:8000\" or \"\" to disable HTTP",
+                    key,
+                    format!("expected an address like \"{example}\" or \"\" to disable {what}"),
                 )
-            })?),
-        };
+            }),
+        }
+    }
+
+    fn http(&self, raw: &FileHttp) -> Result<HttpConfig, ConfigError> {
         Ok(HttpConfig {
-            listen,
+            listen: self.listen("http.listen", &raw.listen, "127.0.0.1:8000", "HTTP")?,
             token: self.secret("http.token_file", &raw.token_file)?,
             tls: self.identity(["http.tls_cert", "http.tls_key"], &raw.tls_cert, &raw.tls_key)?,
             max_body_bytes: usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX),
+        })
+    }
+
+    fn grpc(&self, raw: &FileGrpc) -> Result<GrpcConfig, ConfigError> {
+        Ok(GrpcConfig {
+            listen: self.listen("grpc.listen", &raw.listen, "127.0.0.1:8001", "gRPC")?,
         })
     }
 

@@ -17,6 +17,7 @@ fn relative_paths_resolve_against_the_config_file() {
     assert_eq!(config.repository.path, dir.path().join("models"));
     assert_eq!(config.state_dir, dir.path().join("state"));
     assert_eq!(config.http.listen, Some("127.0.0.1:8000".parse().unwrap()));
+    assert_eq!(config.grpc.listen, Some("127.0.0.1:8001".parse().unwrap()));
 }
 
 #[test]
@@ -49,6 +50,14 @@ fn unknown_keys_and_bad_values_name_the_key() {
     let path = write(dir.path(), "[http]\nlisten = \"nowhere\"\n");
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("http.listen"), "{err}");
+    let path = write(dir.path(), "[grpc]\nlisten = \"localhost\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("grpc.listen") && err.contains("127.0.0.1:8001"),
+        "{err}"
+    );
+    let path = write(dir.path(), "[grpc]\nlisten = \"\"\n");
+    assert_eq!(Config::load(&path).unwrap().grpc.listen, None);
     let path = write(dir.path(), "[mqtt]\nurl = \"tcp://127.0.0.1\"\n");
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("mqtt.url"), "{err}");

@@ -23,8 +23,22 @@ use tokio::sync::oneshot;
 use super::EngineError;
 use crate::tensor::{Tensor, Tensors};
 
-/// How long an idle instance thread polls for the next request before it sleeps.
-pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
+/// How long an idle instance thread polls for the next request before it sleeps: waking a
+/// sleeping thread costs tens of microseconds on virtual machines — more than a small model's
+/// whole inference — so a busy model's threads poll briefly (yielding) before they sleep; an
+/// idle model's threads sleep. With one CPU (an affinity mask or a cgroup quota of one) the
+/// poller would only take turns with the thread it waits for: no polling then.
+pub fn spin_before_sleep() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus > 1 {
+            Duration::from_micros(50)
+        } else {
+            Duration::ZERO
+        }
+    })
+}
 
 /// How a version batches (from the sidecar's `max_batch_size` and `[batching]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +157,9 @@ struct State {
     jobs: VecDeque<Job>,
     closed: bool,
     next_seq: u64,
+    /// Instance threads blocked on `ready` (a push wakes one only when there is one: the
+    /// futex call is saved while they poll).
+    sleeping: usize,
 }
 
 /// The queue of one version, shared by its instance threads.
@@ -163,6 +180,7 @@ impl BatchQueue {
                 jobs: VecDeque::new(),
                 closed: false,
                 next_seq: 0,
+                sleeping: 0,
             }),
             ready: Condvar::new(),
             order,
@@ -195,8 +213,11 @@ impl BatchQueue {
         job.seq = state.next_seq;
         state.next_seq += 1;
         state.jobs.push_back(job);
+        let wake = state.sleeping > 0;
         drop(state);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -227,15 +248,14 @@ impl BatchQueue {
                 if state.closed {
                     return None;
                 }
-                if idle_since.elapsed() < SPIN_BEFORE_SLEEP {
-                    // Waking a sleeping thread costs tens of microseconds on virtual machines
-                    // — more than a small model's whole inference — so a busy model's threads
-                    // poll briefly before they sleep; an idle model's threads sleep.
+                if idle_since.elapsed() < spin_before_sleep() {
                     drop(state);
                     std::thread::yield_now();
                     state = self.lock();
                 } else {
+                    state.sleeping += 1;
                     state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                    state.sleeping -= 1;
                 }
                 continue;
             }
@@ -246,11 +266,13 @@ impl BatchQueue {
                 return Some(self.take(&mut state, count));
             }
             let left = self.policy.max_queue_delay - waited;
+            state.sleeping += 1;
             state = self
                 .ready
                 .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            state.sleeping -= 1;
         }
     }
 
@@ -344,10 +366,14 @@ impl BatchQueue {
     }
 }
 
-/// Answers held until every earlier request was answered (`preserve_ordering`).
+/// An answer waiting for its turn.
+type Held = (oneshot::Sender<JobResult>, JobResult);
+
+/// Answers held until every earlier request was answered (`preserve_ordering`): the next
+/// sequence number to release and the answers that arrived early.
 #[derive(Default)]
 struct Reorder {
-    state: Mutex<(u64, BTreeMap<u64, (oneshot::Sender<JobResult>, JobResult)>)>,
+    state: Mutex<(u64, BTreeMap<u64, Held>)>,
 }
 
 impl Reorder {

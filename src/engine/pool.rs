@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::batch::{
-    rows_of, split, stack, BatchPolicy, BatchQueue, Execution, Job, JobResult, SPIN_BEFORE_SLEEP,
-};
+use super::batch::{rows_of, split, stack, BatchPolicy, BatchQueue, Execution, Job, JobResult};
 use super::{EngineError, EngineKind, EngineSession, LoadedSessions, ModelInfo, ProviderAttempt, Tensors};
 
 /// N inference threads sharing one batch queue.
@@ -213,7 +211,7 @@ impl LoadedModel {
         let mut result = self.submit(inputs, outputs, None)?;
         // Poll briefly before sleeping, for the same reason the inference threads do.
         let started = Instant::now();
-        while started.elapsed() < SPIN_BEFORE_SLEEP {
+        while started.elapsed() < super::batch::spin_before_sleep() {
             match result.try_recv() {
                 Ok(done) => return Ok(done),
                 Err(oneshot::error::TryRecvError::Closed) => break,

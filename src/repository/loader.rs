@@ -224,20 +224,8 @@ pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedV
                 post.apply(&outputs, None)
                     .map_err(|e| fail("output", e.to_string()))?;
             }
-            if model.policy().batches() {
-                if let Err(why) = check_batching(&model, &chosen.inputs) {
-                    if batching_asked {
-                        return Err(fail("max_batch_size", why));
-                    }
-                    // Only the default assumed the model batches: serve it one request at a time.
-                    tracing::info!(model = source.name, version = source.version, reason = %why, "not batching");
-                    let unbatched = BatchPolicy {
-                        max_batch_size: 0,
-                        ..model.policy().clone()
-                    };
-                    model = model.with_policy(unbatched);
-                }
-            }
+            model = batching_or_not(source, model, &chosen.inputs, batching_asked)
+                .map_err(|why| fail("max_batch_size", why))?;
             WarmupReport {
                 origin: chosen.origin,
                 skipped: None,
@@ -269,6 +257,31 @@ pub fn load_staged(source: &VersionSource<'_>, staged: Staged) -> Result<LoadedV
         post,
         warmup: warmup.describe(),
     })
+}
+
+/// Keeps batching when the model batches; otherwise refuses it when batching was asked for,
+/// or serves the model one request at a time when only the default assumed it batches.
+fn batching_or_not(
+    source: &VersionSource<'_>,
+    model: LoadedModel,
+    inputs: &Tensors,
+    batching_asked: bool,
+) -> Result<LoadedModel, String> {
+    if !model.policy().batches() {
+        return Ok(model);
+    }
+    match check_batching(&model, inputs) {
+        Ok(()) => Ok(model),
+        Err(why) if batching_asked => Err(why),
+        Err(why) => {
+            tracing::info!(model = source.name, version = source.version, reason = %why, "not batching");
+            let unbatched = BatchPolicy {
+                max_batch_size: 0,
+                ..model.policy().clone()
+            };
+            Ok(model.with_policy(unbatched))
+        }
+    }
 }
 
 /// The engine settings of a model: `[engine]` with the sidecar's overrides.

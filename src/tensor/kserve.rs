@@ -3,6 +3,7 @@
 //! [`Tensor`]s. `data` may be flat or nested (row-major); nesting is flattened and only the
 //! total count is checked against the shape, as Triton does.
 
+use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -234,36 +235,55 @@ fn encode_json_element(dtype: DType, index: usize, v: &Value, out: &mut Vec<u8>)
     Ok(())
 }
 
-/// Converts a tensor to a flat V2 `data` array. Non-finite floats become `null` (JSON has no
-/// NaN); `BYTES` that are not UTF-8 are written with replacement characters.
+/// Converts a tensor to a flat V2 `data` array (see [`JsonData`]).
 pub fn tensor_to_json(tensor: &Tensor) -> Value {
-    let items = match tensor.data() {
-        TensorData::Bytes(elements) => elements
-            .iter()
-            .map(|e| Value::String(String::from_utf8_lossy(e).into_owned()))
-            .collect(),
-        TensorData::Fixed(bytes) => {
-            let size = tensor.dtype().size().expect("fixed-size dtype");
-            bytes
-                .chunks_exact(size)
-                .map(|c| json_element(tensor.dtype(), c))
-                .collect()
-        }
-    };
-    Value::Array(items)
+    serde_json::to_value(JsonData(tensor)).expect("tensor elements serialise")
 }
 
-fn json_element(dtype: DType, c: &[u8]) -> Value {
-    let float = |f: f64| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
-    match dtype {
-        DType::Bool => Value::Bool(c[0] != 0),
-        DType::U64 => Value::from(u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-        DType::I64 => Value::from(i64::from_le_bytes(c.try_into().expect("8 bytes"))),
-        DType::U8 | DType::U16 | DType::U32 | DType::I8 | DType::I16 | DType::I32 => {
-            Value::from(super::decode_f64(dtype, c) as i64)
+/// A tensor's elements as a flat V2 `data` array, serialised straight from its bytes.
+/// Non-finite floats become `null` (JSON has no NaN); FP32 is written in its shortest form
+/// (which reads back as the same FP32); `BYTES` that are not UTF-8 are written with
+/// replacement characters.
+pub struct JsonData<'a>(pub &'a Tensor);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tensor = self.0;
+        let dtype = tensor.dtype();
+        let mut seq = serializer.serialize_seq(None)?;
+        match tensor.data() {
+            TensorData::Bytes(elements) => {
+                for e in elements {
+                    seq.serialize_element(&String::from_utf8_lossy(e))?;
+                }
+            }
+            TensorData::Fixed(bytes) => {
+                let size = dtype.size().expect("fixed-size dtype");
+                for c in bytes.chunks_exact(size) {
+                    serialize_element(&mut seq, dtype, c)?;
+                }
+            }
         }
-        DType::F32 => float(f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64),
-        _ => float(super::decode_f64(dtype, c)),
+        seq.end()
+    }
+}
+
+fn serialize_element<S: SerializeSeq>(seq: &mut S, dtype: DType, c: &[u8]) -> Result<(), S::Error> {
+    match dtype {
+        DType::Bool => seq.serialize_element(&(c[0] != 0)),
+        DType::U64 => seq.serialize_element(&u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        DType::I64 => seq.serialize_element(&i64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        DType::U8 | DType::U16 | DType::U32 | DType::I8 | DType::I16 | DType::I32 => {
+            seq.serialize_element(&(super::decode_f64(dtype, c) as i64))
+        }
+        DType::F32 => {
+            let f = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+            seq.serialize_element(&f.is_finite().then_some(f))
+        }
+        _ => {
+            let f = super::decode_f64(dtype, c);
+            seq.serialize_element(&f.is_finite().then_some(f))
+        }
     }
 }
 

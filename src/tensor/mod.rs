@@ -491,16 +491,28 @@ impl Tensor {
 
     /// Triton's binary wire form (see [`Tensor::from_wire`]).
     pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.wire_len());
+        self.write_wire(&mut out);
+        out
+    }
+
+    /// The length of [`Tensor::to_wire`]'s bytes.
+    pub fn wire_len(&self) -> usize {
         match &self.data {
-            TensorData::Fixed(b) => b.to_vec(),
+            TensorData::Fixed(b) => b.len(),
+            TensorData::Bytes(elements) => elements.iter().map(|e| e.len() + 4).sum(),
+        }
+    }
+
+    /// Appends the binary wire form to `out`.
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        match &self.data {
+            TensorData::Fixed(b) => out.extend_from_slice(b),
             TensorData::Bytes(elements) => {
-                let total = elements.iter().map(|e| e.len() + 4).sum();
-                let mut out = Vec::with_capacity(total);
                 for e in elements {
                     out.extend_from_slice(&(e.len() as u32).to_le_bytes());
                     out.extend_from_slice(e);
                 }
-                out
             }
         }
     }

@@ -157,7 +157,7 @@ pub fn start_daemon(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) 
         &config,
         format!(
             "node_id = \"{node}\"\nstate_dir = \"state-{node}\"\n[engine]\nintra_threads = 1\n\
-             [repository]\npath = \"models\"\n[http]\nlisten = \"{listen}\"\n[mqtt]\n{mqtt}\n"
+             [repository]\npath = \"models\"\n[http]\nlisten = \"{listen}\"\n[grpc]\nlisten = \"\"\n[mqtt]\n{mqtt}\n"
         ),
     )
     .unwrap();

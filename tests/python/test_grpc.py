@@ -124,7 +124,8 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 def sample(dtype, offset=0):
     if dtype == "BYTES":
-        return np.array([[b"alpha", b"", b"gamma"], [b"d", b"\xc3\xa9t\xc3\xa9", bytes([offset % 256])]], dtype=np.object_)
+        # No NUL byte: ONNX Runtime string tensors are C strings, and onnxd refuses NUL for them.
+        return np.array([[b"alpha", b"", b"gamma"], [b"d", b"\xc3\xa9t\xc3\xa9", bytes([1 + offset % 255])]], dtype=np.object_)
     if dtype == "BOOL":
         return np.array([[True, False, True], [False, False, offset % 2 == 0]])
     # Small integers: exact in every type, BF16 included; negatives wrap in unsigned types.

@@ -45,7 +45,7 @@ def client(tmp_path_factory):
     port = free_port()
     config = root / "onnxd.toml"
     config.write_text(f'node_id = "py"\nstate_dir = "state"\n[repository]\npath = "models"\nsettle_ms = 100\n'
-                      f'[http]\nlisten = "127.0.0.1:{port}"\n[mqtt]\nurl = ""\n')
+                      f'[http]\nlisten = "127.0.0.1:{port}"\n[grpc]\nlisten = ""\n[mqtt]\nurl = ""\n')
     log = open(root / "onnxd.log", "w")
     daemon = subprocess.Popen([os.environ["ONNXDTEST_BIN"], "run", "-c", str(config)], stderr=log)
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
