@@ -136,7 +136,9 @@ async fn an_rtsp_password_is_on_no_command_line_and_the_camera_works() {
     let refused = tokio::time::timeout(Duration::from_secs(30), source.next_frame())
         .await
         .expect("an answer within 30 s");
-    let error = refused.err().expect("a wrong password must be refused");
+    let Err(error) = refused else {
+        panic!("a wrong password must be refused")
+    };
     assert!(error.to_string().contains("401"), "{error}");
     assert!(!error.to_string().contains(&password), "{error}");
 }

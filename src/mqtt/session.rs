@@ -46,8 +46,8 @@ pub enum Outbound {
     Publish {
         /// The connection it was made for.
         epoch: u64,
-        /// The message.
-        publish: Publish,
+        /// The message (boxed: it is large beside the other commands).
+        publish: Box<Publish>,
     },
     /// Acknowledge the request with this packet id, received on connection `epoch`.
     Ack {
@@ -75,7 +75,10 @@ impl Wire {
 
     /// Queues a message for connection `epoch`.
     pub fn publish(&self, epoch: u64, publish: Publish) {
-        let _ = self.commands.send(Outbound::Publish { epoch, publish });
+        let _ = self.commands.send(Outbound::Publish {
+            epoch,
+            publish: Box::new(publish),
+        });
     }
 
     /// Queues the acknowledgement of a request received on connection `epoch`.
@@ -370,7 +373,7 @@ impl Session {
             Outbound::Publish { publish, .. } => {
                 let pkid = publish.pkid;
                 let size = publish.size();
-                if let Err(e) = link.send(Packet::Publish(publish)) {
+                if let Err(e) = link.send(Packet::Publish(*publish)) {
                     tracing::error!(error = %e, size, "cannot send an MQTT message: refused");
                     self.link(LinkEvent::Unsendable {
                         pkid,
