@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::camera::pipeline::{Cameras, NoOutputs, Outputs};
+use crate::camera::pipeline::Cameras;
 use crate::config::{Config, ConfigError};
 use crate::grpc::{self, GrpcMetrics, GrpcState};
 use crate::http::{self, HttpState};
-use crate::mqtt::topics::Topics;
-use crate::mqtt::{Mqtt, Sink};
+use crate::mqtt::Mqtt;
+use crate::node::NodeReport;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
 use crate::repository::Repository;
@@ -70,6 +70,7 @@ pub struct Daemon {
     grpc: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     mqtt: Option<Mqtt>,
     cameras: Cameras,
+    node: NodeReport,
     service: Service,
 }
 
@@ -91,13 +92,17 @@ impl Daemon {
         if let Some(mqtt) = &mqtt {
             metrics.add(mqtt.stats.clone());
         }
+        // Home Assistant discovery goes out before the cameras' first results.
+        let mut node = NodeReport::start(&config, mqtt.as_ref(), &router);
         let cameras = Cameras::start(
             &config.camera,
             router.clone(),
-            outputs(&config, mqtt.as_ref()),
+            node.camera_outputs(&config, mqtt.as_ref()),
             &shutdown,
         );
         metrics.add(Arc::new(cameras.registry.clone()));
+        node.run(router.clone(), cameras.registry.clone(), shutdown.clone());
+        let web = node.status_source(router.clone(), cameras.registry.clone(), mqtt.as_ref());
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(HttpState {
             router: router.clone(),
@@ -105,6 +110,7 @@ impl Daemon {
             ready: ready.clone(),
             token: config.http.token.clone(),
             metrics: metrics.clone(),
+            web: Some(web),
         });
         let grpc = match grpc_listener {
             Some(listener) => Some(serve_grpc(&config, listener, &state, shutdown.clone())?),
@@ -125,6 +131,7 @@ impl Daemon {
             grpc,
             mqtt,
             cameras,
+            node,
             service: Service,
         };
         daemon.announce_ready();
@@ -161,6 +168,8 @@ impl Daemon {
                 tracing::info!(file = %config.file.display(), "SIGHUP: config re-read, cameras updated, rescanning the repository");
                 self.cameras.reconcile(&config.camera).await;
                 self.config.camera = config.camera.clone();
+                self.node.reload(config);
+                self.config.homeassistant = config.homeassistant.clone();
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: config refused, the running one stays; rescanning the repository")
@@ -252,48 +261,6 @@ async fn start_repository(config: &Config, router: Arc<Router>) -> Result<Reposi
     Ok(RepositoryThread::start(
         repository, &repo.path, repo.watch, timing,
     )?)
-}
-
-/// Where cameras publish: MQTT when it is on (the daemon is where cameras and MQTT meet).
-fn outputs(config: &Config, mqtt: Option<&Mqtt>) -> Arc<dyn Outputs> {
-    match (&config.mqtt, mqtt) {
-        (Some(settings), Some(mqtt)) => Arc::new(MqttOutputs {
-            sink: mqtt.sink(),
-            topics: Topics::new(&settings.topic_prefix, &config.node_id, &settings.share_group),
-        }),
-        _ => Arc::new(NoOutputs),
-    }
-}
-
-/// Camera results, snapshots and status on their MQTT topics (SPEC §6).
-struct MqttOutputs {
-    sink: Sink,
-    topics: Topics,
-}
-
-impl Outputs for MqttOutputs {
-    fn result(&self, camera: &str, body: Vec<u8>) {
-        self.sink
-            .publish(self.topics.camera_result(camera), body, "application/json");
-    }
-
-    fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
-        self.sink
-            .publish(self.topics.camera_snapshot(camera), jpeg, "image/jpeg");
-    }
-
-    fn status(&self, camera: &str, online: bool, detail: Vec<u8>) {
-        let topic = self.topics.camera_status(camera);
-        self.sink.retain(format!("{topic}/detail"), detail);
-        let state: &[u8] = if online { b"online" } else { b"offline" };
-        self.sink.retain(topic, state.to_vec());
-    }
-
-    fn removed(&self, camera: &str) {
-        let topic = self.topics.camera_status(camera);
-        self.sink.retain(format!("{topic}/detail"), Vec::new());
-        self.sink.retain(topic, Vec::new());
-    }
 }
 
 /// A listener on `address` (`None`: that endpoint is off); a failure is `error`'s.

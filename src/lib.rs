@@ -22,6 +22,8 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`homeassistant`]: Home Assistant MQTT discovery configs (device-based).
 //! - [`web`]: the status page's assets and handlers.
+//! - [`node`]: what the node tells about itself (HA discovery and state topics, camera
+//!   snapshots and views, rates, the status page's data), wired by the daemon.
 //! - [`commands`]: the behaviour behind each CLI subcommand (`main.rs` only parses and
 //!   dispatches).
 
@@ -40,6 +42,7 @@ pub mod homeassistant;
 pub mod http;
 pub mod model;
 pub mod mqtt;
+pub mod node;
 pub mod pipeline;
 pub mod repository;
 pub mod service;

@@ -7,6 +7,13 @@
 //! one failing never touches another, the models or the daemon; a SIGHUP config reload adds,
 //! removes and restarts cameras whose settings changed.
 //!
+//! Annotated snapshots: the result's boxes, labels and scores are drawn on the frame
+//! ([`crate::pipeline::annotate`], on tokio's blocking pool, never on the async workers) and
+//! handed to [`Outputs::snapshot`] — the latest one per camera is what the status page shows.
+//! A frame is annotated when its snapshot is published (`snapshot = true` or
+//! [`Outputs::publish_snapshots`]: a frame with detections, and the camera's first frame so
+//! that there is a picture from the start), else at most once per [`SNAPSHOT_EVERY`].
+//!
 //! Credentials in source URLs never leave [`super::redact`]: logs, status and metric labels
 //! name the camera, and describe the source only redacted.
 
@@ -15,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prometheus::Registry;
 use serde_json::{json, Map};
 use tokio::sync::Notify;
@@ -24,6 +32,8 @@ use super::{open, redact, Frame, FrameSource, SourceOptions};
 use crate::backoff::Backoff;
 use crate::codec::{self, Encoding};
 use crate::config::CameraConfig;
+use crate::pipeline::annotate::annotate;
+use crate::pipeline::postprocess::Detection;
 use crate::serving::{Image, ImageRequest, Router};
 use crate::telemetry::{self, MetricsSource};
 
@@ -33,6 +43,10 @@ const QUEUE: usize = 2;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The causes of skipped frames (the `cause` label of `onnxd_camera_frames_skipped_total`).
+const SKIP_CAUSES: [&str; 4] = ["fps", "queue_full", "corrupt", "inference_error"];
+/// How often the latest annotated frame is refreshed when no snapshot is published.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// Counters of one camera, for `/metrics`.
 #[derive(Debug, Default)]
@@ -114,13 +128,19 @@ impl FrameQueue {
     }
 }
 
-/// Where a camera's results, snapshots and status go (MQTT when it is on, wired by the
-/// daemon; later also Home Assistant and the status page). Cameras know no transport.
+/// Where a camera's results, snapshots and status go (MQTT when it is on, and the status
+/// page, wired by the daemon). Cameras know no transport.
 pub trait Outputs: Send + Sync {
     /// A frame's result (the response JSON).
     fn result(&self, camera: &str, body: Vec<u8>);
-    /// A JPEG of a frame with detections (`snapshot = true`).
-    fn snapshot(&self, camera: &str, jpeg: Vec<u8>);
+    /// The latest annotated frame (JPEG); `publish` when it is also to be published
+    /// (`snapshot = true` or [`Outputs::publish_snapshots`], see the module documentation).
+    fn snapshot(&self, camera: &str, jpeg: Bytes, publish: bool);
+    /// Whether every camera's snapshots are published, whatever its `snapshot` setting
+    /// (Home Assistant's image entities read them).
+    fn publish_snapshots(&self) -> bool {
+        false
+    }
     /// The camera's state: `online`/`offline` and its JSON detail.
     fn status(&self, camera: &str, online: bool, detail: Vec<u8>);
     /// The camera was removed: its retained state is cleared.
@@ -132,7 +152,7 @@ pub struct NoOutputs;
 
 impl Outputs for NoOutputs {
     fn result(&self, _: &str, _: Vec<u8>) {}
-    fn snapshot(&self, _: &str, _: Vec<u8>) {}
+    fn snapshot(&self, _: &str, _: Bytes, _: bool) {}
     fn status(&self, _: &str, _: bool, _: Vec<u8>) {}
     fn removed(&self, _: &str) {}
 }
@@ -356,20 +376,24 @@ impl Camera {
     /// Runs queued frames through the model until stopped.
     async fn infer(self: Arc<Self>, router: Arc<Router>, stop: CancellationToken) {
         let mut last_error: Option<String> = None;
+        let mut snapshots = SnapshotPace::default();
         loop {
             let (sequence, frame) = tokio::select! {
                 next = self.queue.pop() => next,
                 _ = stop.cancelled() => return,
             };
             let started = Instant::now();
-            let jpeg = frame.jpeg.clone();
+            let publishing = self.config.snapshot || self.outputs.publish_snapshots();
+            // The pixels go to the model; keep a copy only when a snapshot may be drawn.
+            let pixels = snapshots.may_draw(publishing).then(|| frame.rgb.clone());
+            let (width, height) = (frame.width, frame.height);
             let request = ImageRequest {
                 model: self.config.model.clone(),
                 version: None,
                 id: None,
                 image: Image::Rgb {
-                    width: frame.width,
-                    height: frame.height,
+                    width,
+                    height,
                     pixels: frame.rgb,
                 },
                 deadline: None,
@@ -381,7 +405,7 @@ impl Camera {
                     self.stats
                         .inference_ns
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    let detections = response.result.as_ref().is_some_and(|r| !r.is_empty());
+                    let detections = response.result.clone().unwrap_or_default();
                     if response.result.is_some() {
                         // The post-processed result is what a camera reports, not raw tensors.
                         response.outputs.clear();
@@ -389,12 +413,14 @@ impl Camera {
                     let mut extra = Map::new();
                     extra.insert("camera".into(), self.config.name.clone().into());
                     extra.insert("frame".into(), sequence.into());
-                    extra.insert("width".into(), frame.width.into());
-                    extra.insert("height".into(), frame.height.into());
+                    extra.insert("width".into(), width.into());
+                    extra.insert("height".into(), height.into());
                     let (body, _) = codec::encode(&response.reply(), &Encoding::json(), extra);
                     self.outputs.result(&self.config.name, body);
-                    if let Some(jpeg) = jpeg.filter(|_| self.config.snapshot && detections) {
-                        self.outputs.snapshot(&self.config.name, jpeg.to_vec());
+                    let publish = publishing && (!detections.is_empty() || !snapshots.published);
+                    if let Some(rgb) = pixels.filter(|_| publish || snapshots.due()) {
+                        self.snapshot((width, height, rgb), detections, publish).await;
+                        snapshots.drawn(publish);
                     }
                 }
                 Err(e) => {
@@ -407,6 +433,25 @@ impl Camera {
                     }
                 }
             }
+        }
+    }
+
+    /// Draws `detections` on the frame on the blocking pool and hands the JPEG over.
+    async fn snapshot(
+        &self,
+        (width, height, rgb): (u32, u32, Vec<u8>),
+        detections: Vec<Detection>,
+        publish: bool,
+    ) {
+        let drawn = tokio::task::spawn_blocking(move || annotate(width, height, &rgb, &detections)).await;
+        match drawn {
+            Ok(Ok(jpeg)) => self
+                .outputs
+                .snapshot(&self.config.name, Bytes::from(jpeg), publish),
+            Ok(Err(e)) => {
+                tracing::debug!(camera = %self.config.name, error = %e, "frame not annotated")
+            }
+            Err(e) => tracing::warn!(camera = %self.config.name, error = %e, "annotating a frame failed"),
         }
     }
 
@@ -432,6 +477,31 @@ impl Camera {
         });
         self.outputs
             .status(&self.config.name, online, detail.to_string().into_bytes());
+    }
+}
+
+/// When a camera's next annotated snapshot is drawn (see the module documentation).
+#[derive(Default)]
+struct SnapshotPace {
+    last: Option<Instant>,
+    /// Whether one was published since the camera started.
+    published: bool,
+}
+
+impl SnapshotPace {
+    /// Whether the next frame may be drawn (so its pixels must be kept).
+    fn may_draw(&self, publishing: bool) -> bool {
+        publishing || self.due()
+    }
+
+    /// Whether the latest annotated frame is older than [`SNAPSHOT_EVERY`].
+    fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY)
+    }
+
+    fn drawn(&mut self, published: bool) {
+        self.last = Some(Instant::now());
+        self.published |= published;
     }
 }
 
@@ -491,6 +561,10 @@ fn render(registry: &Registry, cameras: &BTreeMap<String, Arc<CameraStats>>) {
         seconds
             .with_label_values(&label)
             .inc_by(s.inference_ns as f64 / 1e9);
+        // Every cause from the start (at 0), so the series exist before the first drop.
+        for cause in SKIP_CAUSES {
+            skipped.with_label_values(&[name.as_str(), cause]).inc_by(0);
+        }
         for (cause, count) in &s.skipped {
             skipped.with_label_values(&[name.as_str(), cause]).inc_by(*count);
         }

@@ -254,7 +254,7 @@ pub fn bench(
     let cpu_before = process_cpu();
     let measured = match target {
         Target::InProcess => drive_in_process(plan, &served, &inputs),
-        Target::Http { .. } => drive(plan, new_call, &inputs),
+        Target::Http { .. } | Target::Grpc { .. } => drive(plan, new_call, &inputs),
     };
     let cpu = process_cpu().saturating_sub(cpu_before);
     let in_process = matches!(target, Target::InProcess);

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub mqtt: FileMqtt,
     /// `[[camera]]` entries.
     pub camera: Vec<CameraConfig>,
+    /// `[homeassistant]`.
+    pub homeassistant: HomeAssistantConfig,
 }
 
 impl Default for FileConfig {
@@ -47,6 +49,7 @@ impl Default for FileConfig {
             grpc: FileGrpc::default(),
             mqtt: FileMqtt::default(),
             camera: Vec::new(),
+            homeassistant: HomeAssistantConfig::default(),
         }
     }
 }
@@ -260,4 +263,27 @@ fn default_fps() -> f64 {
 
 fn default_stall_secs() -> u64 {
     20
+}
+
+/// `[homeassistant]`: Home Assistant MQTT discovery (device-based) of the node, its models and
+/// its cameras. Validated as it is (the prefix and labels are checked at load).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery configs (needs `[mqtt] url`).
+    pub enabled: bool,
+    /// HA's discovery prefix (its birth message is `<prefix>/status`).
+    pub discovery_prefix: String,
+    /// Detection labels that get a count sensor per camera; empty = all of the model's.
+    pub labels: Vec<String>,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            enabled: false,
+            discovery_prefix: "homeassistant".into(),
+            labels: Vec::new(),
+        }
+    }
 }

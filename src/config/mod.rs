@@ -17,7 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::engine::EngineOptions;
-pub use file::{CameraConfig, EngineConfig, ReloadMode, RepositoryConfig};
+pub use file::{CameraConfig, EngineConfig, HomeAssistantConfig, ReloadMode, RepositoryConfig};
 use file::{FileConfig, FileGrpc, FileHttp, FileMqtt};
 
 /// Where the config file is looked for when `-c` is not given (after `$ONNXD_CONFIG`).
@@ -108,6 +108,8 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// `[[camera]]` entries.
     pub camera: Vec<CameraConfig>,
+    /// `[homeassistant]`.
+    pub homeassistant: HomeAssistantConfig,
     /// Problems worth a warning that did not stop the load (`ONNXD_*` variables naming no key).
     pub warnings: Vec<String>,
 }
@@ -240,6 +242,7 @@ fn parse(path: &Path, overrides: &BTreeMap<String, String>) -> Result<FileConfig
         .list_separator(",")
         .with_list_parse_key("engine.providers")
         .with_list_parse_key("repository.trusted_keys")
+        .with_list_parse_key("homeassistant.labels")
         .try_parsing(true)
         .source(Some(
             overrides.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -280,6 +283,20 @@ struct Checker {
 /// Letters, digits, `_`, `.`, `-`: safe in MQTT topics and ids.
 fn topic_safe(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Why `s` cannot be part of a topic onnxd publishes and others subscribe to: empty, or an
+/// MQTT wildcard (`+`, `#`) or NUL in it (MQTT 5 §4.7). Spaces and `/` are fine.
+fn topic_problem(s: &str) -> Option<&'static str> {
+    if s.trim().is_empty() {
+        Some("must not be empty")
+    } else if s.contains(['+', '#']) {
+        Some("must not contain the MQTT wildcards '+' or '#' (no topic could carry it)")
+    } else if s.contains('\0') {
+        Some("must not contain NUL")
+    } else {
+        None
+    }
 }
 
 impl Checker {
@@ -399,11 +416,13 @@ impl Checker {
                 "expected at least one of \"tensorrt\", \"cuda\", \"cpu\"",
             ));
         }
+        let mqtt = self.mqtt(&raw.mqtt, &node_id)?;
         Ok(Config {
             file: self.file.clone(),
             http: self.http(&raw.http)?,
             grpc: self.grpc(&raw.grpc)?,
-            mqtt: self.mqtt(&raw.mqtt, &node_id)?,
+            homeassistant: self.homeassistant(raw.homeassistant, mqtt.is_some())?,
+            mqtt,
             camera: self.cameras(raw.camera)?,
             node_id,
             state_dir: self.resolve(&raw.state_dir),
@@ -501,10 +520,10 @@ impl Checker {
 
     fn cameras(&self, cameras: Vec<CameraConfig>) -> Result<Vec<CameraConfig>, ConfigError> {
         for (i, cam) in cameras.iter().enumerate() {
-            if !topic_safe(&cam.name) {
+            if let Some(problem) = topic_problem(&cam.name) {
                 return Err(self.invalid(
                     &format!("camera[{i}].name"),
-                    "expected letters, digits, '_', '.' or '-'",
+                    format!("{:?} {problem}: it is a segment of MQTT topics", cam.name),
                 ));
             }
             if cameras[..i].iter().any(|c| c.name == cam.name) {
@@ -515,6 +534,42 @@ impl Checker {
             }
         }
         Ok(cameras)
+    }
+}
+
+impl Checker {
+    /// `[homeassistant]`: a prefix that is a valid topic (no wildcards, no empty first or last
+    /// level), labels not empty; enabled only with MQTT.
+    fn homeassistant(
+        &self,
+        raw: HomeAssistantConfig,
+        mqtt: bool,
+    ) -> Result<HomeAssistantConfig, ConfigError> {
+        let prefix = &raw.discovery_prefix;
+        if let Some(problem) = topic_problem(prefix) {
+            return Err(self.invalid("homeassistant.discovery_prefix", format!("{prefix:?} {problem}")));
+        }
+        if prefix.starts_with('/') || prefix.ends_with('/') {
+            return Err(self.invalid(
+                "homeassistant.discovery_prefix",
+                format!(
+                    "{prefix:?}: expected a topic without a leading or trailing '/', like \"homeassistant\""
+                ),
+            ));
+        }
+        if let Some(i) = raw.labels.iter().position(|l| l.trim().is_empty()) {
+            return Err(self.invalid(
+                &format!("homeassistant.labels[{i}]"),
+                "expected a label, got an empty string",
+            ));
+        }
+        if raw.enabled && !mqtt {
+            return Err(self.invalid(
+                "homeassistant.enabled",
+                "discovery is published over MQTT: set [mqtt] url, or enabled = false",
+            ));
+        }
+        Ok(raw)
     }
 }
 

@@ -121,3 +121,63 @@ fn broker_urls_parse() {
     assert_eq!(b("mqtt://"), None);
     assert_eq!(b("tcp://host"), None);
 }
+
+#[test]
+fn homeassistant_defaults_to_off_and_its_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&write(dir.path(), "node_id = \"n\"\n")).unwrap();
+    assert_eq!(config.homeassistant, HomeAssistantConfig::default());
+    assert!(!config.homeassistant.enabled);
+    assert_eq!(config.homeassistant.discovery_prefix, "homeassistant");
+    assert!(config.homeassistant.labels.is_empty());
+    let mqtt = "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
+    let text = format!("{mqtt}[homeassistant]\nenabled = true\ndiscovery_prefix = \"ha/x\"\nlabels = [\"person\", \"car\"]\n");
+    let config = Config::load(&write(dir.path(), &text)).unwrap();
+    assert!(config.homeassistant.enabled);
+    assert_eq!(config.homeassistant.discovery_prefix, "ha/x");
+    assert_eq!(config.homeassistant.labels, ["person", "car"]);
+    let refused = |text: &str, key: &str, says: &str| {
+        let err = Config::load(&write(dir.path(), text)).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(says), "{err}");
+    };
+    refused(
+        "[mqtt]\nurl = \"\"\n[homeassistant]\nenabled = true\n",
+        "homeassistant.enabled",
+        "[mqtt] url",
+    );
+    refused(
+        &format!("{mqtt}[homeassistant]\ndiscovery_prefix = \"home/+\"\n"),
+        "homeassistant.discovery_prefix",
+        "wildcards",
+    );
+    refused(
+        &format!("{mqtt}[homeassistant]\ndiscovery_prefix = \"/ha/\"\n"),
+        "homeassistant.discovery_prefix",
+        "leading or trailing",
+    );
+    refused(
+        &format!("{mqtt}[homeassistant]\nlabels = [\"a\", \" \"]\n"),
+        "homeassistant.labels[1]",
+        "empty",
+    );
+    refused("[homeassistant]\nenable = true\n", "enable", "unknown field");
+}
+
+#[test]
+fn camera_names_may_hold_spaces_and_slashes_but_not_mqtt_wildcards() {
+    let dir = tempfile::tempdir().unwrap();
+    let camera =
+        |name: &str| format!("[[camera]]\nname = \"{name}\"\nsource = \"file:///x/*.jpg\"\nmodel = \"m\"\n");
+    let config = Config::load(&write(dir.path(), &(camera("front door") + &camera("yard/gate")))).unwrap();
+    assert_eq!(config.camera[0].name, "front door");
+    assert_eq!(config.camera[1].name, "yard/gate");
+    for (name, says) in [("door+1", "wildcards"), ("all#", "wildcards"), (" ", "empty")] {
+        let err = Config::load(&write(dir.path(), &camera(name)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("camera[0].name") && err.contains(says),
+            "{name}: {err}"
+        );
+    }
+}

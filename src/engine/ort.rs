@@ -68,6 +68,11 @@ pub fn runtime(explicit: Option<&Path>) -> Result<&'static OrtRuntime, EngineErr
     }))
 }
 
+/// The library ONNX Runtime was loaded from, once a model loaded it (never loads it).
+pub fn loaded_library() -> Option<&'static Path> {
+    RUNTIME.get().map(|rt| rt.library.as_path())
+}
+
 /// Finds `libonnxruntime.so`: `engine.ort_library`, `$ORT_DYLIB_PATH`, `<exe dir>/lib/`,
 /// `/usr/lib`, `/usr/local/lib`, then a Python `onnxruntime` package's `capi/` folder.
 pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {

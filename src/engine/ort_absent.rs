@@ -24,6 +24,11 @@ pub fn runtime(_explicit: Option<&Path>) -> Result<&'static OrtRuntime, EngineEr
     Err(absent())
 }
 
+/// Never: ONNX Runtime is not built in.
+pub fn loaded_library() -> Option<&'static Path> {
+    None
+}
+
 /// No providers: ONNX Runtime is not built in.
 pub fn compiled_providers() -> Vec<&'static str> {
     Vec::new()

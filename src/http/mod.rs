@@ -5,8 +5,13 @@
 //!
 //! Every non-200 answer is `{"error": "..."}` with Triton's status mapping. Request bodies may
 //! be gzip/deflate (decoded) and are bounded by `max_body_bytes`; responses are compressed
-//! when the client accepts it. With a token file, every route but health needs
-//! `Authorization: Bearer <token>`.
+//! when the client accepts it. With a token file, every route but health (and the status
+//! page's assets) needs `Authorization: Bearer <token>`; a `GET` may carry it instead as the
+//! status page's `onnxd_token` cookie ([`crate::web`]), and a `GET /` without it gets the
+//! page's login form.
+//!
+//! The status page ([`crate::web`]: `/`, `/status.json`, `/cameras/{c}/snapshot.jpg`,
+//! `/assets/…`) is served when the daemon gives [`HttpState::web`].
 
 pub mod repository;
 pub mod v2;
@@ -42,6 +47,8 @@ pub struct HttpState {
     pub token: Option<Secret>,
     /// The daemon's metrics.
     pub metrics: Arc<Metrics>,
+    /// What the status page shows; `None` serves no page.
+    pub web: Option<Arc<dyn crate::web::StatusSource>>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -124,11 +131,19 @@ pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
         .route("/v2/repository/models/{model}/unload", post(repository::unload))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/metrics", get(metrics));
+    let (protected, public) = match &state.web {
+        Some(source) => (
+            protected.merge(crate::web::routes(source.clone())),
+            crate::web::public_routes(),
+        ),
+        None => (protected, axum::Router::new()),
+    };
+    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(v2::server_ready))
+        .merge(public)
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(CompressionLayer::new())
@@ -195,7 +210,13 @@ async fn require_token(State(state): State<Arc<HttpState>>, request: Request, ne
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.expose()) {
+        let reads =
+            request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
+        let cookie = reads && cookie_token(request.headers()).as_deref() == Some(token.expose());
+        if given != Some(token.expose()) && !cookie {
+            if reads && request.uri().path() == "/" && state.web.is_some() {
+                return crate::web::login_page();
+            }
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "missing or wrong bearer token".into(),
@@ -204,6 +225,21 @@ async fn require_token(State(state): State<Arc<HttpState>>, request: Request, ne
         }
     }
     next.run(request).await
+}
+
+/// The status page's `onnxd_token` cookie, percent-decoded.
+fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("onnxd_token="))
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
 }
 
 impl HttpState {

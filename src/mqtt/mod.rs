@@ -4,26 +4,30 @@
 //! - [`topics`]: the topic layout.
 //! - [`client`]: connection settings (TLS, credentials, session, Last Will).
 //! - [`wire`]: one connection at the packet level (`rumqttc`'s MQTT 5 codec).
-//! - [`session`]: the task that keeps the connection, reconnecting with backoff, and writes
-//!   what the publisher hands it.
+//! - [`session`]: the task that keeps the connection, reconnecting with backoff, writes
+//!   what the publisher hands it and keeps the connection's [`subscriptions`].
 //! - [`requests`]: one request in, one reply out (JSON, binary framing, errors).
 //! - [`publisher`]: the thread that delivers replies and status with packet ids of its own
 //!   ([`packet_ids`]), matches PUBACKs by id, acknowledges requests once their response is
 //!   safe, remembers them as [`answered`], and owns the [`outbox`].
 //! - [`outbox`]: the durable, checksummed queue of what the broker could not take yet.
 //! - [`stats`]: counters for `/metrics`.
+//! - [`listen`]: topics other parts of the daemon listen to (Home Assistant's birth message),
+//!   subscribed through the session's [`subscriptions`].
 //!
 //! The daemon runs without a broker: the connection keeps retrying with backoff, results wait
 //! in the outbox, HTTP and cameras are unaffected.
 
 pub mod answered;
 pub mod client;
+pub mod listen;
 pub mod outbox;
 pub mod packet_ids;
 pub mod publisher;
 pub mod requests;
 pub mod session;
 pub mod stats;
+pub mod subscriptions;
 pub mod topics;
 pub mod wire;
 
@@ -38,11 +42,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::serving::Router;
 use answered::Answered;
+use listen::Listeners;
 use outbox::{Outbox, OutboxLimits};
 use publisher::Command;
 use requests::Handler;
 use session::{Session, Wire};
 use stats::MqttStats;
+use subscriptions::Subscriptions;
 use topics::Topics;
 
 /// Why MQTT could not start.
@@ -65,6 +71,7 @@ pub struct Mqtt {
     handler: Arc<Handler>,
     event_loop: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
+    listeners: Arc<Listeners>,
 }
 
 impl Mqtt {
@@ -98,6 +105,7 @@ impl Mqtt {
         let stats = Arc::new(MqttStats::default());
         let answered = Arc::new(Answered::default());
         let (wire, commands) = Wire::channel();
+        let listeners = Arc::new(Listeners::new(&wire));
         let (publisher, publisher_thread) = publisher::spawn(publisher::Parts {
             wire,
             outbox,
@@ -117,6 +125,8 @@ impl Mqtt {
         ));
         let task = Session {
             settings,
+            listeners: listeners.clone(),
+            subscriptions: Subscriptions::default(),
             topics: topics.clone(),
             publisher: publisher.clone(),
             handler: handler.clone(),
@@ -132,6 +142,7 @@ impl Mqtt {
             handler,
             event_loop: tokio::spawn(task.run()),
             stop,
+            listeners,
         }))
     }
 
@@ -140,6 +151,12 @@ impl Mqtt {
         Sink {
             commands: self.publisher.clone(),
         }
+    }
+
+    /// Messages on `topic` (exactly; subscribed on every connect, and at once when connected),
+    /// e.g. Home Assistant's birth message.
+    pub fn listen(&self, topic: &str) -> tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes> {
+        self.listeners.add(topic)
     }
 
     /// Once the shutdown signal stopped intake (later requests are left to the broker for the

@@ -6,12 +6,12 @@
 //! Ids cycle through `FIRST..=u16::MAX`, skipping those still in use, so an id comes back only
 //! after every other one was used: a late or unknown PUBACK is unlikely to meet a reused id,
 //! and an id whose PUBACK is overdue stays reserved until the connection ends (see
-//! [`PacketIds::quarantine`]) so it never meets one. Id [`SUBSCRIBE_ID`] is the connection's
-//! SUBSCRIBE (sent once per connection, before any publish), never a publish's.
+//! [`PacketIds::quarantine`]) so it never meets one. Id [`SUBSCRIBE_ID`] is reserved for
+//! SUBSCRIBE (one in flight at a time, see [`super::subscriptions`]), never a publish.
 
 use std::collections::HashSet;
 
-/// The packet id of the SUBSCRIBE sent on every connection.
+/// The packet id of every SUBSCRIBE (one in flight at a time).
 pub const SUBSCRIBE_ID: u16 = 1;
 /// The first id given to a publish.
 const FIRST: u16 = SUBSCRIBE_ID + 1;

@@ -1,9 +1,11 @@
 //! The task that keeps the broker connection: connects (backoff with jitter between
 //! attempts), subscribes on every CONNACK (a broker without the session has no
-//! subscriptions), writes what the publisher thread hands it — publishes that already carry
-//! their packet id, request acknowledgements, DISCONNECT — pings within the keep alive, and
-//! reports what it reads: requests to their own tasks, PUBACKs and connection events to the
-//! publisher, in order.
+//! subscriptions) to the request filters and the [`super::listen`]ed topics, writes what the
+//! publisher thread hands it — publishes that already carry their packet id, request
+//! acknowledgements, DISCONNECT — and the subscriptions of topics listened to later, pings
+//! within the keep alive, and reports what it reads: requests to their own tasks, messages on
+//! listened topics to their listeners (acknowledged, never answered), PUBACKs and connection
+//! events to the publisher, in order.
 //!
 //! Every command carries the connection (epoch) it was made for; one made for a connection
 //! that has ended is dropped, never written on the next one: a PUBACK for a request would
@@ -18,16 +20,16 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, PubAckReason, Publish,
-    Subscribe, SubscribeReasonCode,
+    ConnAck, Disconnect, DisconnectReasonCode, Packet, PingReq, PubAck, PubAckReason, Publish, SubAck,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 
 use super::answered::{self, Answered};
-use super::packet_ids::SUBSCRIBE_ID;
+use super::listen::Listeners;
 use super::publisher::{Command, Delivery, LinkEvent, RequestAck};
 use super::requests::{Handler, Request};
+use super::subscriptions::Subscriptions;
 use super::topics::Topics;
 use super::wire::{self, Link, Settings, WireError};
 use crate::backoff::Backoff;
@@ -55,6 +57,13 @@ pub enum Outbound {
         epoch: u64,
         /// Its packet id.
         pkid: u16,
+    },
+    /// Subscribe a listened-to topic (added while connection `epoch` was up).
+    Subscribe {
+        /// The connection it was made for.
+        epoch: u64,
+        /// The topic.
+        topic: String,
     },
     /// Clean exit: DISCONNECT (the broker drops the Last Will), then the task ends.
     Disconnect,
@@ -90,6 +99,30 @@ impl Wire {
     pub fn disconnect(&self) {
         let _ = self.commands.send(Outbound::Disconnect);
     }
+
+    /// A handle that does not keep the session's command channel open.
+    pub fn downgrade(&self) -> WeakWire {
+        WeakWire {
+            commands: self.commands.downgrade(),
+        }
+    }
+}
+
+/// A [`Wire`] for [`super::listen`]: the session still ends (its commands closed) when the
+/// publisher's handle is gone.
+#[derive(Clone, Debug)]
+pub struct WeakWire {
+    commands: mpsc::WeakUnboundedSender<Outbound>,
+}
+
+impl WeakWire {
+    /// Queues the subscription of `topic` on connection `epoch` (nothing once the session is
+    /// gone).
+    pub fn subscribe(&self, epoch: u64, topic: String) {
+        if let Some(commands) = self.commands.upgrade() {
+            let _ = commands.send(Outbound::Subscribe { epoch, topic });
+        }
+    }
 }
 
 /// What the session task needs.
@@ -104,6 +137,10 @@ pub struct Session {
     pub handler: Arc<Handler>,
     /// Requests answered in this session.
     pub answered: Arc<Answered>,
+    /// Topics other parts of the daemon listen to.
+    pub listeners: Arc<Listeners>,
+    /// The connection's SUBSCRIBEs (start with `Subscriptions::default()`).
+    pub subscriptions: Subscriptions,
     /// Commands from [`Wire`].
     pub commands: mpsc::UnboundedReceiver<Outbound>,
     /// Becomes `true` when the daemon stops.
@@ -148,6 +185,7 @@ impl Session {
                     epoch += 1;
                     backoff.reset();
                     let end = self.serve(link, ack, epoch).await;
+                    self.listeners.disconnected();
                     self.link(LinkEvent::Disconnected { epoch });
                     match end {
                         End::Clean => return,
@@ -185,15 +223,13 @@ impl Session {
         if !ack.session_present {
             self.answered.forget_all();
         }
-        let filters = self
-            .topics
-            .request_filters()
-            .into_iter()
-            .map(|f| Filter::new(f, QoS::AtLeastOnce));
-        let mut subscribe = Subscribe::new_many(filters, None);
-        subscribe.pkid = SUBSCRIBE_ID;
-        if let Err(e) = link.send(Packet::Subscribe(subscribe)) {
-            return End::Failed(e.into());
+        self.subscriptions.reset();
+        let mut filters = self.topics.request_filters();
+        filters.extend(self.listeners.connected(epoch));
+        if let Some(subscribe) = self.subscriptions.subscribe(filters) {
+            if let Err(e) = link.send(Packet::Subscribe(subscribe)) {
+                return End::Failed(e.into());
+            }
         }
         self.link(LinkEvent::Connected {
             epoch,
@@ -264,9 +300,9 @@ impl Session {
 
 impl Session {
     /// A packet from the broker; an error ends the connection.
-    fn incoming(&self, link: &mut Link, packet: Packet, epoch: u64) -> Result<(), SessionError> {
+    fn incoming(&mut self, link: &mut Link, packet: Packet, epoch: u64) -> Result<(), SessionError> {
         match packet {
-            Packet::Publish(publish) => self.request(link, publish, epoch)?,
+            Packet::Publish(publish) => self.received(link, publish, epoch)?,
             Packet::PubAck(ack) => self.link(LinkEvent::Acked {
                 pkid: ack.pkid,
                 accepted: matches!(
@@ -274,13 +310,7 @@ impl Session {
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                 ),
             }),
-            Packet::SubAck(ack) => {
-                for (filter, code) in self.topics.request_filters().iter().zip(&ack.return_codes) {
-                    if !matches!(code, SubscribeReasonCode::Success(_)) {
-                        tracing::error!(%filter, reason = ?code, "the broker refused the MQTT subscription: no requests arrive on it");
-                    }
-                }
-            }
+            Packet::SubAck(ack) => self.subscribed(link, &ack)?,
             Packet::Disconnect(disconnect) => {
                 return Err(SessionError::BrokerDisconnect {
                     reason: disconnect.reason_code,
@@ -300,14 +330,46 @@ impl Session {
         Ok(())
     }
 
+    /// A SUBACK: refusals reported, and the subscriptions that waited for it sent.
+    fn subscribed(&mut self, link: &mut Link, ack: &SubAck) -> Result<(), SessionError> {
+        let Some(answered) = self.subscriptions.acknowledged(ack) else {
+            tracing::warn!(pkid = ack.pkid, "MQTT SUBACK for no SUBSCRIBE in flight, ignored");
+            return Ok(());
+        };
+        let requests = self.topics.request_filters();
+        for (filter, reason) in answered.refused {
+            if requests.contains(&filter) {
+                tracing::error!(%filter, ?reason, "the broker refused the MQTT subscription: no requests arrive on it");
+            } else {
+                tracing::error!(%filter, ?reason, "the broker refused the MQTT subscription: its listener gets no messages");
+            }
+        }
+        if let Some(next) = answered.next {
+            link.send(Packet::Subscribe(next))?;
+        }
+        Ok(())
+    }
+
+    /// A message from the broker: handed to the listeners of its topic (and acknowledged),
+    /// otherwise a request.
+    fn received(&self, link: &mut Link, publish: Publish, epoch: u64) -> Result<(), SessionError> {
+        if publish.qos == QoS::ExactlyOnce {
+            // onnxd subscribes at QoS 1; a broker must not send more.
+            tracing::warn!(topic = ?publish.topic, "QoS 2 MQTT message ignored (subscribed at QoS 1)");
+            return Ok(());
+        }
+        if self.listeners.deliver(&publish.topic, &publish.payload) {
+            if publish.qos == QoS::AtLeastOnce {
+                link.send(Packet::PubAck(PubAck::new(publish.pkid, None)))?;
+            }
+            return Ok(());
+        }
+        self.request(link, publish, epoch)
+    }
+
     /// A request: ignored when retained, acknowledged at once when it is a redelivery of one
     /// already answered, otherwise run on its own task.
     fn request(&self, link: &mut Link, mut publish: Publish, epoch: u64) -> Result<(), SessionError> {
-        if publish.qos == QoS::ExactlyOnce {
-            // onnxd subscribes at QoS 1; a broker must not send more.
-            tracing::warn!(topic = ?publish.topic, "QoS 2 MQTT request ignored (subscribed at QoS 1)");
-            return Ok(());
-        }
         let acknowledge = publish.qos == QoS::AtLeastOnce;
         if publish.retain {
             // A retained message on a request topic is a stale request, not a new one.
@@ -355,7 +417,7 @@ impl Session {
     }
 
     /// Writes a command into the link's buffer; true for DISCONNECT (the task then ends).
-    fn outgoing(&self, link: &mut Link, command: Outbound, epoch: u64) -> bool {
+    fn outgoing(&mut self, link: &mut Link, command: Outbound, epoch: u64) -> bool {
         match command {
             Outbound::Disconnect => {
                 let disconnect = Disconnect::new(DisconnectReasonCode::NormalDisconnection);
@@ -363,8 +425,11 @@ impl Session {
                 return true;
             }
             // Made for a connection that has ended: see the module comment.
-            Outbound::Publish { epoch: made_for, .. } | Outbound::Ack { epoch: made_for, .. }
+            Outbound::Publish { epoch: made_for, .. }
+            | Outbound::Ack { epoch: made_for, .. }
+            | Outbound::Subscribe { epoch: made_for, .. }
                 if made_for != epoch => {}
+            Outbound::Subscribe { topic, .. } => self.subscribe_late(link, topic),
             Outbound::Ack { pkid, .. } => {
                 if let Err(e) = link.send(Packet::PubAck(PubAck::new(pkid, None))) {
                     tracing::error!(error = %e, "cannot write an MQTT acknowledgement");
@@ -384,6 +449,20 @@ impl Session {
             }
         }
         false
+    }
+}
+
+impl Session {
+    /// Subscribes a topic listened to since the connection came up (after the SUBSCRIBE in
+    /// flight, if there is one).
+    fn subscribe_late(&mut self, link: &mut Link, topic: String) {
+        let Some(subscribe) = self.subscriptions.subscribe([topic]) else {
+            return;
+        };
+        if let Err(e) = link.send(Packet::Subscribe(subscribe)) {
+            tracing::error!(error = %e, "cannot write an MQTT SUBSCRIBE: subscribed on the next connection");
+            self.subscriptions.unsent();
+        }
     }
 }
 

@@ -216,6 +216,8 @@ fn render_connection(registry: &Registry, m: &MqttSnapshot) {
         "MQTT requests by outcome (ok or the error reason).",
         &["outcome"],
     );
+    // `ok` exists from the start (at 0), so the family does before the first request.
+    requests.with_label_values(&["ok"]).inc_by(0);
     for (outcome, count) in &m.requests {
         requests.with_label_values(&[outcome]).inc_by(*count);
     }

@@ -39,6 +39,16 @@ impl Topics {
         format!("{}/models/{model}/status", self.node)
     }
 
+    /// `P/node`: the node's retained summary JSON (Home Assistant's models-ready sensor).
+    pub fn node_info(&self) -> String {
+        format!("{}/node", self.node)
+    }
+
+    /// `P/models/<m>/stats`: the model's retained rate and latency JSON.
+    pub fn model_stats(&self, model: &str) -> String {
+        format!("{}/models/{model}/stats", self.node)
+    }
+
     /// `P/models/<m>/result`: where responses go when the request names no response topic.
     pub fn result(&self, model: &str) -> String {
         format!("{}/models/{model}/result", self.node)

@@ -35,6 +35,9 @@ struct Families {
 }
 
 const PER_VERSION: [&str; 2] = ["model", "version"];
+/// Failure reasons every serving version reports from the start (at 0), so the family and
+/// its usual series exist before the first failure (dashboards, `rate()` from zero).
+const FAILURES_AT_START: [&str; 3] = ["bad_input", "expired", "overloaded"];
 
 impl Families {
     fn register(registry: &Registry) -> Families {
@@ -149,6 +152,11 @@ impl Families {
             self.info
                 .with_label_values(&[name, &version, &v.model.engine.to_string(), &v.model.provider])
                 .set(1);
+            for reason in FAILURES_AT_START {
+                self.failure
+                    .with_label_values(&[name, &version, reason])
+                    .inc_by(0);
+            }
         }
         let current = handle.state();
         for s in [ModelState::Loading, ModelState::Ready, ModelState::Unavailable] {

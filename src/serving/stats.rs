@@ -16,6 +16,13 @@ pub const DELAY_BUCKETS: [f64; 10] = [
     50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 250e-3,
 ];
 
+/// Upper bounds (seconds) of the request-latency histogram (arrival to result), read for the
+/// status page's p50/p99.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    250e-6, 500e-6, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 20e-3, 35e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0,
+    5.0,
+];
+
 /// A histogram of fixed bounds counted with atomics.
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
@@ -83,6 +90,8 @@ pub struct VersionStats {
     pub batch_sizes: Histogram<9>,
     /// Requests by time waiting for a batch (seconds).
     pub queue_delay: Histogram<10>,
+    /// Successful requests by time from arrival to result (seconds).
+    pub latency: Histogram<16>,
     /// Executions and their engine time, by exact batch size.
     batches: Mutex<BTreeMap<usize, (u64, u64)>>,
 }
@@ -100,6 +109,7 @@ impl Default for VersionStats {
             failures: Mutex::default(),
             batch_sizes: Histogram::new(&BATCH_BUCKETS),
             queue_delay: Histogram::new(&DELAY_BUCKETS),
+            latency: Histogram::new(&LATENCY_BUCKETS),
             batches: Mutex::default(),
         }
     }
@@ -158,6 +168,7 @@ impl VersionStats {
         // Each request of a batch waited for the whole execution.
         add(&self.compute_ns, served.compute);
         self.queue_delay.observe(served.queue.as_secs_f64());
+        self.latency.observe(served.request.as_secs_f64());
         if served.first {
             self.executions.fetch_add(1, Ordering::Relaxed);
             self.batch_sizes.observe(served.batch_size as f64);

@@ -1,7 +1,9 @@
 //! The status page's assets, compiled into the binary (no build step, no framework, no CDN),
 //! and the axum handlers that serve them: [`index`] for `GET /`, [`asset`] for
-//! `GET /assets/{name}` (`app.js`, `style.css`), and [`login_page`], the answer to a page
-//! request without a valid token when one is configured.
+//! `GET /assets/{name}` (`app.js`, `style.css`), `GET /status.json` and
+//! `GET /cameras/{c}/snapshot.jpg` from a [`StatusSource`] (the daemon's), and [`login_page`],
+//! the answer to a page request without a valid token when one is configured. [`routes`] and
+//! [`public_routes`] put them on the HTTP listener (the first behind its token).
 //!
 //! The page (`index.html` + `app.js`) polls `GET /status.json` every 2 s (same origin, with
 //! credentials) and renders it; the JSON it expects:
@@ -27,11 +29,14 @@
 //! The assets hold no data and may be served without a token; the login page is
 //! self-contained (inline style and script) so that it works when they are not.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -47,6 +52,71 @@ const VERSION_MARK: &str = "__ASSET_VERSION__";
 const HTML: &str = "text/html; charset=utf-8";
 const NO_CACHE: &str = "no-cache";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// Characters of a camera name kept as they are in its snapshot URL (RFC 3986 unreserved).
+const URL_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What the page shows, from the daemon.
+pub trait StatusSource: Send + Sync {
+    /// The `/status.json` document (its shape is in the module documentation).
+    fn status(&self) -> serde_json::Value;
+    /// The latest annotated frame of `camera`, once there is one.
+    fn snapshot(&self, camera: &str) -> Option<Bytes>;
+}
+
+/// `/cameras/<camera, percent-encoded>/snapshot.jpg`: the URL of a camera's snapshot (names may
+/// hold spaces and `/`).
+pub fn snapshot_url(camera: &str) -> String {
+    format!(
+        "/cameras/{}/snapshot.jpg",
+        utf8_percent_encode(camera, URL_SEGMENT)
+    )
+}
+
+/// The routes that need the token (when one is configured): the page, its JSON and the
+/// snapshots, for a router of any state.
+pub fn routes<S: Clone + Send + Sync + 'static>(source: Arc<dyn StatusSource>) -> axum::Router<S> {
+    axum::Router::new()
+        .route("/", get(index))
+        .route("/status.json", get(status_json))
+        .route("/cameras/{camera}/snapshot.jpg", get(snapshot))
+        .with_state(source)
+}
+
+/// The routes anyone may read: the assets (they hold no data).
+pub fn public_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    axum::Router::new().route("/assets/{name}", get(asset))
+}
+
+/// `GET /status.json`.
+pub async fn status_json(State(source): State<Arc<dyn StatusSource>>) -> Response {
+    let status = source.status();
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(status)).into_response()
+}
+
+/// `GET /cameras/{camera}/snapshot.jpg`: the latest annotated frame, 404 until there is one.
+pub async fn snapshot(State(source): State<Arc<dyn StatusSource>>, Path(camera): Path<String>) -> Response {
+    match source.snapshot(&camera) {
+        Some(jpeg) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        None => {
+            let body = serde_json::json!({
+                "error": format!("no snapshot of camera {camera:?} yet: it has no processed frame, or no such camera")
+            });
+            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+        }
+    }
+}
 
 /// The query of an asset URL.
 #[derive(Debug, Default, Deserialize)]
