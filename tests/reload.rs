@@ -465,8 +465,10 @@ fn deleting_a_model_unloads_it_after_in_flight_requests() {
     h.wait_for("cnn ready", Duration::from_secs(10), |_| {
         handle.state().state == State::Ready
     });
-    // A slow request (batch 64) in flight while the directory is deleted.
-    let x = Tensor::from_values(vec![64, 3, 96, 96], &vec![0.5f32; 64 * 3 * 96 * 96]).unwrap();
+    // A slow request in flight while the directory is deleted: it must still be running when
+    // the model leaves the router (the unload has started), and then complete.
+    const BATCH: usize = 512;
+    let x = Tensor::from_values(vec![BATCH, 3, 96, 96], &vec![0.5f32; BATCH * 3 * 96 * 96]).unwrap();
     let request = InferRequest {
         model: "cnn".into(),
         inputs: vec![("x".into(), x)],
@@ -480,16 +482,20 @@ fn deleting_a_model_unloads_it_after_in_flight_requests() {
             .unwrap();
         rt.block_on(router.infer(request))
     });
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(100));
     std::fs::remove_dir_all(h.dir.path().join("cnn")).unwrap();
     h.wait_for("cnn removed", Duration::from_secs(10), |h| {
         h.router.handle("cnn").is_none()
     });
+    assert!(
+        !in_flight.is_finished(),
+        "the request finished before the unload started: nothing was in flight"
+    );
     let response = in_flight
         .join()
         .unwrap()
         .expect("the in-flight request completes");
-    assert_eq!(response.outputs[0].1.shape(), &[64, 10]);
+    assert_eq!(response.outputs[0].1.shape(), &[BATCH, 10]);
     let x = Tensor::from_values(vec![1, 3, 96, 96], &vec![0.5f32; 3 * 96 * 96]).unwrap();
     let after = h.runtime.block_on(h.router.infer(InferRequest {
         model: "cnn".into(),

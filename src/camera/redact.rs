@@ -39,8 +39,13 @@ fn mask_user_info(text: &str) -> String {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
         let token = &tail[..tail.find(ends_token).unwrap_or(tail.len())];
+        // A password may hold a quote: up to the next space, the authority (before the first
+        // `/`) still ends at its `@`.
+        let run = &tail[..tail.find(char::is_whitespace).unwrap_or(tail.len())];
+        let authority = &run[..run.find('/').unwrap_or(run.len())];
+        let user_info_end = token.rfind('@').or_else(|| authority.rfind('@'));
         // `scheme:///path` has no authority, hence no user info.
-        match token.rfind('@').filter(|_| !token.starts_with('/')) {
+        match user_info_end.filter(|_| !token.starts_with('/')) {
             Some(user_info_end) => {
                 out.push_str("***");
                 rest = &tail[user_info_end..];
@@ -95,6 +100,10 @@ mod tests {
             ),
             ("rtsp://admin@cam:554/x", "rtsp://***@cam:554/x"),
             ("rtsp://u:p@ss@cam/x", "rtsp://***@cam/x"),
+            // Quotes in a password (they end a URL quoted in a text otherwise).
+            ("rtsp://u:it's@cam/s", "rtsp://***@cam/s"),
+            ("rtsp://u:\"q\"<x>@cam/s", "rtsp://***@cam/s"),
+            ("'rtsp://u:it's@cam/s'", "'rtsp://***@cam/s'"),
             (
                 "http://cam.local:8080/video?res=hd",
                 "http://cam.local:8080/video?res=hd",

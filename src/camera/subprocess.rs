@@ -1,5 +1,7 @@
 //! Sources that are a child process writing frames to its stdout (ffmpeg, gst-launch). The
-//! process starts on the first frame and again on the first frame after it died. Its stderr
+//! process starts on the first frame and again on the first frame after it died. What must
+//! not be on its command line (a camera URL with a password: any user can read
+//! `/proc/<pid>/cmdline`) can be handed to it on its stdin instead. Its stderr
 //! is logged at debug level (redacted) and its last lines explain an exit. Waiting longer
 //! than [`SourceOptions::frame_wait`] for a frame is a stall; the process is then killed.
 //! Dropping the source kills the process (`kill_on_drop`); tokio reaps it in the background,
@@ -9,7 +11,7 @@ use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
@@ -40,6 +42,8 @@ pub(crate) enum Framing {
 pub(crate) struct ProcessSource {
     program: &'static str,
     args: Vec<String>,
+    /// Written to the process's stdin, which is then closed (else stdin is /dev/null).
+    stdin: Option<String>,
     framing: Framing,
     /// For logs and errors, redacted.
     shown: String,
@@ -75,11 +79,17 @@ impl ProcessSource {
         ProcessSource {
             program,
             args,
+            stdin: None,
             framing,
             shown: redact(shown),
             frame_wait: options.frame_wait(),
             running: None,
         }
+    }
+
+    /// The same source, handing `input` to the process on its stdin.
+    pub(crate) fn with_stdin(self, input: Option<String>) -> ProcessSource {
+        ProcessSource { stdin: input, ..self }
     }
 
     /// The program's arguments.
@@ -88,10 +98,20 @@ impl ProcessSource {
         &self.args
     }
 
+    /// What the process gets on its stdin.
+    #[cfg(test)]
+    pub(crate) fn stdin(&self) -> Option<&str> {
+        self.stdin.as_deref()
+    }
+
     fn start(&self) -> Result<Running, SourceError> {
+        let stdin = match self.stdin {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(self.program)
             .args(&self.args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -100,6 +120,13 @@ impl ProcessSource {
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(SourceError::failed(&self.shown, "child process without pipes"));
         };
+        if let (Some(mut pipe), Some(input)) = (child.stdin.take(), self.stdin.clone()) {
+            // Small (well under a pipe's buffer); closed once written. A process that exits
+            // first makes the write fail, which its exit status then explains.
+            tokio::spawn(async move {
+                let _ = pipe.write_all(input.as_bytes()).await;
+            });
+        }
         let shown = self.shown.clone();
         let stderr = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5::Publish;
-use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::QoS;
 
+use super::session::WeakWire;
 use super::topics::Topics;
 use crate::delivery::Delivery;
 
@@ -18,8 +19,9 @@ use crate::delivery::Delivery;
 pub fn handle(
     delivery: Option<&Arc<Delivery>>,
     topics: &Topics,
-    client: &AsyncClient,
+    acks: &WeakWire,
     publish: &Publish,
+    epoch: u64,
 ) -> bool {
     let topic = String::from_utf8_lossy(&publish.topic);
     let Some((model, command)) = topics.parse_command(&topic) else {
@@ -29,11 +31,14 @@ pub fn handle(
         return false;
     };
     let (model, command) = (model.to_string(), command.to_string());
-    let (client, publish) = (client.clone(), publish.clone());
+    let (acks, publish) = (acks.clone(), publish.clone());
+    let acknowledge = publish.qos == QoS::AtLeastOnce;
     if command == "rollback" && publish.retain {
         // A retained rollback would roll back again on every reconnect.
         tracing::warn!(model, "retained rollback command ignored");
-        let _ = client.try_ack(&publish);
+        if acknowledge {
+            acks.ack(epoch, publish.pkid);
+        }
         return true;
     }
     tokio::spawn(async move {
@@ -48,10 +53,8 @@ pub fn handle(
         if let Err(e) = outcome {
             tracing::warn!(model, command, error = %e, "MQTT delivery command refused");
         }
-        if publish.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce {
-            if let Err(e) = client.try_ack(&publish) {
-                tracing::warn!(error = %e, "cannot acknowledge a delivery command");
-            }
+        if acknowledge {
+            acks.ack(epoch, publish.pkid);
         }
     });
     true

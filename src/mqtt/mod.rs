@@ -3,44 +3,54 @@
 //! model delivery's deploy and rollback commands ([`deploy`]).
 //!
 //! - [`topics`]: the topic layout.
-//! - [`client`]: connection options (TLS, credentials, session, Last Will) and the task that
-//!   polls the event loop, reconnecting with backoff.
+//! - [`client`]: connection settings (TLS, credentials, session, Last Will).
+//! - [`wire`]: one connection at the packet level (`rumqttc`'s MQTT 5 codec).
+//! - [`session`]: the task that keeps the connection, reconnecting with backoff, writes
+//!   what the publisher hands it and keeps the connection's [`subscriptions`].
 //! - [`requests`]: one request in, one reply out (JSON, binary framing, errors).
-//! - [`publisher`]: the thread that delivers replies and status, tracks PUBACKs, acknowledges
-//!   requests once their response is safe, and owns the [`outbox`].
+//! - [`publisher`]: the thread that delivers replies and status with packet ids of its own
+//!   ([`packet_ids`]), matches PUBACKs by id, acknowledges requests once their response is
+//!   safe, remembers them as [`answered`], and owns the [`outbox`].
 //! - [`outbox`]: the durable, checksummed queue of what the broker could not take yet.
 //! - [`stats`]: counters for `/metrics`.
-//! - [`listen`]: topics other parts of the daemon listen to (Home Assistant's birth message).
+//! - [`listen`]: topics other parts of the daemon listen to (Home Assistant's birth message),
+//!   subscribed through the session's [`subscriptions`].
 //!
 //! The daemon runs without a broker: the connection keeps retrying with backoff, results wait
 //! in the outbox, HTTP and cameras are unaffected.
 
+pub mod answered;
 pub mod client;
 pub mod deploy;
 pub mod listen;
 pub mod outbox;
+pub mod packet_ids;
 pub mod publisher;
 pub mod requests;
+pub mod session;
 pub mod stats;
+pub mod subscriptions;
 pub mod topics;
+pub mod wire;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use rumqttc::v5::AsyncClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::serving::Router;
-use client::EventLoopTask;
+use answered::Answered;
 use listen::Listeners;
 use outbox::{Outbox, OutboxLimits};
 use publisher::Command;
 use requests::Handler;
+use session::{Session, Wire};
 use stats::MqttStats;
+use subscriptions::Subscriptions;
 use topics::Topics;
 
 /// Why MQTT could not start.
@@ -63,7 +73,6 @@ pub struct Mqtt {
     handler: Arc<Handler>,
     event_loop: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
-    client: AsyncClient,
     listeners: Arc<Listeners>,
 }
 
@@ -81,7 +90,7 @@ impl Mqtt {
             return Ok(None);
         };
         let topics = Topics::new(&mqtt.topic_prefix, &config.node_id, &mqtt.share_group);
-        let options = client::options(mqtt, &topics)?;
+        let settings = client::settings(mqtt, &topics)?;
         let outbox = Outbox::open(
             &config.state_dir.join("outbox"),
             OutboxLimits {
@@ -98,16 +107,19 @@ impl Mqtt {
             );
         }
         let stats = Arc::new(MqttStats::default());
-        let (client, eventloop) = AsyncClient::new(options, client::CLIENT_QUEUE);
-        let (publisher, publisher_thread) = publisher::spawn(
-            client.clone(),
+        let answered = Arc::new(Answered::default());
+        let (wire, commands) = Wire::channel();
+        let listeners = Arc::new(Listeners::new(&wire));
+        let acks = wire.downgrade();
+        let (publisher, publisher_thread) = publisher::spawn(publisher::Parts {
+            wire,
             outbox,
-            router.clone(),
-            topics.clone(),
-            stats.clone(),
-        );
+            router: router.clone(),
+            topics: topics.clone(),
+            stats: stats.clone(),
+            answered: answered.clone(),
+        });
         let (stop, stopped) = watch::channel(false);
-        let listeners = Arc::new(Listeners::default());
         let handler = Arc::new(Handler::new(
             router,
             topics.clone(),
@@ -116,15 +128,18 @@ impl Mqtt {
             stats.clone(),
             shutdown,
         ));
-        let task = EventLoopTask {
-            eventloop,
-            client: client.clone(),
+        let task = Session {
+            settings,
             listeners: listeners.clone(),
+            subscriptions: Subscriptions::default(),
             topics: topics.clone(),
             publisher: publisher.clone(),
             handler: handler.clone(),
+            answered,
+            commands,
             stop: stopped,
             deploys,
+            acks,
         };
         tracing::info!(host = %mqtt.broker.host, port = mqtt.broker.port, tls = mqtt.broker.tls, client_id = %mqtt.client_id, "MQTT starting");
         Ok(Some(Mqtt {
@@ -134,7 +149,6 @@ impl Mqtt {
             handler,
             event_loop: tokio::spawn(task.run()),
             stop,
-            client,
             listeners,
         }))
     }
@@ -146,10 +160,10 @@ impl Mqtt {
         }
     }
 
-    /// Messages on `topic` (exactly; subscribed on every connect), e.g. Home Assistant's
-    /// birth message. Must be called inside the tokio runtime.
+    /// Messages on `topic` (exactly; subscribed on every connect, and at once when connected),
+    /// e.g. Home Assistant's birth message.
     pub fn listen(&self, topic: &str) -> tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes> {
-        self.listeners.add(topic, &self.client)
+        self.listeners.add(topic)
     }
 
     /// Once the shutdown signal stopped intake (later requests are left to the broker for the

@@ -1,26 +1,29 @@
 //! The delivery side of MQTT: one thread that owns the durable [`Outbox`] and knows, for every
 //! QoS 1 message onnxd publishes, whether the broker has acknowledged it.
 //!
-//! `rumqttc`'s `publish()` only queues; the broker's PUBACK is what makes a message safe. The
-//! event-loop task reports, in order, each `Outgoing::Publish(pkid)` (a queued message went on
-//! the wire with that packet id) and each PUBACK; because this thread is the only one that
-//! queues publishes, the n-th `Outgoing::Publish` belongs to the n-th message it queued, so
-//! queued messages wait in `unsent` until their packet id is known, then in `inflight` until
-//! acknowledged. When the connection drops, the event loop's own retransmission list is
-//! emptied (see `client.rs`): every message not acknowledged is this thread's to re-deliver, so
-//! nothing is sent twice behind its back and nothing is forgotten.
+//! Handing a message to the connection only queues it; the broker's PUBACK is what makes it
+//! safe. This thread gives every message its packet id before handing it over (see
+//! [`super::packet_ids`]) and keeps it in `inflight` under that id until the PUBACK with the
+//! same id comes — in whatever order the broker acknowledges. A PUBACK with an id not in
+//! flight (never sent, already acknowledged, or given up on) is logged and counted, and
+//! acknowledges nothing. When the connection drops, every message not acknowledged is this
+//! thread's to re-deliver (from the outbox, with new ids); nothing is retransmitted behind
+//! its back.
 //!
 //! Delivery rules (SPEC §6):
 //! - A request is acknowledged to the broker only after its response was acknowledged by the
 //!   broker, or written and synced to the outbox — and only on the connection it arrived on
 //!   (after a reconnect the broker redelivers it instead).
-//! - While disconnected, when the send window is full, or while the outbox still holds older
-//!   messages, responses are appended to the outbox (order is kept), synced once per batch
-//!   (group commit), and replayed in order after reconnect.
+//! - While disconnected, when the send window (at most the broker's receive maximum) is full,
+//!   or while the outbox still holds older messages, responses are appended to the outbox
+//!   (order is kept), synced once per batch (group commit), and replayed in order after
+//!   reconnect.
+//! - Once a request's response is safe, the request is remembered as answered, so a
+//!   redelivery of it is acknowledged without running it again (see [`super::answered`]).
 //! - Status messages (`online`, model states) are never outboxed: they are re-published on
 //!   every connect. `stopped` is published on a clean exit.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,14 +31,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
 
+use super::answered::Answered;
 use super::outbox::{Entry, Outbox, Seq};
+use super::packet_ids::PacketIds;
+use super::session::Wire;
 use super::stats::MqttStats;
 use super::topics::Topics;
 use crate::serving::Router;
 
-/// Most messages queued to the client or awaiting PUBACK; past it responses go to the outbox.
+/// Most messages awaiting PUBACK (lowered to the broker's receive maximum); past it responses
+/// go to the outbox.
 const WINDOW: usize = 256;
 /// A message not acknowledged this long after it went out is written to the outbox.
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,22 +50,28 @@ const STATUS_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean exit waits for `stopped` to be acknowledged.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// A request to acknowledge once its response is safe.
+/// A QoS 1 request to acknowledge once its response is safe.
 #[derive(Debug)]
 pub struct RequestAck {
-    /// The request (payload dropped): its QoS and packet id.
-    pub publish: Publish,
-    /// The connection it arrived on (counted by both sides from 1).
+    /// The packet id the broker gave it.
+    pub pkid: u16,
+    /// The connection it arrived on (counted from 1 by the session task).
     pub epoch: u64,
+    /// What identifies it besides its id (see [`super::answered`]).
+    pub fingerprint: u64,
 }
 
-/// What the event-loop task saw on the connection, in order.
+/// What the session task saw on the connection, in order.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A CONNACK: a new connection (epoch) starts.
-    Connected,
-    /// The next queued QoS 1 message went out with this packet id.
-    Sent(u16),
+    /// A CONNACK: connection `epoch` starts; the broker takes at most `receive_maximum`
+    /// unacknowledged messages.
+    Connected {
+        /// The connection, counted from 1.
+        epoch: u64,
+        /// The broker's receive maximum.
+        receive_maximum: u16,
+    },
     /// A PUBACK; `accepted` is false when the broker refused the message.
     Acked {
         /// Packet id.
@@ -67,11 +79,19 @@ pub enum LinkEvent {
         /// Whether the broker accepted it.
         accepted: bool,
     },
-    /// The connection dropped; `unprocessed` queued messages never reached the wire before
-    /// the event loop discarded them.
+    /// A message could not be written at all (over the broker's maximum packet size).
+    Unsendable {
+        /// Its packet id.
+        pkid: u16,
+        /// Its size in bytes.
+        size: usize,
+        /// The broker's limit.
+        limit: Option<u32>,
+    },
+    /// Connection `epoch` ended: nothing sent on it will be acknowledged.
     Disconnected {
-        /// Messages discarded from the event loop's queue.
-        unprocessed: usize,
+        /// The connection.
+        epoch: u64,
     },
 }
 
@@ -118,24 +138,44 @@ struct Token {
     sent: Instant,
 }
 
+/// What the publisher thread works with.
+pub struct Parts {
+    /// The connection's command queue.
+    pub wire: Wire,
+    /// The durable outbox.
+    pub outbox: Outbox,
+    /// The serving core (model states).
+    pub router: Arc<Router>,
+    /// Topic layout.
+    pub topics: Topics,
+    /// Counters.
+    pub stats: Arc<MqttStats>,
+    /// Requests answered in this session.
+    pub answered: Arc<Answered>,
+}
+
 /// Starts the publisher thread.
-pub fn spawn(
-    client: AsyncClient,
-    outbox: Outbox,
-    router: Arc<Router>,
-    topics: Topics,
-    stats: Arc<MqttStats>,
-) -> (Sender<Command>, JoinHandle<()>) {
+pub fn spawn(parts: Parts) -> (Sender<Command>, JoinHandle<()>) {
     let (commands, inbox) = crossbeam_channel::unbounded();
-    let publisher = Publisher {
-        client,
+    let Parts {
+        wire,
         outbox,
         router,
         topics,
         stats,
+        answered,
+    } = parts;
+    let publisher = Publisher {
+        wire,
+        outbox,
+        router,
+        topics,
+        stats,
+        answered,
         epoch: 0,
         connected: false,
-        unsent: VecDeque::new(),
+        window: WINDOW,
+        ids: PacketIds::default(),
         inflight: HashMap::new(),
         synced_acks: Vec::new(),
         published_states: BTreeMap::new(),
@@ -150,16 +190,20 @@ pub fn spawn(
 }
 
 struct Publisher {
-    client: AsyncClient,
+    wire: Wire,
     outbox: Outbox,
     router: Arc<Router>,
     topics: Topics,
     stats: Arc<MqttStats>,
+    answered: Arc<Answered>,
+    /// The current connection (valid while `connected`).
     epoch: u64,
     connected: bool,
-    /// Queued to the client, packet id not known yet (in queue order).
-    unsent: VecDeque<Token>,
-    /// On the wire, awaiting PUBACK.
+    /// Messages that may await PUBACK at once on this connection.
+    window: usize,
+    /// Packet ids in use on this connection.
+    ids: PacketIds,
+    /// Handed to the connection, awaiting PUBACK, by packet id.
     inflight: HashMap<u16, Token>,
     /// Requests to acknowledge once the outbox is synced.
     synced_acks: Vec<RequestAck>,
@@ -222,51 +266,42 @@ impl Publisher {
 
     fn deliver(&mut self, delivery: Box<Delivery>) {
         let direct = self.connected && self.outbox.is_empty() && self.window_left() > 0;
-        if direct && self.try_publish(&delivery.entry) {
-            self.track(Origin::Live(delivery));
+        if direct {
+            let publish = publish_of(&delivery.entry);
+            self.send(publish, Origin::Live(delivery));
         } else {
             self.keep(*delivery);
         }
     }
 
     fn window_left(&self) -> usize {
-        WINDOW.saturating_sub(self.unsent.len() + self.inflight.len())
+        self.window.saturating_sub(self.ids.outstanding())
     }
 
-    /// Queues a message to the client (QoS 1); false when the client's queue is full.
-    fn try_publish(&self, entry: &Entry) -> bool {
-        let properties = PublishProperties {
-            content_type: entry.content_type.clone(),
-            correlation_data: entry.correlation_data.clone().map(Into::into),
-            user_properties: entry.user_properties.clone(),
-            ..Default::default()
-        };
-        self.client
-            .try_publish_with_properties(
-                entry.topic.clone(),
-                QoS::AtLeastOnce,
-                entry.retain,
-                entry.payload.clone(),
-                properties,
-            )
-            .is_ok()
-    }
-
-    /// Remembers a queued message until its PUBACK.
-    fn track(&mut self, origin: Origin) {
-        self.unsent.push_back(Token {
-            origin,
-            sent: Instant::now(),
-        });
-    }
-
-    /// Queues a replayed or status message (the entry itself is not kept).
+    /// Hands a message (QoS 1) with a new packet id to the connection and remembers it until
+    /// its PUBACK; false when it cannot go now (not connected, no id left) — a live response
+    /// then goes to the outbox.
     fn queue_entry(&mut self, entry: &Entry, origin: Origin) -> bool {
-        let queued = self.try_publish(entry);
-        if queued {
-            self.track(origin);
-        }
-        queued
+        self.send(publish_of(entry), origin)
+    }
+
+    fn send(&mut self, mut publish: Publish, origin: Origin) -> bool {
+        let Some(pkid) = self.connected.then(|| self.ids.allocate()).flatten() else {
+            if let Origin::Live(delivery) = origin {
+                self.keep(*delivery);
+            }
+            return false;
+        };
+        publish.pkid = pkid;
+        self.wire.publish(self.epoch, publish);
+        self.inflight.insert(
+            pkid,
+            Token {
+                origin,
+                sent: Instant::now(),
+            },
+        );
+        true
     }
 
     /// Appends to the outbox; the request is acknowledged once the outbox is synced.
@@ -287,55 +322,83 @@ impl Publisher {
 
     fn link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Connected => {
-                self.epoch += 1;
-                self.connected = true;
-                self.outbox.rewind();
-                self.published_states.clear();
-                let online = status_entry(self.topics.status(), b"online".to_vec());
-                self.queue_entry(&online, Origin::Status);
-                self.publish_model_states();
-                let retained: Vec<Entry> = self
-                    .retained
-                    .iter()
-                    .map(|(topic, payload)| status_entry(topic.clone(), payload.clone()))
-                    .collect();
-                for entry in retained {
-                    self.queue_entry(&entry, Origin::Status);
+            LinkEvent::Connected {
+                epoch,
+                receive_maximum,
+            } => self.connected(epoch, receive_maximum),
+            LinkEvent::Acked { pkid, accepted } => {
+                let known = self.ids.release(pkid);
+                match self.inflight.remove(&pkid) {
+                    Some(token) if known => {
+                        if !accepted {
+                            self.stats.publish_refused();
+                        }
+                        self.delivered(token.origin);
+                    }
+                    _ => {
+                        self.stats.unexpected_puback();
+                        tracing::warn!(
+                            pkid,
+                            "PUBACK for a packet id onnxd has not got in flight: ignored"
+                        );
+                    }
                 }
             }
-            LinkEvent::Sent(pkid) => match self.unsent.pop_front() {
-                Some(token) => {
-                    self.inflight.insert(pkid, token);
-                }
-                None => tracing::warn!(pkid, "MQTT publish sent that onnxd did not queue"),
-            },
-            LinkEvent::Acked { pkid, accepted } => {
+            LinkEvent::Unsendable { pkid, size, limit } => {
+                self.ids.release(pkid);
                 if let Some(token) = self.inflight.remove(&pkid) {
-                    if !accepted {
-                        self.stats.publish_refused();
-                    }
+                    // It can never be delivered: dropped like a message the broker refuses.
+                    self.stats.publish_refused();
+                    tracing::error!(
+                        size,
+                        limit,
+                        "MQTT message over the broker's maximum packet size: dropped"
+                    );
                     self.delivered(token.origin);
                 }
             }
-            LinkEvent::Disconnected { unprocessed } => {
-                self.connected = false;
-                let lost = unprocessed.min(self.unsent.len());
-                let mut failed: Vec<Token> = self.unsent.drain(..lost).collect();
-                failed.extend(self.inflight.drain().map(|(_, token)| token));
-                // Requests answered by these are not acknowledged (this connection is gone);
-                // their responses wait in the outbox.
-                for token in failed {
-                    if let Origin::Live(delivery) = token.origin {
-                        self.keep(Delivery {
-                            ack: None,
-                            ..*delivery
-                        });
-                    }
-                }
-                self.outbox.rewind();
+            LinkEvent::Disconnected { epoch } if epoch == self.epoch => self.disconnected(),
+            LinkEvent::Disconnected { .. } => {}
+        }
+    }
+
+    /// A new connection: status re-published, outbox replayed from its start.
+    fn connected(&mut self, epoch: u64, receive_maximum: u16) {
+        self.epoch = epoch;
+        self.connected = true;
+        self.window = WINDOW.min(usize::from(receive_maximum.max(1)));
+        self.ids.reset();
+        self.outbox.rewind();
+        self.published_states.clear();
+        let online = status_entry(self.topics.status(), b"online".to_vec());
+        self.queue_entry(&online, Origin::Status);
+        self.publish_model_states();
+        let retained: Vec<Entry> = self
+            .retained
+            .iter()
+            .map(|(topic, payload)| status_entry(topic.clone(), payload.clone()))
+            .collect();
+        for entry in retained {
+            self.queue_entry(&entry, Origin::Status);
+        }
+    }
+
+    /// The connection ended: what was not acknowledged is given up on. Requests answered by
+    /// those messages are not acknowledged (the connection is gone; the broker redelivers
+    /// them); the responses wait in the outbox.
+    fn disconnected(&mut self) {
+        self.connected = false;
+        self.ids.reset();
+        let failed: Vec<Token> = self.inflight.drain().map(|(_, token)| token).collect();
+        for token in failed {
+            if let Origin::Live(delivery) = token.origin {
+                self.keep(Delivery {
+                    ack: None,
+                    ..*delivery
+                });
             }
         }
+        self.outbox.rewind();
     }
 
     fn delivered(&mut self, origin: Origin) {
@@ -355,11 +418,13 @@ impl Publisher {
         }
     }
 
+    /// The request's response is safe: remember it as answered and acknowledge it on the
+    /// connection it came on (after a reconnect the broker redelivers it instead, and the
+    /// redelivery is acknowledged without running it again).
     fn ack_request(&self, ack: RequestAck) {
+        self.answered.record(ack.pkid, ack.fingerprint);
         if self.connected && ack.epoch == self.epoch {
-            if let Err(e) = self.client.try_ack(&ack.publish) {
-                tracing::warn!(error = %e, "cannot queue an MQTT acknowledgement; the broker will redeliver");
-            }
+            self.wire.ack(ack.epoch, ack.pkid);
         }
     }
 
@@ -379,7 +444,7 @@ impl Publisher {
             }
             for (seq, entry) in batch {
                 if !self.queue_entry(&entry, Origin::Replay(seq)) {
-                    // The client's queue is full: hand the rest out again later.
+                    // No packet id left: hand the rest out again later.
                     self.outbox.rewind();
                     return;
                 }
@@ -416,6 +481,8 @@ impl Publisher {
             let Some(token) = self.inflight.remove(&pkid) else {
                 continue;
             };
+            // The broker may still acknowledge it: the id is not reused on this connection.
+            self.ids.quarantine(pkid);
             self.stats.publish_timeout();
             match token.origin {
                 Origin::Live(delivery) => self.keep(*delivery),
@@ -467,7 +534,7 @@ impl Publisher {
             let stopped = status_entry(self.topics.status(), b"stopped".to_vec());
             self.queue_entry(&stopped, Origin::Status);
             let until = Instant::now() + STOP_WAIT;
-            while !self.unsent.is_empty() || !self.inflight.is_empty() {
+            while !self.inflight.is_empty() {
                 let Some(left) = until.checked_duration_since(Instant::now()) else {
                     break;
                 };
@@ -479,11 +546,7 @@ impl Publisher {
                 }
             }
         }
-        let pending: Vec<Token> = self
-            .unsent
-            .drain(..)
-            .chain(self.inflight.drain().map(|(_, t)| t))
-            .collect();
+        let pending: Vec<Token> = self.inflight.drain().map(|(_, t)| t).collect();
         for token in pending {
             if let Origin::Live(delivery) = token.origin {
                 self.keep(Delivery {
@@ -494,7 +557,7 @@ impl Publisher {
         }
         self.synced_acks.clear();
         self.sync();
-        let _ = self.client.try_disconnect();
+        self.wire.disconnect();
     }
 }
 
@@ -508,4 +571,22 @@ fn status_entry(topic: String, payload: Vec<u8>) -> Entry {
         correlation_data: None,
         user_properties: Vec::new(),
     }
+}
+
+/// The QoS 1 PUBLISH of an entry (packet id set when it is sent).
+fn publish_of(entry: &Entry) -> Publish {
+    let properties = PublishProperties {
+        content_type: entry.content_type.clone(),
+        correlation_data: entry.correlation_data.clone().map(Into::into),
+        user_properties: entry.user_properties.clone(),
+        ..Default::default()
+    };
+    let mut publish = Publish::new(
+        entry.topic.clone(),
+        QoS::AtLeastOnce,
+        entry.payload.clone(),
+        Some(properties),
+    );
+    publish.retain = entry.retain;
+    publish
 }

@@ -1,6 +1,6 @@
 //! MQTT counters read by `/metrics`: connection state and attempts, requests by outcome,
-//! duplicates and ignored retained messages, publishes, and the outbox (depth, drops by cause,
-//! write errors, disk full).
+//! duplicates (redelivered, suppressed), unexpected PUBACKs, ignored retained messages,
+//! publishes, and the outbox (depth, drops by cause, write errors, disk full).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +19,8 @@ pub struct MqttStats {
     connection_errors: AtomicU64,
     requests: Mutex<BTreeMap<&'static str, u64>>,
     duplicates: AtomicU64,
+    duplicates_suppressed: AtomicU64,
+    unexpected_pubacks: AtomicU64,
     retained_ignored: AtomicU64,
     published: AtomicU64,
     publish_refused: AtomicU64,
@@ -41,6 +43,10 @@ pub struct MqttSnapshot {
     pub requests: BTreeMap<&'static str, u64>,
     /// Requests the broker redelivered (DUP flag).
     pub duplicates: u64,
+    /// Redelivered requests already answered in this session: acknowledged, not run again.
+    pub duplicates_suppressed: u64,
+    /// PUBACKs with a packet id onnxd had not got in flight (ignored).
+    pub unexpected_pubacks: u64,
     /// Retained messages on request topics, ignored.
     pub retained_ignored: u64,
     /// Messages acknowledged by the broker.
@@ -89,6 +95,16 @@ impl MqttStats {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A redelivered request was already answered: acknowledged without running it.
+    pub fn duplicate_suppressed(&self) {
+        self.duplicates_suppressed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A PUBACK came for a packet id not in flight.
+    pub fn unexpected_puback(&self) {
+        self.unexpected_pubacks.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A retained message on a request topic was ignored.
     pub fn retained_ignored(&self) {
         self.retained_ignored.fetch_add(1, Ordering::Relaxed);
@@ -134,6 +150,8 @@ impl MqttStats {
             connection_errors: load(&self.connection_errors),
             requests: self.requests.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             duplicates: load(&self.duplicates),
+            duplicates_suppressed: load(&self.duplicates_suppressed),
+            unexpected_pubacks: load(&self.unexpected_pubacks),
             retained_ignored: load(&self.retained_ignored),
             published: load(&self.published),
             publish_refused: load(&self.publish_refused),
@@ -206,8 +224,20 @@ fn render_connection(registry: &Registry, m: &MqttSnapshot) {
     plain_counter(
         registry,
         "onnxd_mqtt_duplicate_requests_total",
-        "Requests the broker redelivered (answered again).",
+        "Requests the broker redelivered (DUP flag).",
         m.duplicates,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_duplicates_suppressed_total",
+        "Redelivered requests already answered in this session: acknowledged, not run again.",
+        m.duplicates_suppressed,
+    );
+    plain_counter(
+        registry,
+        "onnxd_mqtt_unexpected_pubacks_total",
+        "PUBACKs for a packet id onnxd had not got in flight (ignored: they acknowledge nothing).",
+        m.unexpected_pubacks,
     );
     plain_counter(
         registry,

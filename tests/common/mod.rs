@@ -199,6 +199,50 @@ pub fn sum_model(cols: i64, value: f32) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// `y = x + value + ReduceSum(MatMul(x, W))` with W FP32 `[1, weight_bytes / 4]` of varied
+/// values, x FP32 `[N, 1]`: `value` at x = 0, like [`value_model`], but through weights every
+/// inference reads. Unlike an unused initializer (ONNX Runtime strips it), a weight multiplied
+/// by zero or a uniform one (tract folds those), they stay in memory as long as the model is
+/// loaded, in ONNX Runtime and in tract.
+pub fn weighted_model(value: f32, weight_bytes: usize) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{NodeProto, TensorProto};
+    let mut model = tract_onnx::pb::ModelProto::decode(&value_model(value, 0)[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let k = weight_bytes / 4;
+    graph.initializer.extend([
+        TensorProto {
+            name: "w".into(),
+            dims: vec![1, k as i64],
+            data_type: 1,
+            raw_data: (0..k)
+                .flat_map(|j| ((j % 251) as f32 * 1e-3).to_le_bytes())
+                .collect(),
+            ..Default::default()
+        },
+        TensorProto {
+            name: "axes".into(),
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![1],
+            ..Default::default()
+        },
+    ]);
+    let node = |op: &str, input: [&str; 2], output: &str| NodeProto {
+        op_type: op.into(),
+        input: input.map(String::from).into(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    graph.node = vec![
+        node("MatMul", ["x", "w"], "h"),
+        node("ReduceSum", ["h", "axes"], "s"),
+        node("Add", ["x", "c"], "t"),
+        node("Add", ["t", "s"], "y"),
+    ];
+    model.encode_to_vec()
+}
+
 /// `y = x + value` with x FP32 `[N, K]`, both dimensions symbolic: requests of different
 /// widths cannot share a batch, requests of one width can.
 pub fn widths_model(value: f32) -> Vec<u8> {

@@ -40,12 +40,13 @@ impl Broker {
     /// delayed ACK) and `extra` config lines; `listener` replaces the plain listener line when
     /// given.
     ///
-    /// `max_inflight_messages 0` lifts the receive maximum of 20 the broker would announce:
-    /// after a reconnect, `rumqttc` replays its whole pending list without flow control, and
-    /// past the announced window packet ids collide and the test client's own requests are
-    /// dropped (`MqttState::outgoing_publish` keeps only the last collision). onnxd never
-    /// replays through `rumqttc` (it empties that list and re-delivers itself), so only the
-    /// test client needs this.
+    /// `max_inflight_messages 0` lifts the receive maximum of 20 the broker would announce,
+    /// unless `extra` sets `max_inflight_messages` itself: after a reconnect, the test
+    /// client's `rumqttc` replays its whole pending list without flow control, and past the
+    /// announced window packet ids collide and its own requests are dropped
+    /// (`MqttState::outgoing_publish` keeps only the last collision). onnxd chooses its own
+    /// packet ids and keeps within the window; the tests that run the broker's default
+    /// (`max_inflight_messages 20`) check that, with a test client that does not reconnect.
     pub fn start(dir: &Path, extra: &str) -> Broker {
         let port = free_port();
         let dir = dir.join("broker");
@@ -56,6 +57,10 @@ impl Broker {
             .arg(dir.parent().unwrap())
             .status();
         let config = dir.join("mosquitto.conf");
+        let inflight = match extra.contains("max_inflight_messages") {
+            true => "",
+            false => "max_inflight_messages 0\n",
+        };
         let listener = if extra.contains("listener ") {
             String::new()
         } else {
@@ -65,7 +70,7 @@ impl Broker {
             &config,
             format!(
                 "{listener}{}persistence true\npersistence_location {}/\nautosave_interval 1\n\
-                 max_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                 max_queued_messages 0\n{inflight}set_tcp_nodelay true\nlog_dest file {}/mosquitto.log\nlog_type all\n",
                 extra.replace("{port}", &port.to_string()),
                 dir.display(),
                 dir.display()
