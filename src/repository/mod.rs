@@ -301,8 +301,7 @@ impl Repository {
         source: &VersionSource<'_>,
     ) -> Result<LoadedVersion, loader::LoadError> {
         loader::stage(source, &self.settings).and_then(|staged| {
-            let replace =
-                self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
+            let replace = self.mode == ReloadMode::Replace || !admits(staged.footprint(), (self.memory)());
             let drained = if replace {
                 self.drain_for(pass, source.version)
             } else {

@@ -101,9 +101,14 @@ fn listened_topics_are_subscribed_on_every_connect_and_when_added_and_never_answ
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _guard = runtime.enter();
     let config = config(dir.path(), broker.port);
-    let mqtt = Mqtt::start(&config, Arc::new(Router::default()), CancellationToken::new())
-        .expect("MQTT starts")
-        .expect("MQTT configured");
+    let mqtt = Mqtt::start(
+        &config,
+        Arc::new(Router::default()),
+        CancellationToken::new(),
+        None,
+    )
+    .expect("MQTT starts")
+    .expect("MQTT configured");
     // The broker is down: this one goes out with the connection's first SUBSCRIBE.
     let mut early = mqtt.listen("test/early");
     assert_eq!(mqtt.stats.snapshot().connections, 0);
