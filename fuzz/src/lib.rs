@@ -9,24 +9,6 @@ use std::path::PathBuf;
 use onnxd::model::{ModelInfo, TensorSpec, ValueKind};
 use onnxd::tensor::{DType, Dim};
 
-/// Every KServe datatype, indexed by a fuzz byte.
-pub const DTYPES: [DType; 14] = [
-    DType::Bool,
-    DType::U8,
-    DType::U16,
-    DType::U32,
-    DType::U64,
-    DType::I8,
-    DType::I16,
-    DType::I32,
-    DType::I64,
-    DType::F16,
-    DType::BF16,
-    DType::F32,
-    DType::F64,
-    DType::Bytes,
-];
-
 /// A fuzz input read front to back; reads past the end give zeros and empty slices.
 pub struct Input<'a>(&'a [u8]);
 
@@ -98,7 +80,7 @@ pub fn scratch(target: &str) -> PathBuf {
 
 /// One input or output: `dtype`, and per dimension one byte (0: symbolic, else its size).
 pub fn spec(input: &mut Input<'_>, name: &str) -> TensorSpec {
-    let dtype = DTYPES[input.u8() as usize % DTYPES.len()];
+    let dtype = DType::ALL[input.u8() as usize % DType::ALL.len()];
     let rank = input.u8() % 5;
     let dims = (0..rank)
         .map(|_| match input.u8() {

@@ -20,7 +20,7 @@ use super::journal::Job;
 use super::rollout::{Policy, Rollout};
 use super::{io_error, Delivery, DeliveryError, Slot};
 use crate::config::ReloadMode;
-use crate::repository::loader::{self, LoadError, VersionSource};
+use crate::repository::loader::{self, LoadError, LoadSettings, VersionSource};
 use crate::repository::sidecar::Sidecar;
 use crate::repository::watch::RepoEvent;
 use crate::repository::{mem_available, memory_admits, SyncReport};
@@ -139,23 +139,7 @@ pub(super) async fn load(
     version: u64,
     sidecar: Sidecar,
 ) -> Result<LoadedVersion, DeliveryError> {
-    let dir = delivery.staging.dir(model, version);
-    let file = delivery.staging.model_file(model, version);
-    let settings = delivery.settings.clone();
-    let name = model.to_string();
-    tokio::task::spawn_blocking(move || {
-        let source = VersionSource {
-            name: &name,
-            dir: &dir,
-            version,
-            file: &file,
-            sidecar: &sidecar,
-        };
-        loader::load_version(&source, &settings)
-    })
-    .await
-    .map_err(|e| DeliveryError::Io(e.to_string()))?
-    .map_err(refusal)
+    on_staged(delivery, model, version, sidecar, loader::load_version).await
 }
 
 /// The checks of the staged version that need no engine (signature, ONNX file, sidecar).
@@ -165,6 +149,21 @@ async fn check_staged(
     version: u64,
     sidecar: Sidecar,
 ) -> Result<(), DeliveryError> {
+    on_staged(delivery, model, version, sidecar, |source, settings| {
+        loader::stage(source, settings).map(drop)
+    })
+    .await
+}
+
+/// Runs `step` on the staged version's files off the async workers (it reads and parses the
+/// model); a refusal says which check failed.
+async fn on_staged<T: Send + 'static>(
+    delivery: &Delivery,
+    model: &str,
+    version: u64,
+    sidecar: Sidecar,
+    step: impl FnOnce(&VersionSource<'_>, &LoadSettings) -> Result<T, LoadError> + Send + 'static,
+) -> Result<T, DeliveryError> {
     let dir = delivery.staging.dir(model, version);
     let file = delivery.staging.model_file(model, version);
     let settings = delivery.settings.clone();
@@ -177,7 +176,7 @@ async fn check_staged(
             file: &file,
             sidecar: &sidecar,
         };
-        loader::stage(&source, &settings).map(drop)
+        step(&source, &settings)
     })
     .await
     .map_err(|e| DeliveryError::Io(e.to_string()))?
