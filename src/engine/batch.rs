@@ -89,6 +89,9 @@ pub struct Execution {
     pub batch_size: usize,
     /// Whether this request is the first of its execution (count executions once).
     pub first: bool,
+    /// CPU time the inference thread spent in the engine (the whole batch's): unlike the wall
+    /// time, not lengthened while the OS ran something else on its core.
+    pub cpu_time: Duration,
 }
 
 /// Result of one request, with where its time went.

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -84,6 +84,7 @@ impl InstancePool {
 /// (shared, not copied). An engine error on a batch is every request's error.
 fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job>) {
     let started = Instant::now();
+    let cpu_started = thread_cpu_time();
     let batch_size: usize = batch.iter().map(|j| j.rows).sum();
     let outputs: Vec<Result<Tensors, EngineError>> = if let [job] = &batch[..] {
         vec![session.run(&job.inputs, &job.outputs)]
@@ -95,6 +96,7 @@ fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job
         }
     };
     let compute_time = started.elapsed();
+    let cpu_time = thread_cpu_time().saturating_sub(cpu_started);
     for (i, (job, outputs)) in batch.into_iter().zip(outputs).enumerate() {
         let result = JobResult {
             outputs,
@@ -104,10 +106,19 @@ fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job
                 rows: job.rows,
                 batch_size,
                 first: i == 0,
+                cpu_time,
             },
         };
         queue.answer(job, result);
     }
+}
+
+/// CPU time this thread has used. ONNX Runtime's calling thread takes part in (or spins
+/// waiting for) the work of its intra-op threads, so per execution this follows the engine's
+/// wall time less the time the thread was not running.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
 impl InstancePool {

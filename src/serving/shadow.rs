@@ -8,7 +8,12 @@
 //! tolerance. Engine time of both sides is kept for the p99 comparison, per row of the
 //! execution each ran in: copies that queue up behind each other on the candidate are batched
 //! together, and charging each the whole batch's time would compare the candidate on bigger
-//! batches than the serving version ran. The client never waits for, or sees, the candidate;
+//! batches than the serving version ran. Two clocks are kept: wall time (what a client waits)
+//! and the inference thread's CPU time (wall time less the time the OS ran something else on
+//! its core). The comparison that decides is on CPU time: the candidate runs at other moments
+//! than the request it copies, so on a box whose cores are shared (a build, a camera decoder,
+//! other models) preemption lands on one side and not the other; measured on a 2-core box with
+//! one busy process, an identical copy's wall-clock p99 was 1.4–8.5× the serving version's. The client never waits for, or sees, the candidate;
 //! a full candidate queue drops the copy (counted).
 //!
 //! This module measures; whoever attached the shadow (model delivery) decides what the
@@ -71,8 +76,8 @@ struct Tally {
     dropped: u64,
     max_abs_diff: f64,
     max_rel_error: f64,
-    current_us: Vec<u32>,
-    candidate_us: Vec<u32>,
+    current: Samples,
+    candidate: Samples,
     last_error: Option<String>,
 }
 
@@ -95,12 +100,18 @@ pub struct ShadowFigures {
     pub max_abs_diff: f64,
     /// Largest relative error (max |Δ| / max |current|) of any request.
     pub max_rel_error: f64,
-    /// p99 engine time of the candidate (per row of its execution's batch), µs.
+    /// p99 engine wall time of the candidate (per row of its execution's batch), µs.
     pub p99_us: f64,
-    /// p99 engine time of the current version on the same requests (per row), µs.
+    /// p99 engine wall time of the current version on the same requests (per row), µs.
     pub current_p99_us: f64,
     /// `p99_us / current_p99_us` (0 when unknown).
     pub p99_ratio: f64,
+    /// p99 on-CPU engine time of the candidate (per row), µs.
+    pub cpu_p99_us: f64,
+    /// p99 on-CPU engine time of the current version on the same requests (per row), µs.
+    pub current_cpu_p99_us: f64,
+    /// `cpu_p99_us / current_cpu_p99_us` (0 when unknown): what `max_p99_ratio` bounds.
+    pub cpu_p99_ratio: f64,
     /// Seconds since the shadow started.
     pub elapsed_secs: f64,
     /// The candidate's last error, if any.
@@ -145,8 +156,8 @@ impl Shadow {
     pub fn figures(&self) -> ShadowFigures {
         let tally = self.lock();
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let p99_us = p99(&tally.candidate_us);
-        let current_p99_us = p99(&tally.current_us);
+        let (p99_us, current_p99_us) = (p99(&tally.candidate.wall), p99(&tally.current.wall));
+        let (cpu_p99_us, current_cpu_p99_us) = (p99(&tally.candidate.cpu), p99(&tally.current.cpu));
         ShadowFigures {
             compared: tally.compared,
             agreed: tally.agreed,
@@ -158,11 +169,10 @@ impl Shadow {
             max_rel_error: tally.max_rel_error,
             p99_us,
             current_p99_us,
-            p99_ratio: if current_p99_us > 0.0 {
-                p99_us / current_p99_us
-            } else {
-                0.0
-            },
+            p99_ratio: quotient(p99_us, current_p99_us),
+            cpu_p99_us,
+            current_cpu_p99_us,
+            cpu_p99_ratio: quotient(cpu_p99_us, current_cpu_p99_us),
             elapsed_secs: self.started.elapsed().as_secs_f64(),
             last_error: tally.last_error.clone(),
         }
@@ -183,7 +193,7 @@ impl Shadow {
         let primary = Primary {
             outputs: current.outputs.clone(),
             result: current.result.clone(),
-            compute: per_row(current.compute_time, current.execution.batch_size),
+            time: EngineTime::per_row(current.compute_time, &current.execution),
         };
         runtime.spawn(async move { self.run(inputs, outputs, transform, primary).await });
     }
@@ -221,11 +231,11 @@ impl Shadow {
             (Some(current), Some(candidate)) => top1(current) == top1(candidate),
             _ => rel <= self.settings.rtol,
         };
-        let compute = per_row(result.compute_time, result.execution.batch_size);
-        self.compared(agreed, abs, rel, primary.compute, compute);
+        let time = EngineTime::per_row(result.compute_time, &result.execution);
+        self.compared(agreed, abs, rel, primary.time, time);
     }
 
-    fn compared(&self, agreed: bool, abs: f64, rel: f64, current: Duration, candidate: Duration) {
+    fn compared(&self, agreed: bool, abs: f64, rel: f64, current: EngineTime, candidate: EngineTime) {
         let counter = if agreed {
             &self.counters.agree
         } else {
@@ -238,8 +248,8 @@ impl Shadow {
         tally.max_abs_diff = tally.max_abs_diff.max(abs);
         tally.max_rel_error = tally.max_rel_error.max(rel);
         let at = (tally.compared - 1) as usize % MAX_SAMPLES;
-        record(&mut tally.current_us, at, current);
-        record(&mut tally.candidate_us, at, candidate);
+        tally.current.record(at, current);
+        tally.candidate.record(at, candidate);
     }
 
     fn failed(&self, message: String) {
@@ -263,12 +273,38 @@ impl Shadow {
 struct Primary {
     outputs: Tensors,
     result: Option<Vec<Detection>>,
-    compute: Duration,
+    time: EngineTime,
 }
 
-/// An execution's engine time per row of its batch.
-fn per_row(compute: Duration, batch_size: usize) -> Duration {
-    compute / u32::try_from(batch_size.max(1)).unwrap_or(u32::MAX)
+/// An execution's engine time per row of its batch, by both clocks.
+#[derive(Clone, Copy)]
+struct EngineTime {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl EngineTime {
+    fn per_row(wall: Duration, execution: &crate::engine::batch::Execution) -> EngineTime {
+        let rows = u32::try_from(execution.batch_size.max(1)).unwrap_or(u32::MAX);
+        EngineTime {
+            wall: wall / rows,
+            cpu: execution.cpu_time / rows,
+        }
+    }
+}
+
+/// One side's engine times, µs (rings of [`MAX_SAMPLES`]).
+#[derive(Default)]
+struct Samples {
+    wall: Vec<u32>,
+    cpu: Vec<u32>,
+}
+
+impl Samples {
+    fn record(&mut self, at: usize, time: EngineTime) {
+        record(&mut self.wall, at, time.wall);
+        record(&mut self.cpu, at, time.cpu);
+    }
 }
 
 fn record(samples: &mut Vec<u32>, at: usize, value: Duration) {
@@ -276,6 +312,15 @@ fn record(samples: &mut Vec<u32>, at: usize, value: Duration) {
     match samples.get_mut(at) {
         Some(slot) => *slot = micros,
         None => samples.push(micros),
+    }
+}
+
+/// `a / b`, 0 when `b` is unknown (0).
+fn quotient(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
     }
 }
 
@@ -357,8 +402,16 @@ mod tests {
 
     #[test]
     fn engine_time_is_shared_by_the_rows_of_a_batch() {
-        assert_eq!(per_row(Duration::from_micros(800), 4), Duration::from_micros(200));
-        assert_eq!(per_row(Duration::from_micros(800), 0), Duration::from_micros(800));
+        let us = Duration::from_micros;
+        let execution = |batch_size| crate::engine::batch::Execution {
+            batch_size,
+            cpu_time: us(400),
+            ..Default::default()
+        };
+        let four = EngineTime::per_row(us(800), &execution(4));
+        assert_eq!((four.wall, four.cpu), (us(200), us(100)));
+        let none = EngineTime::per_row(us(800), &execution(0));
+        assert_eq!((none.wall, none.cpu), (us(800), us(400)));
     }
 
     #[test]

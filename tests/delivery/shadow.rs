@@ -31,10 +31,11 @@ fn sidecar(extra: &str) -> Vec<u8> {
 fn start() -> Server {
     Server::start(Options::default(), |m| {
         digits_repository(m, "work", &models::work(DEPTH));
-        // max_p99_ratio 2.5, not the default 1.5: on a 2-core box shared with builds an
-        // identical copy measured up to 1.7× (once 6×) the serving version's p99. The slow
-        // variant (measured about 5× the p99) stays well above it.
-        let policy = "rollout = \"shadow\"\nshadow_requests = 300\nshadow_secs = 120\nmax_p99_ratio = 2.5";
+        // max_p99_ratio 2.5, not the default 1.5, and 3,000 copies, not 300: the ratio is of
+        // on-CPU engine time (wall time, reported beside it, is decided by preemption on a
+        // box shared with builds and the other tests), and a p99 of 300 samples is their
+        // 3rd-worst. The slow variant (measured about 5× the p99) stays well above it.
+        let policy = "rollout = \"shadow\"\nshadow_requests = 3000\nshadow_secs = 120\nmax_p99_ratio = 2.5";
         let toml = sidecar(policy);
         std::fs::write(m.join("work/model.toml"), toml).unwrap();
     })
@@ -60,14 +61,18 @@ fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
     );
     assert_eq!(status["state"], "promoted", "{status}");
     let f = figures(&status);
-    assert!(f["compared"].as_u64().unwrap() >= 300, "{status}");
+    assert!(f["compared"].as_u64().unwrap() >= 3000, "{status}");
     assert_eq!(
         (f["agreement"].as_f64(), f["errors"].as_u64()),
         (Some(1.0), Some(0)),
         "{status}"
     );
     assert_eq!(f["max_abs_diff"].as_f64(), Some(0.0), "{status}");
-    assert!(f["p99_ratio"].as_f64().unwrap() <= 2.5, "{status}");
+    assert!(f["cpu_p99_ratio"].as_f64().unwrap() <= 2.5, "{status}");
+    assert!(
+        f["p99_ratio"].as_f64().unwrap() > 0.0,
+        "wall clock reported: {status}"
+    );
     assert_eq!(server.served_version("work"), "2");
 
     let rotated = server.deliver("work", 3, &models::rotated(), &[], "");
@@ -104,7 +109,7 @@ fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
     assert_eq!(status["state"], "rolled_back", "{status}");
     let f = figures(&status);
     assert_eq!(f["agreement"].as_f64(), Some(1.0), "same outputs: {status}");
-    assert!(f["p99_ratio"].as_f64().unwrap() > 2.5, "{status}");
+    assert!(f["cpu_p99_ratio"].as_f64().unwrap() > 2.5, "{status}");
     assert!(
         status["reason"]
             .as_str()
