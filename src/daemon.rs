@@ -26,7 +26,7 @@ use crate::node::NodeReport;
 use crate::repository::loader::LoadSettings;
 use crate::repository::watch::{RepoEvent, RepositoryThread, Timing};
 use crate::repository::Repository;
-use crate::service::{status_line, Service};
+use crate::service::{status_line, Service, Watched};
 use crate::serving::metrics::ModelMetrics;
 use crate::serving::Router;
 use crate::telemetry::Metrics;
@@ -245,12 +245,14 @@ impl Daemon {
         tracing::info!(models = models.len(), ready = serving, node_id = %self.config.node_id, "onnxd ready");
         self.service.ready(&self.status());
         if let Some(interval) = Service::watchdog() {
-            let mqtt = self.mqtt.as_ref().map(|m| m.stats.clone());
-            tokio::spawn(
-                self.service
-                    .clone()
-                    .keep_alive(interval, self.router.clone(), mqtt),
-            );
+            let watched = Watched {
+                router: self.router.clone(),
+                mqtt: self.mqtt.as_ref().map(|m| m.stats.clone()),
+                http: self
+                    .http_address()
+                    .map(|address| (address, self.config.http.tls.is_some())),
+            };
+            tokio::spawn(self.service.clone().keep_alive(interval, watched));
         }
     }
 }

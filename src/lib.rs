@@ -16,6 +16,7 @@
 //! - [`mqtt`]: MQTT requests and responses with at-least-once delivery, status, the durable
 //!   outbox.
 //! - [`service`]: systemd notifications (ready, status, reloading, stopping, watchdog).
+//! - [`heartbeat`]: the signs of progress of long-running parts that the watchdog reads.
 //! - [`serving`]: requests and responses, the router, model handles (atomic swap), stats.
 //! - [`pipeline`]: image pre-processing (decode, resize, normalise) into input tensors, and
 //!   post-processing of outputs (classify top-k, YOLO/SSD boxes with NMS).
@@ -41,6 +42,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod engine;
 pub mod grpc;
+pub mod heartbeat;
 pub mod homeassistant;
 pub mod http;
 pub mod model;

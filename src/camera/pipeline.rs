@@ -570,3 +570,34 @@ fn render(registry: &Registry, cameras: &BTreeMap<String, Arc<CameraStats>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn frame() -> Frame {
+        Frame {
+            width: 1,
+            height: 1,
+            rgb: vec![0; 3],
+            jpeg: None,
+            captured: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_newest_frames_win_and_each_drop_is_reported() {
+        let queue = FrameQueue::default();
+        let dropped: Vec<bool> = (1..=5).map(|sequence| queue.push(sequence, frame())).collect();
+        assert_eq!(dropped, [false, false, true, true, true]);
+        // The model gets the two newest, oldest first; the three before them were dropped.
+        assert_eq!(queue.pop().await.0, 4);
+        assert_eq!(queue.pop().await.0, 5);
+        // A consumer waiting on an empty queue is woken by the next frame.
+        let waiting = queue.pop();
+        assert!(!queue.push(6, frame()));
+        assert_eq!(waiting.await.0, 6);
+    }
+}

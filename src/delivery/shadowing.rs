@@ -1,10 +1,11 @@
 //! A shadow rollout from start to verdict: the candidate, loaded from the staging area with
-//! every reload check, is attached to the model as its [`Shadow`]; the deploy is journalled
+//! every reload check, is attached to the model as its [`Shadow`], its inference threads at
+//! the lowest CPU priority (copies run on what serving leaves idle); the deploy is journalled
 //! (a crash during the shadow is reported on the next start); a task watches the figures —
 //! reporting them every second — until the policy says it has seen enough, a rollback request
 //! cancels it, or the model goes away. Then the shadow is detached and the verdict applied:
 //! **promoted** (installed and handed to the repository thread as it is, without loading it
-//! again) or **rolled back** (the staged files deleted). Either way the decision is reported
+//! again, on new inference threads at the daemon's priority) or **rolled back** (the staged files deleted). Either way the decision is reported
 //! with its figures and thresholds.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 use super::journal::{Job, Phase};
 use super::rollout::{self, Policy, Rollout};
 use super::{commit, Delivery, DeliveryError, Slot};
+use crate::engine::pool::Priority;
 use crate::repository::sidecar::Sidecar;
 use crate::serving::shadow::{Shadow, ShadowFigures};
 
@@ -36,7 +38,9 @@ pub(super) async fn start(
     against: u64,
 ) -> Result<Value, DeliveryError> {
     let model = slot.model.clone();
-    let loaded = commit::load(delivery, &model, job.version, sidecar).await?;
+    let mut loaded = commit::load(delivery, &model, job.version, sidecar).await?;
+    // The candidate runs on what serving leaves idle: copies must not slow the clients.
+    loaded.model = loaded.model.with_priority(Priority::Background);
     let handle = delivery
         .router
         .handle(&model)
@@ -148,7 +152,12 @@ async fn promote(delivery: &Delivery, model: &str, decision: Decision, shadow: A
     }
     let loaded = Arc::try_unwrap(shadow)
         .ok()
-        .and_then(|s| Arc::try_unwrap(s.version).ok());
+        .and_then(|s| Arc::try_unwrap(s.version).ok())
+        .map(|mut loaded| {
+            // New inference threads, started here at the daemon's priority.
+            loaded.model = loaded.model.with_priority(Priority::Serving);
+            loaded
+        });
     let version = decision.job.version;
     match commit::install(delivery, model, version, loaded).await {
         Ok(report) => {

@@ -14,31 +14,67 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::heartbeat::Busy;
+
 use super::batch::{rows_of, split, stack, BatchPolicy, BatchQueue, Execution, Job, JobResult};
 use super::{EngineError, EngineKind, EngineSession, LoadedSessions, ModelInfo, ProviderAttempt, Tensors};
+
+/// The CPU priority of a pool's inference threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// The priority of the thread that starts the pool (the daemon's).
+    Serving,
+    /// The lowest (nice 19): the threads run on what serving leaves idle, as a shadow
+    /// candidate's must. Unprivileged threads cannot raise their priority again, so leaving
+    /// it means new threads ([`LoadedModel::with_priority`]).
+    Background,
+}
+
+/// Lowest CPU priority a thread can take.
+const BACKGROUND_NICE: i32 = 19;
 
 /// N inference threads sharing one batch queue.
 pub struct InstancePool {
     name: String,
+    priority: Priority,
     queue: Arc<BatchQueue>,
+    /// Per thread: when its current execution began (the watchdog's sign of progress).
+    busy: Arc<[Busy]>,
     /// Each thread hands its session back when it ends.
     threads: Vec<JoinHandle<Box<dyn EngineSession>>>,
 }
 
 impl InstancePool {
     /// Starts one thread per session, taking batches as `policy` says.
-    pub fn start(name: &str, sessions: Vec<Box<dyn EngineSession>>, policy: BatchPolicy) -> InstancePool {
+    pub fn start(
+        name: &str,
+        sessions: Vec<Box<dyn EngineSession>>,
+        policy: BatchPolicy,
+        priority: Priority,
+    ) -> InstancePool {
         let queue = Arc::new(BatchQueue::new(policy));
+        let busy: Arc<[Busy]> = sessions.iter().map(|_| Busy::default()).collect();
         let threads = sessions
             .into_iter()
             .enumerate()
             .map(|(i, mut session)| {
                 let queue = queue.clone();
+                let busy = busy.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{name}-{i}"))
                     .spawn(move || {
+                        if priority == Priority::Background {
+                            // On Linux the nice value is per thread; `None` is this one.
+                            if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+                                tracing::warn!(error = %e, "cannot lower an inference thread's priority");
+                            }
+                        }
                         while let Some(batch) = queue.next_batch() {
+                            busy[i].start();
+                            #[cfg(debug_assertions)]
+                            stall_if_asked();
                             run_batch(&queue, session.as_mut(), batch);
+                            busy[i].stop();
                         }
                         session
                     })
@@ -47,7 +83,9 @@ impl InstancePool {
             .collect();
         InstancePool {
             name: name.to_string(),
+            priority,
             queue,
+            busy,
             threads,
         }
     }
@@ -71,6 +109,11 @@ impl InstancePool {
     /// Requests waiting for a thread.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// How long the longest execution running now has run (none running: `None`).
+    pub fn longest_execution(&self) -> Option<Duration> {
+        self.busy.iter().filter_map(Busy::running_for).max()
     }
 
     /// How requests are batched.
@@ -110,6 +153,20 @@ fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job
             },
         };
         queue.answer(job, result);
+    }
+}
+
+/// Test hook (debug builds only, [`STALL`]): once set, every inference thread that takes a
+/// batch hangs in it, as one stuck in an engine would.
+#[cfg(debug_assertions)]
+pub static STALL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(debug_assertions)]
+fn stall_if_asked() {
+    if STALL.load(std::sync::atomic::Ordering::Relaxed) {
+        loop {
+            std::thread::park();
+        }
     }
 }
 
@@ -174,16 +231,29 @@ impl LoadedModel {
             reason,
             instances: loaded.sessions.len(),
             gpus: loaded.gpus,
-            pool: InstancePool::start(name, loaded.sessions, policy),
+            pool: InstancePool::start(name, loaded.sessions, policy, Priority::Serving),
         }
     }
 
     /// The same sessions taking requests as `policy` says (the queue is drained first).
-    pub fn with_policy(mut self, policy: BatchPolicy) -> LoadedModel {
+    pub fn with_policy(self, policy: BatchPolicy) -> LoadedModel {
+        let priority = self.pool.priority;
+        self.restarted(policy, priority)
+    }
+
+    /// The same sessions on new threads of `priority` (the queue is drained first). Threads
+    /// take the priority of the thread that starts them, so call it from a serving thread
+    /// to return to [`Priority::Serving`].
+    pub fn with_priority(self, priority: Priority) -> LoadedModel {
+        let policy = self.pool.policy().clone();
+        self.restarted(policy, priority)
+    }
+
+    fn restarted(mut self, policy: BatchPolicy, priority: Priority) -> LoadedModel {
         let name = self.pool.name.clone();
-        let placeholder = InstancePool::start(&name, Vec::new(), BatchPolicy::unbatched(1));
+        let placeholder = InstancePool::start(&name, Vec::new(), BatchPolicy::unbatched(1), priority);
         let pool = std::mem::replace(&mut self.pool, placeholder);
-        self.pool = InstancePool::start(&name, pool.into_sessions(), policy);
+        self.pool = InstancePool::start(&name, pool.into_sessions(), policy, priority);
         self
     }
 
@@ -237,6 +307,11 @@ impl LoadedModel {
     /// Jobs waiting for an inference thread.
     pub fn queued(&self) -> usize {
         self.pool.queued()
+    }
+
+    /// How long the longest execution running now has run (see [`InstancePool`]).
+    pub fn longest_execution(&self) -> Option<Duration> {
+        self.pool.longest_execution()
     }
 
     /// How requests are batched.

@@ -108,6 +108,19 @@ impl From<ServeError> for ApiError {
     }
 }
 
+/// Test hook (debug builds only): once set, `/v2/health/live` never answers, as a hung
+/// listener would not (the watchdog's probe; see `service::stall_on`).
+#[cfg(debug_assertions)]
+pub static STALL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+async fn live() -> StatusCode {
+    #[cfg(debug_assertions)]
+    if STALL.load(std::sync::atomic::Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    StatusCode::OK
+}
+
 /// The axum application.
 pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
     let protected = axum::Router::new()
@@ -158,7 +171,7 @@ pub fn app(state: Arc<HttpState>, max_body_bytes: usize) -> axum::Router {
     };
     let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(v2::server_ready))
         .merge(public)
         .merge(protected)

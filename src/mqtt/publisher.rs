@@ -218,6 +218,7 @@ impl Publisher {
     fn run(mut self, inbox: Receiver<Command>) {
         let mut last_status = Instant::now() - STATUS_EVERY;
         loop {
+            self.stats.publisher_beat.beat();
             match inbox.recv_timeout(STATUS_EVERY / 2) {
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(command) => {

@@ -40,6 +40,13 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Commands written per flush at most.
 const BATCH: usize = 256;
+/// How often an idle connection's loop still makes a turn (its heartbeat for the watchdog).
+const BEAT: Duration = Duration::from_millis(250);
+
+/// Test hook (debug builds only): once set, the connection's loop hangs at its next beat, as
+/// one stuck in a write to a broker that stopped reading would.
+#[cfg(debug_assertions)]
+pub static STALL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What the connection is asked to write.
 #[derive(Debug)]
@@ -264,9 +271,11 @@ impl Session {
     ) -> Result<(), SessionError> {
         link.flush().await?;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        let mut beat = tokio::time::interval(BEAT);
         let mut awaiting_pong = false;
         let mut stop = self.stop.clone();
         loop {
+            self.handler.stats.session_beat.beat();
             tokio::select! {
                 packet = link.read() => {
                     match packet? {
@@ -292,6 +301,12 @@ impl Session {
                         }
                     }
                     link.flush().await?;
+                }
+                _ = beat.tick() => {
+                    #[cfg(debug_assertions)]
+                    if STALL.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
                 }
                 _ = ping.tick() => {
                     if awaiting_pong {

@@ -1,14 +1,17 @@
 //! MQTT counters read by `/metrics`: connection state and attempts, requests by outcome,
 //! duplicates (redelivered, suppressed), unexpected PUBACKs, ignored retained messages,
-//! publishes, and the outbox (depth, drops by cause, write errors, disk full).
+//! publishes, and the outbox (depth, drops by cause, write errors, disk full); and the
+//! heartbeats of the session task and the publisher thread, which the watchdog reads.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus::Registry;
 
 use super::outbox::{OutboxError, OutboxStats};
+use crate::heartbeat::Heartbeat;
 use crate::telemetry::{self, MetricsSource};
 
 /// Counters of the MQTT side of the daemon.
@@ -28,6 +31,10 @@ pub struct MqttStats {
     outbox_disk_full: AtomicU64,
     outbox_errors: AtomicU64,
     outbox: Mutex<(u64, u64, OutboxStats)>,
+    /// The session task's turns (while connected).
+    pub session_beat: Heartbeat,
+    /// The publisher thread's turns.
+    pub publisher_beat: Heartbeat,
 }
 
 /// A copy of the counters.
@@ -68,8 +75,24 @@ pub struct MqttSnapshot {
 }
 
 impl MqttStats {
+    /// The part of the MQTT side that has made no turn for `after`, if one has not: the
+    /// publisher thread, or the session task while it is connected (a reconnecting session
+    /// waits in bounded steps).
+    pub fn stalled(&self, after: Duration) -> Option<String> {
+        let silent = self.publisher_beat.silent_for();
+        if silent > after {
+            return Some(format!("the MQTT publisher thread made no turn for {silent:?}"));
+        }
+        let silent = self.session_beat.silent_for();
+        if self.connected.load(Ordering::Relaxed) && silent > after {
+            return Some(format!("the MQTT session made no turn for {silent:?}"));
+        }
+        None
+    }
+
     /// A CONNACK arrived.
     pub fn connected(&self) {
+        self.session_beat.beat();
         self.connected.store(true, Ordering::Relaxed);
         self.connections.fetch_add(1, Ordering::Relaxed);
     }

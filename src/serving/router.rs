@@ -75,6 +75,24 @@ impl Router {
         }
     }
 
+    /// The longest execution running now on a serving version's inference threads: its
+    /// model and how long it has run. (A shadow candidate's threads, which take what CPU
+    /// serving leaves, are not counted.)
+    pub fn longest_execution(&self) -> Option<(String, Duration)> {
+        let mut longest: Option<(String, Duration)> = None;
+        for handle in self.models() {
+            for version in handle.versions().values() {
+                let Some(running) = version.model.longest_execution() else {
+                    continue;
+                };
+                if longest.as_ref().is_none_or(|(_, l)| running > *l) {
+                    longest = Some((handle.name.clone(), running));
+                }
+            }
+        }
+        longest
+    }
+
     /// Every model, by name.
     pub fn models(&self) -> Vec<Arc<ModelHandle>> {
         self.models

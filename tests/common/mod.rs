@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod notify;
 pub mod process;
 
 use std::path::{Path, PathBuf};

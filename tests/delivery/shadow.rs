@@ -28,16 +28,16 @@ fn sidecar(extra: &str) -> Vec<u8> {
     format!("{head}\n{extra}\n[{tables}").into_bytes()
 }
 
-fn start() -> Server {
+fn start(model: &str) -> Server {
     Server::start(Options::default(), |m| {
-        digits_repository(m, "work", &models::work(DEPTH));
+        digits_repository(m, model, &models::work(DEPTH));
         // max_p99_ratio 2.5, not the default 1.5, and 3,000 copies, not 300: the ratio is of
         // on-CPU engine time (wall time, reported beside it, is decided by preemption on a
         // box shared with builds and the other tests), and a p99 of 300 samples is their
         // 3rd-worst. The slow variant (measured about 5× the p99) stays well above it.
         let policy = "rollout = \"shadow\"\nshadow_requests = 3000\nshadow_secs = 120\nmax_p99_ratio = 2.5";
         let toml = sidecar(policy);
-        std::fs::write(m.join("work/model.toml"), toml).unwrap();
+        std::fs::write(m.join(model).join("model.toml"), toml).unwrap();
     })
 }
 
@@ -47,7 +47,7 @@ fn figures(status: &Value) -> &Value {
 
 #[test]
 fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
-    let server = start();
+    let server = start("work");
     let load = server.load("work", 2);
 
     let copy = server.deliver("work", 2, &models::work(DEPTH), &[], "");
@@ -74,6 +74,8 @@ fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
         "wall clock reported: {status}"
     );
     assert_eq!(server.served_version("work"), "2");
+    // The promoted version runs on new threads at the daemon's priority.
+    wait_for_nice("infer-work-0", &[0]);
 
     let rotated = server.deliver("work", 3, &models::rotated(), &[], "");
     assert_eq!(rotated.status, 202, "{}", rotated.text());
@@ -145,38 +147,45 @@ fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
 
 #[test]
 fn a_rollback_request_ends_a_shadow_and_the_current_version_serves_on() {
-    let server = start();
-    let load = server.load("work", 1);
+    // Its own model name: its inference threads are told apart from the other test's by name.
+    const MODEL: &str = "held";
+    let server = start(MODEL);
+    let load = server.load(MODEL, 1);
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while load.answers_from("1") == 0 {
         assert!(std::time::Instant::now() < until, "version 1 never answered");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let threads = format!("infer-{MODEL}-0");
+    assert_eq!(nice_values(&threads), [0], "the serving version's thread");
     // A shadow that does not decide by itself before the rollback request.
     let long = sidecar("shadow_requests = 0\nshadow_secs = 3600");
     let extras: &[(&str, &[u8])] = &[("model.toml", &long)];
-    let reply = server.deliver("work", 2, &models::work(DEPTH), extras, "&rollout=shadow");
+    let reply = server.deliver(MODEL, 2, &models::work(DEPTH), extras, "&rollout=shadow");
     assert_eq!(reply.status, 202, "{}", reply.text());
-    let busy = server.deliver_conflict("work", 3);
+    // The candidate's inference thread runs at the lowest priority, serving's is untouched.
+    wait_for_nice(&threads, &[0, 19]);
+    let busy = server.deliver_conflict(MODEL, 3);
     assert!(
-        busy.contains("deploy of 'work' version 2 is in progress"),
+        busy.contains(&format!("deploy of '{MODEL}' version 2 is in progress")),
         "{busy}"
     );
-    let back = server.post("/v2/repository/models/work/rollback");
+    let back = server.post(&format!("/v2/repository/models/{MODEL}/rollback"));
     assert_eq!(back.status, 200, "{}", back.text());
     assert_eq!(back.json()["cancelled"], 2);
-    let status = server.wait_rollout("work", 2, &["rolled_back"], Duration::from_secs(10));
+    let status = server.wait_rollout(MODEL, 2, &["rolled_back"], Duration::from_secs(10));
     assert!(
         status["reason"].as_str().unwrap().contains("rollback requested"),
         "{status}"
     );
+    wait_for_nice(&threads, &[0]);
     let (versions, failures) = load.stop();
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(versions.keys().collect::<Vec<_>>(), ["1"]);
-    assert!(!server.models.join("work/2").exists());
+    assert!(!server.models.join(MODEL).join("2").exists());
     let uncommitted = server.send(
         reqwest::Method::DELETE,
-        "/v2/repository/models/work/versions/3",
+        &format!("/v2/repository/models/{MODEL}/versions/3"),
         Vec::new(),
     );
     assert_eq!(
@@ -187,6 +196,41 @@ fn a_rollback_request_ends_a_shadow_and_the_current_version_serves_on() {
     );
     let staging = server.models.join(".onnxd-staging");
     assert!(std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()));
+}
+
+/// The nice values of this process's threads named `name` (the daemon runs in-process),
+/// sorted.
+fn nice_values(name: &str) -> Vec<i64> {
+    let mut values: Vec<i64> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            // `tid (comm) state …`: the nice value is the 19th field, the 17th after `)`.
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect();
+    values.sort_unstable();
+    values
+}
+
+fn wait_for_nice(name: &str, expected: &[i64]) {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let values = nice_values(name);
+        if values == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "threads {name}: nice {values:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Server {

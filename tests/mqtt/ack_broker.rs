@@ -7,7 +7,10 @@
 //!   client within the receive maximum stops at it), then acknowledges them newest first,
 //!   with a PUBACK for a packet id the client never used after the first one;
 //! - `lose_ack_of`: drops the connection right after the client acknowledged that request
-//!   (as if the PUBACK was lost with it), and on the next connection redelivers it with DUP.
+//!   (as if the PUBACK was lost with it), and on the next connection redelivers it with DUP;
+//! - `expiring`: sends the odd-numbered requests with an MQTT 5 message expiry interval of 0
+//!   (what a broker forwards when a message's lifetime ran out while it waited) and the even
+//!   ones with 60 s left.
 //!
 //! Everything seen is recorded in a [`Log`] the test checks.
 
@@ -47,6 +50,8 @@ pub struct Script {
     pub one_at_a_time: bool,
     /// Drop the connection once the client acknowledged this request (first time only).
     pub lose_ack_of: Option<usize>,
+    /// Odd requests arrive with no lifetime left, even ones with 60 s.
+    pub expiring: bool,
 }
 
 /// A response as the broker got it.
@@ -333,6 +338,10 @@ impl Session {
         let properties = PublishProperties {
             response_topic: Some(REPLY.into()),
             correlation_data: Some(Bytes::from(request.to_string())),
+            message_expiry_interval: self
+                .script
+                .expiring
+                .then_some(if request % 2 == 1 { 0 } else { 60 }),
             ..Default::default()
         };
         let topic = format!("onnxd/{}/models/digits/infer", self.script.node);

@@ -8,6 +8,10 @@
 //! PUBACKs made `rumqttc` wait on a packet-id collision, the unknown PUBACK dropped the
 //! connection in that state, and the collision outlived the reconnect — no message went out
 //! again; and the redelivered request was run and answered twice.
+//!
+//! The same broker checks that a request whose MQTT 5 message expiry ran out is answered
+//! `expired` without running, and (being one onnxd stays connected to) that the watchdog stops
+//! pinging once the MQTT session's loop hangs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::ack_broker::{AckBroker, Log, Script};
 use super::common;
-use super::harness::{self, start_daemon};
+use super::harness::{self, start_daemon, start_daemon_with};
 
 /// The bare digits model as `digits`.
 fn digits(dir: &Path) {
@@ -75,6 +79,7 @@ fn reversed_and_unknown_pubacks_lose_nothing_and_keep_the_connection() {
         hold: true,
         one_at_a_time: false,
         lose_ack_of: None,
+        expiring: false,
     });
     let http_port = harness::free_port();
     let _daemon = start_daemon(
@@ -123,6 +128,7 @@ fn a_request_redelivered_after_its_answer_is_acknowledged_not_run_again() {
         node: "n1".into(),
         hold: false,
         one_at_a_time: true,
+        expiring: false,
         lose_ack_of: Some(1),
     });
     let http_port = harness::free_port();
@@ -150,4 +156,94 @@ fn a_request_redelivered_after_its_answer_is_acknowledged_not_run_again() {
     );
     assert_eq!(metric(http_port, "onnxd_mqtt_duplicates_suppressed_total"), 1);
     assert_eq!(metric(http_port, "onnxd_mqtt_duplicate_requests_total"), 1);
+}
+
+#[test]
+fn a_request_whose_message_expiry_ran_out_is_answered_expired_and_not_run() {
+    const N: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    digits(dir.path());
+    let broker = AckBroker::start(Script {
+        receive_maximum: 20,
+        requests: N,
+        node: "n1".into(),
+        hold: false,
+        one_at_a_time: false,
+        lose_ack_of: None,
+        expiring: true,
+    });
+    let http_port = harness::free_port();
+    let _daemon = start_daemon(
+        dir.path(),
+        "n1",
+        Some(http_port),
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+    );
+    wait_for_log(
+        &broker,
+        "every request answered and acknowledged",
+        Duration::from_secs(30),
+        |log| answers(log).len() == N && log.request_acks.len() == N,
+    );
+    let log = broker.log.lock().unwrap();
+    for response in &log.responses {
+        let error = response.error.as_deref();
+        if response.request % 2 == 1 {
+            assert!(
+                error.is_some_and(|e| e.contains("expired")),
+                "no lifetime left, yet: {response:?}"
+            );
+        } else {
+            assert_eq!(error, None, "60 s left: {response:?}");
+        }
+    }
+    drop(log);
+    assert_eq!(
+        metric(http_port, "onnxd_mqtt_requests_total{outcome=\"expired\"}"),
+        3
+    );
+    // Expired requests never reached the engine.
+    assert_eq!(
+        metric(
+            http_port,
+            "onnxd_inference_count_total{model=\"digits\",version=\"1\"}"
+        ),
+        3
+    );
+}
+
+#[test]
+fn watchdog_pings_stop_when_the_mqtt_session_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    digits(dir.path());
+    let broker = AckBroker::start(Script {
+        receive_maximum: 20,
+        requests: 0,
+        node: "n1".into(),
+        hold: false,
+        one_at_a_time: false,
+        lose_ack_of: None,
+        expiring: false,
+    });
+    let notify = common::notify::NotifySocket::bind(dir.path());
+    let mut env = notify.env().to_vec();
+    env.push(("ONNXD_TEST_STALL", "mqtt"));
+    let daemon = start_daemon_with(
+        dir.path(),
+        "n1",
+        None,
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        &env,
+    );
+    wait_for_log(&broker, "connected", Duration::from_secs(30), |log| {
+        log.connections == 1
+    });
+    // A connected, idle session is not hung: pings come; once its loop hangs they stop.
+    notify.assert_pings_stop(
+        "the MQTT session",
+        || daemon.signal("USR2"),
+        Duration::from_secs(6),
+    );
+    let log = daemon.log();
+    assert!(log.contains("the MQTT session made no turn for"), "{log}");
 }

@@ -151,6 +151,17 @@ pub fn repository(repo: &Path) {
 /// `mqtt` lines added to `[mqtt]` (tables such as `[[camera]]` may follow them), and starts the
 /// daemon; waits for "onnxd ready".
 pub fn start_daemon(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) -> Daemon {
+    start_daemon_with(dir, node, http_port, mqtt, &[])
+}
+
+/// [`start_daemon`] with more environment variables.
+pub fn start_daemon_with(
+    dir: &Path,
+    node: &str,
+    http_port: Option<u16>,
+    mqtt: &str,
+    env: &[(&str, &str)],
+) -> Daemon {
     let config = dir.join(format!("{node}.toml"));
     let listen = http_port.map_or(String::new(), |p| format!("127.0.0.1:{p}"));
     std::fs::write(
@@ -161,7 +172,7 @@ pub fn start_daemon(dir: &Path, node: &str, http_port: Option<u16>, mqtt: &str) 
         ),
     )
     .unwrap();
-    Onnxd::start(&config, &[])
+    Onnxd::start(&config, env)
 }
 
 /// An MQTT 5 test client with a persistent session; every message it receives lands in
