@@ -4,9 +4,15 @@
 //! readable by any user) is searched for the password. The camera must still deliver frames,
 //! and a wrong password must be refused (so the frames prove the password reached ffmpeg).
 //!
-//! Needs ffmpeg and, for Debian's `/usr/bin/python3`, python3-gi and
-//! gir1.2-gst-rtsp-server-1.0 (`scripts/setup-test`); missing, the test fails with `CI=true`
-//! and otherwise says loudly that it skipped.
+//! `gst:` pipelines are the exception: gst-launch takes the pipeline (and any password in it)
+//! only as arguments. The systemd unit's `ProtectProc=invisible` hides the service's processes
+//! from every other user; the second test reads every command line as another user (nobody)
+//! under a private `/proc` mounted the way that setting mounts it (`hidepid=invisible`) while a
+//! `gst:` camera with a password streams — and, to show the check can fail, without it.
+//!
+//! Needs ffmpeg, gst-launch-1.0 and, for Debian's `/usr/bin/python3`, python3-gi and
+//! gir1.2-gst-rtsp-server-1.0 (`scripts/setup-test`), and root for the private `/proc`;
+//! missing, the tests fail with `CI=true` and otherwise say loudly that they skipped.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,13 +32,15 @@ fn tools() -> bool {
             .is_ok_and(|o| o.status.success())
     };
     let found = runs("ffmpeg", &["-version"])
+        && runs("gst-launch-1.0", &["--version"])
         && runs(
             SYSTEM_PYTHON,
             &["-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
         );
     if !found {
-        let message = "ffmpeg or GStreamer's RTSP server for /usr/bin/python3 is missing: run \
-                       ./scripts/setup-test as root (ffmpeg, python3-gi, gir1.2-gst-rtsp-server-1.0)";
+        let message = "ffmpeg, gst-launch-1.0 or GStreamer's RTSP server for /usr/bin/python3 is \
+                       missing: run ./scripts/setup-test as root (ffmpeg, gstreamer1.0-tools, \
+                       python3-gi, gir1.2-gst-rtsp-server-1.0)";
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
         eprintln!("SKIPPED: {message}");
     }
@@ -141,6 +149,76 @@ async fn an_rtsp_password_is_on_no_command_line_and_the_camera_works() {
     };
     assert!(error.to_string().contains("401"), "{error}");
     assert!(!error.to_string().contains(&password), "{error}");
+}
+
+/// Every command line on the machine as user nobody sees them, under a private `/proc`
+/// mounted with `options` (`hidepid=invisible` is what `ProtectProc=invisible` mounts).
+fn command_lines_seen_by_nobody(options: &str) -> String {
+    let list = r#"for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < "$f" 2>/dev/null; echo; done"#;
+    let script = format!(
+        "mount -t proc -o {options} proc /proc && exec setpriv --reuid=65534 --regid=65534 \
+         --clear-groups -- sh -c \"$0\""
+    );
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script, list])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Whether this test runs as root (needed for a private `/proc`); with `CI=true` it must.
+fn root() -> bool {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    if !root {
+        let message = "a private /proc needs root: run the test suite as root";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("SKIPPED: {message}");
+    }
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gst_pipelines_password_is_hidden_from_other_users_as_the_unit_hides_it() {
+    if !tools() || !root() {
+        return;
+    }
+    let password = format!("pw-{:016x}", fastrand::u64(..));
+    let port = onnxd_free_port();
+    let _camera = Camera::start(port, &password);
+    let options = SourceOptions {
+        timeout: Duration::from_secs(10),
+        ..SourceOptions::new(0.0, "")
+    };
+    let pipeline = format!(
+        "gst:rtspsrc location=rtsp://127.0.0.1:{port}/live user-id=cam user-pw={password} \
+         latency=0 ! rtpjpegdepay ! jpegdec ! videoconvert ! video/x-raw,width=64,height=48"
+    );
+    let mut source = open(&pipeline, &options).unwrap();
+    for _ in 0..3 {
+        let frame = tokio::time::timeout(Duration::from_secs(30), source.next_frame())
+            .await
+            .expect("a frame within 30 s")
+            .unwrap_or_else(|e| panic!("the gst camera gave no frame: {e}"));
+        assert_eq!((frame.width, frame.height), (64, 48));
+    }
+    // gst-launch has the password among its arguments (there is no other way to give it)…
+    let me = std::process::id();
+    let gst = command_lines()
+        .into_iter()
+        .find(|(_, parent, line)| *parent == me && line.starts_with("gst-launch"))
+        .expect("the camera's gst-launch");
+    assert!(gst.2.contains(&password), "{gst:?}");
+    // …which any other user reads through a plain /proc (so the check below can fail)…
+    let plain = command_lines_seen_by_nobody("defaults");
+    assert!(plain.contains(&password), "visible without hidepid: {plain}");
+    // …and none reads under the unit's ProtectProc=invisible.
+    let hidden = command_lines_seen_by_nobody("hidepid=invisible");
+    assert!(
+        !hidden.contains(&password) && !hidden.contains("gst-launch"),
+        "another user reads the camera's command line under hidepid=invisible: {hidden}"
+    );
 }
 
 fn onnxd_free_port() -> u16 {
