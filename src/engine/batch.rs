@@ -90,7 +90,8 @@ pub struct Execution {
     /// Whether this request is the first of its execution (count executions once).
     pub first: bool,
     /// CPU time the inference thread spent in the engine (the whole batch's): unlike the wall
-    /// time, not lengthened while the OS ran something else on its core.
+    /// time, not lengthened while the OS ran something else on its core. Zero unless the
+    /// model measures it (`LoadedModel::measure_cpu`).
     pub cpu_time: Duration,
 }
 

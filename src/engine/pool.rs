@@ -8,6 +8,7 @@
 //! provider, the reason for the choice) and its [`InstancePool`]. Dropping it closes the queue;
 //! the threads finish the jobs already queued, then exit and free their sessions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ pub struct InstancePool {
     queue: Arc<BatchQueue>,
     /// Per thread: when its current execution began (the watchdog's sign of progress).
     busy: Arc<[Busy]>,
+    /// Whether executions read the thread's CPU clock (a system call each side: only while
+    /// a shadow compares this version, see [`LoadedModel::measure_cpu`]).
+    cpu_clock: Arc<AtomicBool>,
     /// Each thread hands its session back when it ends.
     threads: Vec<JoinHandle<Box<dyn EngineSession>>>,
 }
@@ -54,12 +58,14 @@ impl InstancePool {
     ) -> InstancePool {
         let queue = Arc::new(BatchQueue::new(policy));
         let busy: Arc<[Busy]> = sessions.iter().map(|_| Busy::default()).collect();
+        let cpu_clock = Arc::new(AtomicBool::new(false));
         let threads = sessions
             .into_iter()
             .enumerate()
             .map(|(i, mut session)| {
                 let queue = queue.clone();
                 let busy = busy.clone();
+                let cpu_clock = cpu_clock.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{name}-{i}"))
                     .spawn(move || {
@@ -73,7 +79,8 @@ impl InstancePool {
                             busy[i].start();
                             #[cfg(debug_assertions)]
                             stall_if_asked();
-                            run_batch(&queue, session.as_mut(), batch);
+                            let clock = cpu_clock.load(Ordering::Relaxed);
+                            run_batch(&queue, session.as_mut(), batch, clock);
                             busy[i].stop();
                         }
                         session
@@ -86,6 +93,7 @@ impl InstancePool {
             priority,
             queue,
             busy,
+            cpu_clock,
             threads,
         }
     }
@@ -125,9 +133,9 @@ impl InstancePool {
 /// Runs one batch on a session and answers each of its requests. One request runs as it
 /// came; several are stacked (one copy of each input), run once, and their outputs split
 /// (shared, not copied). An engine error on a batch is every request's error.
-fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job>) {
+fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job>, cpu_clock: bool) {
     let started = Instant::now();
-    let cpu_started = thread_cpu_time();
+    let cpu_started = cpu_clock.then(thread_cpu_time);
     let batch_size: usize = batch.iter().map(|j| j.rows).sum();
     let outputs: Vec<Result<Tensors, EngineError>> = if let [job] = &batch[..] {
         vec![session.run(&job.inputs, &job.outputs)]
@@ -139,7 +147,7 @@ fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job
         }
     };
     let compute_time = started.elapsed();
-    let cpu_time = thread_cpu_time().saturating_sub(cpu_started);
+    let cpu_time = cpu_started.map_or(Duration::ZERO, |s| thread_cpu_time().saturating_sub(s));
     for (i, (job, outputs)) in batch.into_iter().zip(outputs).enumerate() {
         let result = JobResult {
             outputs,
@@ -312,6 +320,13 @@ impl LoadedModel {
     /// How long the longest execution running now has run (see [`InstancePool`]).
     pub fn longest_execution(&self) -> Option<Duration> {
         self.pool.longest_execution()
+    }
+
+    /// Whether executions report their CPU time ([`super::batch::Execution::cpu_time`], zero
+    /// while off): shadow comparisons turn it on for both versions compared. Off by default —
+    /// reading a thread's CPU clock is a system call, ~1 µs per execution of a tiny model.
+    pub fn measure_cpu(&self, on: bool) {
+        self.pool.cpu_clock.store(on, Ordering::Relaxed);
     }
 
     /// How requests are batched.

@@ -198,9 +198,27 @@ impl ModelHandle {
         self.shadow.load_full()
     }
 
-    /// Attaches (or, with `None`, detaches) a shadow; returns the one it replaced.
+    /// Attaches (or, with `None`, detaches) a shadow; returns the one it replaced. While a
+    /// shadow is attached, both versions it compares measure their executions' CPU time.
     pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
-        self.shadow.swap(shadow)
+        let measure = |shadow: &Shadow, on: bool| {
+            shadow.version.model.measure_cpu(on);
+            if let Some(current) = self.versions().get(&shadow.against) {
+                current.model.measure_cpu(on);
+            }
+        };
+        if let Some(new) = &shadow {
+            measure(new, true);
+        }
+        let old = self.shadow.swap(shadow);
+        if let Some(old) = &old {
+            measure(old, false);
+        }
+        // Turning the old shadow's versions off may have turned the new one's off too.
+        if let Some(new) = self.shadow() {
+            measure(&new, true);
+        }
+        old
     }
 
     /// The last rollout status of this model.

@@ -70,6 +70,10 @@ fn a_copy_is_promoted_and_other_weights_or_a_slower_version_are_rolled_back() {
     assert_eq!(f["max_abs_diff"].as_f64(), Some(0.0), "{status}");
     assert!(f["cpu_p99_ratio"].as_f64().unwrap() <= 2.5, "{status}");
     assert!(
+        f["current_cpu_p99_us"].as_f64().unwrap() > 0.0 && f["cpu_p99_us"].as_f64().unwrap() > 0.0,
+        "both sides measured their CPU time: {status}"
+    );
+    assert!(
         f["p99_ratio"].as_f64().unwrap() > 0.0,
         "wall clock reported: {status}"
     );
