@@ -76,6 +76,25 @@ impl Drop for Camera {
     }
 }
 
+/// Source options with a 10 s timeout.
+fn options() -> SourceOptions {
+    SourceOptions {
+        timeout: Duration::from_secs(10),
+        ..SourceOptions::new(0.0, "")
+    }
+}
+
+/// Three 64×48 frames from the test camera, each within 30 s.
+async fn three_frames(source: &mut Box<dyn onnxd::camera::FrameSource>) {
+    for _ in 0..3 {
+        let frame = tokio::time::timeout(Duration::from_secs(30), source.next_frame())
+            .await
+            .expect("a frame within 30 s")
+            .unwrap_or_else(|e| panic!("the camera gave no frame: {e}"));
+        assert_eq!((frame.width, frame.height), (64, 48));
+    }
+}
+
 /// Every process's command line (arguments joined by spaces) with its parent's pid.
 fn command_lines() -> Vec<(u32, u32, String)> {
     let mut lines = Vec::new();
@@ -109,20 +128,10 @@ async fn an_rtsp_password_is_on_no_command_line_and_the_camera_works() {
     let password = format!("pw-{:016x}", fastrand::u64(..));
     let port = onnxd_free_port();
     let _camera = Camera::start(port, &password);
-    let options = SourceOptions {
-        timeout: Duration::from_secs(10),
-        ..SourceOptions::new(0.0, "")
-    };
     let url = format!("rtsp://cam:{password}@127.0.0.1:{port}/live");
-    let mut source = open(&url, &options).unwrap();
+    let mut source = open(&url, &options()).unwrap();
     assert!(!source.describe().contains(&password), "{}", source.describe());
-    for _ in 0..3 {
-        let frame = tokio::time::timeout(Duration::from_secs(30), source.next_frame())
-            .await
-            .expect("a frame within 30 s")
-            .unwrap_or_else(|e| panic!("the camera gave no frame: {e}"));
-        assert_eq!((frame.width, frame.height), (64, 48));
-    }
+    three_frames(&mut source).await;
     // ffmpeg is streaming now: look at every command line on the machine.
     let me = std::process::id();
     let lines = command_lines();
@@ -140,7 +149,7 @@ async fn an_rtsp_password_is_on_no_command_line_and_the_camera_works() {
     drop(source);
 
     let wrong = format!("rtsp://cam:not-{password}@127.0.0.1:{port}/live");
-    let mut source = open(&wrong, &options).unwrap();
+    let mut source = open(&wrong, &options()).unwrap();
     let refused = tokio::time::timeout(Duration::from_secs(30), source.next_frame())
         .await
         .expect("an answer within 30 s");
@@ -187,22 +196,12 @@ async fn a_gst_pipelines_password_is_hidden_from_other_users_as_the_unit_hides_i
     let password = format!("pw-{:016x}", fastrand::u64(..));
     let port = onnxd_free_port();
     let _camera = Camera::start(port, &password);
-    let options = SourceOptions {
-        timeout: Duration::from_secs(10),
-        ..SourceOptions::new(0.0, "")
-    };
     let pipeline = format!(
         "gst:rtspsrc location=rtsp://127.0.0.1:{port}/live user-id=cam user-pw={password} \
          latency=0 ! rtpjpegdepay ! jpegdec ! videoconvert ! video/x-raw,width=64,height=48"
     );
-    let mut source = open(&pipeline, &options).unwrap();
-    for _ in 0..3 {
-        let frame = tokio::time::timeout(Duration::from_secs(30), source.next_frame())
-            .await
-            .expect("a frame within 30 s")
-            .unwrap_or_else(|e| panic!("the gst camera gave no frame: {e}"));
-        assert_eq!((frame.width, frame.height), (64, 48));
-    }
+    let mut source = open(&pipeline, &options()).unwrap();
+    three_frames(&mut source).await;
     // gst-launch has the password among its arguments (there is no other way to give it)…
     let me = std::process::id();
     let gst = command_lines()

@@ -19,6 +19,7 @@ use super::{commit, Delivery, DeliveryError, Slot};
 use crate::engine::pool::Priority;
 use crate::repository::sidecar::Sidecar;
 use crate::serving::shadow::{Shadow, ShadowFigures};
+use crate::serving::LoadedVersion;
 
 /// How often the watcher looks at the figures.
 const TICK: Duration = Duration::from_millis(50);
@@ -38,9 +39,11 @@ pub(super) async fn start(
     against: u64,
 ) -> Result<Value, DeliveryError> {
     let model = slot.model.clone();
-    let mut loaded = commit::load(delivery, &model, job.version, sidecar).await?;
+    let loaded = commit::load(delivery, &model, job.version, sidecar).await?;
     // The candidate runs on what serving leaves idle: copies must not slow the clients.
-    loaded.model = loaded.model.with_priority(Priority::Background);
+    let loaded = on_threads_of(loaded, Priority::Background)
+        .await
+        .map_err(|e| DeliveryError::Io(e.to_string()))?;
     let handle = delivery
         .router
         .handle(&model)
@@ -150,14 +153,14 @@ async fn promote(delivery: &Delivery, model: &str, decision: Decision, shadow: A
     while Arc::strong_count(&shadow) > 1 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let loaded = Arc::try_unwrap(shadow)
+    let loaded = match Arc::try_unwrap(shadow)
         .ok()
         .and_then(|s| Arc::try_unwrap(s.version).ok())
-        .map(|mut loaded| {
-            // New inference threads, started here at the daemon's priority.
-            loaded.model = loaded.model.with_priority(Priority::Serving);
-            loaded
-        });
+    {
+        // New inference threads at the daemon's priority (else it is loaded again).
+        Some(loaded) => on_threads_of(loaded, Priority::Serving).await.ok(),
+        None => None,
+    };
     let version = decision.job.version;
     match commit::install(delivery, model, version, loaded).await {
         Ok(report) => {
@@ -175,6 +178,19 @@ async fn promote(delivery: &Delivery, model: &str, decision: Decision, shadow: A
             delivery.finished(model, &decision.job, "failed", Some(e.to_string()), extra);
         }
     }
+}
+
+/// The version on new inference threads of `priority`, restarted off the async workers
+/// (restarting joins the old threads).
+async fn on_threads_of(
+    mut loaded: LoadedVersion,
+    priority: Priority,
+) -> Result<LoadedVersion, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        loaded.model = loaded.model.with_priority(priority);
+        loaded
+    })
+    .await
 }
 
 /// Deletes the staged candidate; the current version serves on.

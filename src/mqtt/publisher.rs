@@ -390,8 +390,15 @@ impl Publisher {
     fn disconnected(&mut self) {
         self.connected = false;
         self.ids.reset();
-        let failed: Vec<Token> = self.inflight.drain().map(|(_, token)| token).collect();
-        for token in failed {
+        self.keep_unacknowledged();
+        self.outbox.rewind();
+    }
+
+    /// Gives up on every message in flight: live responses go to the outbox (their requests
+    /// not acknowledged: the broker redelivers those); outbox records are sent again later.
+    fn keep_unacknowledged(&mut self) {
+        let pending: Vec<Token> = self.inflight.drain().map(|(_, token)| token).collect();
+        for token in pending {
             if let Origin::Live(delivery) = token.origin {
                 self.keep(Delivery {
                     ack: None,
@@ -399,7 +406,6 @@ impl Publisher {
                 });
             }
         }
-        self.outbox.rewind();
     }
 
     fn delivered(&mut self, origin: Origin) {
@@ -547,15 +553,7 @@ impl Publisher {
                 }
             }
         }
-        let pending: Vec<Token> = self.inflight.drain().map(|(_, t)| t).collect();
-        for token in pending {
-            if let Origin::Live(delivery) = token.origin {
-                self.keep(Delivery {
-                    ack: None,
-                    ..*delivery
-                });
-            }
-        }
+        self.keep_unacknowledged();
         self.synced_acks.clear();
         self.sync();
         self.wire.disconnect();

@@ -54,6 +54,21 @@ pub struct Script {
     pub expiring: bool,
 }
 
+impl Script {
+    /// `requests` requests to node `n1`, receive maximum 20, no misbehaviour.
+    pub fn new(requests: usize) -> Script {
+        Script {
+            receive_maximum: 20,
+            requests,
+            node: "n1".into(),
+            hold: false,
+            one_at_a_time: false,
+            lose_ack_of: None,
+            expiring: false,
+        }
+    }
+}
+
 /// A response as the broker got it.
 #[derive(Clone, Debug)]
 pub struct Response {

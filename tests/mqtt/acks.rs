@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::ack_broker::{AckBroker, Log, Script};
 use super::common;
-use super::harness::{self, start_daemon, start_daemon_with};
+use super::harness::{self, start_daemon_with};
 
 /// The bare digits model as `digits`.
 fn digits(dir: &Path) {
@@ -67,27 +67,49 @@ fn metric(port: u16, name: &str) -> u64 {
     harness::sample(&harness::metrics(&runtime, port), name)
 }
 
-#[test]
-fn reversed_and_unknown_pubacks_lose_nothing_and_keep_the_connection() {
-    const N: usize = 12;
+/// The broker playing `script`, and a daemon (node `n1`, HTTP on `http_port`, extra `env`)
+/// serving the digits model through it.
+struct Started {
+    broker: AckBroker,
+    daemon: harness::Daemon,
+    http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn start(script: Script, env: &[(&str, &str)]) -> Started {
     let dir = tempfile::tempdir().unwrap();
     digits(dir.path());
-    let broker = AckBroker::start(Script {
-        receive_maximum: 4,
-        requests: N,
-        node: "n1".into(),
-        hold: true,
-        one_at_a_time: false,
-        lose_ack_of: None,
-        expiring: false,
-    });
+    let broker = AckBroker::start(script);
     let http_port = harness::free_port();
-    let _daemon = start_daemon(
+    let daemon = start_daemon_with(
         dir.path(),
         "n1",
         Some(http_port),
         &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        env,
     );
+    Started {
+        broker,
+        daemon,
+        http_port,
+        dir,
+    }
+}
+
+#[test]
+fn reversed_and_unknown_pubacks_lose_nothing_and_keep_the_connection() {
+    const N: usize = 12;
+    let script = Script {
+        receive_maximum: 4,
+        hold: true,
+        ..Script::new(N)
+    };
+    let Started {
+        broker,
+        http_port,
+        daemon: _daemon,
+        dir: _dir,
+    } = start(script, &[]);
     wait_for_log(
         &broker,
         "every request answered and acknowledged",
@@ -120,24 +142,17 @@ fn reversed_and_unknown_pubacks_lose_nothing_and_keep_the_connection() {
 
 #[test]
 fn a_request_redelivered_after_its_answer_is_acknowledged_not_run_again() {
-    let dir = tempfile::tempdir().unwrap();
-    digits(dir.path());
-    let broker = AckBroker::start(Script {
-        receive_maximum: 20,
-        requests: 3,
-        node: "n1".into(),
-        hold: false,
+    let script = Script {
         one_at_a_time: true,
-        expiring: false,
         lose_ack_of: Some(1),
-    });
-    let http_port = harness::free_port();
-    let _daemon = start_daemon(
-        dir.path(),
-        "n1",
-        Some(http_port),
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
-    );
+        ..Script::new(3)
+    };
+    let Started {
+        broker,
+        http_port,
+        daemon: _daemon,
+        dir: _dir,
+    } = start(script, &[]);
     wait_for_log(
         &broker,
         "the three requests acknowledged",
@@ -161,24 +176,16 @@ fn a_request_redelivered_after_its_answer_is_acknowledged_not_run_again() {
 #[test]
 fn a_request_whose_message_expiry_ran_out_is_answered_expired_and_not_run() {
     const N: usize = 6;
-    let dir = tempfile::tempdir().unwrap();
-    digits(dir.path());
-    let broker = AckBroker::start(Script {
-        receive_maximum: 20,
-        requests: N,
-        node: "n1".into(),
-        hold: false,
-        one_at_a_time: false,
-        lose_ack_of: None,
+    let script = Script {
         expiring: true,
-    });
-    let http_port = harness::free_port();
-    let _daemon = start_daemon(
-        dir.path(),
-        "n1",
-        Some(http_port),
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
-    );
+        ..Script::new(N)
+    };
+    let Started {
+        broker,
+        http_port,
+        daemon: _daemon,
+        dir: _dir,
+    } = start(script, &[]);
     wait_for_log(
         &broker,
         "every request answered and acknowledged",
@@ -214,27 +221,16 @@ fn a_request_whose_message_expiry_ran_out_is_answered_expired_and_not_run() {
 
 #[test]
 fn watchdog_pings_stop_when_the_mqtt_session_hangs() {
-    let dir = tempfile::tempdir().unwrap();
-    digits(dir.path());
-    let broker = AckBroker::start(Script {
-        receive_maximum: 20,
-        requests: 0,
-        node: "n1".into(),
-        hold: false,
-        one_at_a_time: false,
-        lose_ack_of: None,
-        expiring: false,
-    });
-    let notify = common::notify::NotifySocket::bind(dir.path());
+    let socket_dir = tempfile::tempdir().unwrap();
+    let notify = common::notify::NotifySocket::bind(socket_dir.path());
     let mut env = notify.env().to_vec();
     env.push(("ONNXD_TEST_STALL", "mqtt"));
-    let daemon = start_daemon_with(
-        dir.path(),
-        "n1",
-        None,
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
-        &env,
-    );
+    let Started {
+        broker,
+        daemon,
+        dir: _dir,
+        ..
+    } = start(Script::new(0), &env);
     wait_for_log(&broker, "connected", Duration::from_secs(30), |log| {
         log.connections == 1
     });
