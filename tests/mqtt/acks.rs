@@ -76,6 +76,16 @@ struct Started {
     dir: tempfile::TempDir,
 }
 
+/// Waits until each of the `n` requests was answered and acknowledged.
+fn wait_all_answered(broker: &AckBroker, n: usize) {
+    wait_for_log(
+        broker,
+        "every request answered and acknowledged",
+        Duration::from_secs(30),
+        |log| answers(log).len() == n && log.request_acks.len() == n,
+    );
+}
+
 fn start(script: Script, env: &[(&str, &str)]) -> Started {
     let dir = tempfile::tempdir().unwrap();
     digits(dir.path());
@@ -110,12 +120,7 @@ fn reversed_and_unknown_pubacks_lose_nothing_and_keep_the_connection() {
         daemon: _daemon,
         dir: _dir,
     } = start(script, &[]);
-    wait_for_log(
-        &broker,
-        "every request answered and acknowledged",
-        Duration::from_secs(30),
-        |log| answers(log).len() == N && log.request_acks.len() == N,
-    );
+    wait_all_answered(&broker, N);
     let log = broker.log.lock().unwrap();
     assert!(
         log.unknown_ack.is_some(),
@@ -186,12 +191,7 @@ fn a_request_whose_message_expiry_ran_out_is_answered_expired_and_not_run() {
         daemon: _daemon,
         dir: _dir,
     } = start(script, &[]);
-    wait_for_log(
-        &broker,
-        "every request answered and acknowledged",
-        Duration::from_secs(30),
-        |log| answers(log).len() == N && log.request_acks.len() == N,
-    );
+    wait_all_answered(&broker, N);
     let log = broker.log.lock().unwrap();
     for response in &log.responses {
         let error = response.error.as_deref();
