@@ -114,13 +114,9 @@ fn reversed_and_unknown_pubacks_lose_nothing_and_keep_the_connection() {
         hold: true,
         ..Script::new(N)
     };
-    let Started {
-        broker,
-        http_port,
-        daemon: _daemon,
-        dir: _dir,
-    } = start(script, &[]);
-    wait_all_answered(&broker, N);
+    let started = start(script, &[]);
+    let (broker, http_port) = (&started.broker, started.http_port);
+    wait_all_answered(broker, N);
     let log = broker.log.lock().unwrap();
     assert!(
         log.unknown_ack.is_some(),
@@ -152,14 +148,10 @@ fn a_request_redelivered_after_its_answer_is_acknowledged_not_run_again() {
         lose_ack_of: Some(1),
         ..Script::new(3)
     };
-    let Started {
-        broker,
-        http_port,
-        daemon: _daemon,
-        dir: _dir,
-    } = start(script, &[]);
+    let started = start(script, &[]);
+    let (broker, http_port) = (&started.broker, started.http_port);
     wait_for_log(
-        &broker,
+        broker,
         "the three requests acknowledged",
         Duration::from_secs(30),
         |log| log.request_acks.len() == 3,
@@ -185,13 +177,9 @@ fn a_request_whose_message_expiry_ran_out_is_answered_expired_and_not_run() {
         expiring: true,
         ..Script::new(N)
     };
-    let Started {
-        broker,
-        http_port,
-        daemon: _daemon,
-        dir: _dir,
-    } = start(script, &[]);
-    wait_all_answered(&broker, N);
+    let started = start(script, &[]);
+    let (broker, http_port) = (&started.broker, started.http_port);
+    wait_all_answered(broker, N);
     let log = broker.log.lock().unwrap();
     for response in &log.responses {
         let error = response.error.as_deref();
