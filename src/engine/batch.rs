@@ -23,21 +23,71 @@ use tokio::sync::oneshot;
 use super::EngineError;
 use crate::tensor::{Tensor, Tensors};
 
-/// How long an idle instance thread polls for the next request before it sleeps: waking a
-/// sleeping thread costs tens of microseconds on virtual machines — more than a small model's
-/// whole inference — so a busy model's threads poll briefly (yielding) before they sleep; an
-/// idle model's threads sleep. With one CPU (an affinity mask or a cgroup quota of one) the
-/// poller would only take turns with the thread it waits for: no polling then.
+/// How long a caller waiting outside an async runtime ([`super::pool`]'s `infer_blocking`)
+/// polls for its answer before it sleeps: waking a sleeping thread costs tens of microseconds
+/// on virtual machines — more than a small model's whole inference. With one CPU (an affinity
+/// mask or a cgroup quota of one) the poller would only take turns with the thread it waits
+/// for: no polling then.
 pub fn spin_before_sleep() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cpus > 1 {
-            Duration::from_micros(50)
+    if several_cpus() {
+        Duration::from_micros(50)
+    } else {
+        Duration::ZERO
+    }
+}
+
+fn several_cpus() -> bool {
+    static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SEVERAL.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) > 1)
+}
+
+/// Longest an idle instance thread polls for the next request before it sleeps.
+pub const MAX_IDLE_POLL: Duration = Duration::from_micros(200);
+
+/// How long an idle instance thread polls (yielding) for the next request before it sleeps,
+/// learnt from the gaps between requests. A request that finds its thread asleep pays a
+/// futex wake-up and the thread's return to a core — tens of microseconds on virtual machines,
+/// more than a small model's inference — so the queue polls for as long as the recent gaps
+/// suggest the next request will take to come (1.5 × the last gap it could have caught, up to
+/// [`MAX_IDLE_POLL`]), and polls less after each gap longer than that: a client waiting on each
+/// answer (its round trip, 40–100 µs over loopback) is caught while it sends; sparse traffic
+/// costs no polling. A fixed window misses clients whose round trip is just above it on every
+/// request, and polls in vain on every request of sparse traffic. With one CPU the poller would
+/// only take turns with the thread it waits for: no polling then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdlePoll {
+    window: Duration,
+    max: Duration,
+}
+
+impl IdlePoll {
+    /// Polls up to `max`, starting at a quarter of it.
+    pub fn new(max: Duration) -> IdlePoll {
+        IdlePoll { window: max / 4, max }
+    }
+
+    /// The daemon's: [`MAX_IDLE_POLL`] with several CPUs, none with one.
+    pub fn for_this_machine() -> IdlePoll {
+        IdlePoll::new(if several_cpus() {
+            MAX_IDLE_POLL
         } else {
             Duration::ZERO
+        })
+    }
+
+    /// How long to poll now.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Learns from one idle spell: `gap` from going idle to the next request's arrival.
+    pub fn observe(&mut self, gap: Duration) {
+        if gap <= self.max {
+            self.window = self.window.max((gap * 3 / 2).min(self.max));
+        } else {
+            self.window -= self.window / 4;
         }
-    })
+    }
 }
 
 /// How a version batches (from the sidecar's `max_batch_size` and `[batching]`).
@@ -164,6 +214,8 @@ struct State {
     /// Instance threads blocked on `ready` (a push wakes one only when there is one: the
     /// futex call is saved while they poll).
     sleeping: usize,
+    /// How long an idle instance thread polls before it sleeps.
+    poll: IdlePoll,
 }
 
 /// The queue of one version, shared by its instance threads.
@@ -185,6 +237,7 @@ impl BatchQueue {
                 closed: false,
                 next_seq: 0,
                 sleeping: 0,
+                poll: IdlePoll::for_this_machine(),
             }),
             ready: Condvar::new(),
             order,
@@ -245,6 +298,7 @@ impl BatchQueue {
     /// queue is closed and empty. Expired requests are answered here, not returned.
     pub fn next_batch(&self) -> Option<Vec<Job>> {
         let idle_since = Instant::now();
+        let mut idle = false;
         let mut state = self.lock();
         loop {
             self.expire(&mut state);
@@ -252,7 +306,8 @@ impl BatchQueue {
                 if state.closed {
                     return None;
                 }
-                if idle_since.elapsed() < spin_before_sleep() {
+                idle = true;
+                if idle_since.elapsed() < state.poll.window() {
                     drop(state);
                     std::thread::yield_now();
                     state = self.lock();
@@ -262,6 +317,10 @@ impl BatchQueue {
                     state.sleeping -= 1;
                 }
                 continue;
+            }
+            if std::mem::take(&mut idle) {
+                let gap = state.jobs[0].enqueued.saturating_duration_since(idle_since);
+                state.poll.observe(gap);
             }
             let (count, full) = self.candidates(&state.jobs);
             let oldest = state.jobs[0].enqueued;

@@ -165,3 +165,26 @@ fn preserved_order_holds_answers_until_the_earlier_ones() {
     queue.answer(one.into_iter().next().unwrap(), result());
     assert!(first.try_recv().is_ok() && second.try_recv().is_ok());
 }
+
+#[test]
+fn idle_poll_covers_the_gaps_it_could_catch_and_fades_on_longer_ones() {
+    let us = Duration::from_micros;
+    let mut poll = IdlePoll::new(us(200));
+    assert_eq!(poll.window(), us(50));
+    poll.observe(us(80));
+    assert_eq!(poll.window(), us(120), "1.5 × a gap within the limit");
+    poll.observe(us(10));
+    assert_eq!(poll.window(), us(120), "a shorter gap does not shrink it");
+    poll.observe(us(190));
+    assert_eq!(poll.window(), us(200), "never past the limit");
+    for _ in 0..40 {
+        poll.observe(Duration::from_millis(5));
+    }
+    assert!(poll.window() < us(1), "sparse traffic: {:?}", poll.window());
+    poll.observe(us(60));
+    assert_eq!(poll.window(), us(90), "one catchable gap brings it back");
+    let mut none = IdlePoll::new(Duration::ZERO);
+    none.observe(Duration::ZERO);
+    none.observe(us(5));
+    assert_eq!(none.window(), Duration::ZERO, "no polling with one CPU");
+}
