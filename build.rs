@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         .build_server(true)
         .build_transport(false)
+        // Tensor buffers as `bytes::Bytes`: a request's raw inputs are slices of the received
+        // message (no copy), and a reply's raw outputs move the engine's buffers in.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
         .compile_fds(descriptors)?;
     Ok(())
 }

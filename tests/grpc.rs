@@ -73,7 +73,7 @@ fn slow_request(id: &str) -> ModelInferRequest {
             shape: vec![1, 512],
             ..Default::default()
         }],
-        raw_input_contents: vec![vec![0; 512 * 4]],
+        raw_input_contents: vec![vec![0; 512 * 4].into()],
         ..Default::default()
     }
 }

@@ -44,7 +44,7 @@ pub fn request(model: &str, inputs: &Tensors) -> ModelInferRequest {
                 ..Default::default()
             })
             .collect(),
-        raw_input_contents: inputs.iter().map(|(_, t)| t.to_wire()).collect(),
+        raw_input_contents: inputs.iter().map(|(_, t)| t.to_wire().into()).collect(),
         ..Default::default()
     }
 }

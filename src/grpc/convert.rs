@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
@@ -74,7 +76,7 @@ fn timeout(parameters: &HashMap<String, InferParameter>) -> Result<Option<Durati
 }
 
 /// The named input tensors: all raw (one buffer per input, in order) or all typed.
-fn tensors(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Result<tensor::Tensors, ConvertError> {
+fn tensors(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> Result<tensor::Tensors, ConvertError> {
     if !raw.is_empty() {
         if raw.len() != inputs.len() {
             return Err(ConvertError(format!(
@@ -106,7 +108,7 @@ fn tensors(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> Result<tensor::T
 
 /// How one input's values arrived.
 enum Contents {
-    Raw(Vec<u8>),
+    Raw(Bytes),
     Typed(InferTensorContents),
 }
 
@@ -122,8 +124,8 @@ fn input_tensor(input: InferInputTensor, contents: Contents) -> Result<(String, 
     let shape = tensor::shape_from_i64(&shape).map_err(|e| fail(&e))?;
     let tensor = match contents {
         Contents::Raw(bytes) if dtype == DType::Bytes => Tensor::from_wire(dtype, shape, &bytes),
-        // A fixed-size buffer is moved into the tensor, not copied.
-        Contents::Raw(bytes) => Tensor::from_raw(dtype, shape, bytes),
+        // A fixed-size buffer is a slice of the received message, not a copy.
+        Contents::Raw(bytes) => Tensor::from_bytes(dtype, shape, bytes),
         Contents::Typed(contents) => typed(dtype, shape, contents).map_err(|e| fail(&e))?,
     }
     .map_err(|e| fail(&e))?;
@@ -261,15 +263,15 @@ fn string_parameter(value: &str) -> InferParameter {
 }
 
 /// One output: its description and its raw contents (moved, not copied, for fixed-size types).
-fn output((name, tensor): (String, Tensor)) -> (InferOutputTensor, Vec<u8>) {
+fn output((name, tensor): (String, Tensor)) -> (InferOutputTensor, Bytes) {
     let wire = match tensor.dtype() {
         DType::Bytes => tensor.to_wire(),
         _ => Vec::new(),
     };
     let (dtype, shape, data) = tensor.into_parts();
     let raw = match data {
-        tensor::TensorData::Fixed(bytes) => Vec::from(bytes), // no copy when not shared
-        tensor::TensorData::Bytes(_) => wire,
+        tensor::TensorData::Fixed(bytes) => bytes,
+        tensor::TensorData::Bytes(_) => Bytes::from(wire),
     };
     let description = InferOutputTensor {
         name,

@@ -20,7 +20,7 @@ fn message(inputs: Vec<InferInputTensor>, raw: Vec<Vec<u8>>) -> ModelInferReques
     ModelInferRequest {
         model_name: "m".into(),
         inputs,
-        raw_input_contents: raw,
+        raw_input_contents: raw.into_iter().map(Bytes::from).collect(),
         ..Default::default()
     }
 }
