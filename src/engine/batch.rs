@@ -41,8 +41,11 @@ fn several_cpus() -> bool {
     *SEVERAL.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) > 1)
 }
 
-/// Longest an idle instance thread polls for the next request before it sleeps.
-pub const MAX_IDLE_POLL: Duration = Duration::from_micros(200);
+/// Longest an idle instance thread polls for the next request before it sleeps. A poll that
+/// catches a request saves the same wake-up however long it ran, so the CPU it costs per
+/// request is capped: a client on the same host or LAN segment (HTTP or gRPC round trips of
+/// 40–90 µs) is caught; a round trip through an MQTT broker (~150 µs) is not polled for.
+pub const MAX_IDLE_POLL: Duration = Duration::from_micros(100);
 
 /// How long an idle instance thread polls (yielding) for the next request before it sleeps,
 /// learnt from the gaps between requests. A request that finds its thread asleep pays a
@@ -50,7 +53,7 @@ pub const MAX_IDLE_POLL: Duration = Duration::from_micros(200);
 /// more than a small model's inference — so the queue polls for as long as the recent gaps
 /// suggest the next request will take to come (1.5 × the last gap it could have caught, up to
 /// [`MAX_IDLE_POLL`]), and polls less after each gap longer than that: a client waiting on each
-/// answer (its round trip, 40–100 µs over loopback) is caught while it sends; sparse traffic
+/// answer (its round trip, 40–90 µs over loopback) is caught while it sends; sparse traffic
 /// costs no polling. A fixed window misses clients whose round trip is just above it on every
 /// request, and polls in vain on every request of sparse traffic. With one CPU the poller would
 /// only take turns with the thread it waits for: no polling then.
