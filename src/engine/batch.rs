@@ -247,6 +247,15 @@ impl BatchQueue {
         }
     }
 
+    /// The same queue without the idle poll: its threads sleep as soon as it is empty. For a
+    /// shadow candidate's queue: nobody waits for its copies, so polling would only take CPU
+    /// that serving needs.
+    pub fn without_idle_poll(mut self) -> BatchQueue {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        state.poll = IdlePoll::new(Duration::ZERO);
+        self
+    }
+
     /// The policy.
     pub fn policy(&self) -> &BatchPolicy {
         &self.policy

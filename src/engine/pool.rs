@@ -25,9 +25,9 @@ use super::{EngineError, EngineKind, EngineSession, LoadedSessions, ModelInfo, P
 pub enum Priority {
     /// The priority of the thread that starts the pool (the daemon's).
     Serving,
-    /// The lowest (nice 19): the threads run on what serving leaves idle, as a shadow
-    /// candidate's must. Unprivileged threads cannot raise their priority again, so leaving
-    /// it means new threads ([`LoadedModel::with_priority`]).
+    /// The lowest (nice 19), and no idle poll: the threads run on what serving leaves idle,
+    /// as a shadow candidate's must. Unprivileged threads cannot raise their priority again,
+    /// so leaving it means new threads ([`LoadedModel::with_priority`]).
     Background,
 }
 
@@ -56,7 +56,10 @@ impl InstancePool {
         policy: BatchPolicy,
         priority: Priority,
     ) -> InstancePool {
-        let queue = Arc::new(BatchQueue::new(policy));
+        let queue = Arc::new(match priority {
+            Priority::Serving => BatchQueue::new(policy),
+            Priority::Background => BatchQueue::new(policy).without_idle_poll(),
+        });
         let busy: Arc<[Busy]> = sessions.iter().map(|_| Busy::default()).collect();
         let cpu_clock = Arc::new(AtomicBool::new(false));
         let threads = sessions

@@ -188,3 +188,13 @@ fn idle_poll_covers_the_gaps_it_could_catch_and_fades_on_longer_ones() {
     none.observe(us(5));
     assert_eq!(none.window(), Duration::ZERO, "no polling with one CPU");
 }
+
+#[test]
+fn a_queue_without_the_idle_poll_never_polls() {
+    let queue = BatchQueue::new(policy(1)).without_idle_poll();
+    let (j, _reply) = job(1, 4);
+    queue.push(j, "m").unwrap();
+    assert_eq!(queue.next_batch().unwrap().len(), 1);
+    queue.lock().poll.observe(Duration::from_micros(20));
+    assert_eq!(queue.lock().poll.window(), Duration::ZERO);
+}
