@@ -23,20 +23,9 @@ use tokio::sync::oneshot;
 use super::EngineError;
 use crate::tensor::{Tensor, Tensors};
 
-/// How long a caller waiting outside an async runtime ([`super::pool`]'s `infer_blocking`)
-/// polls for its answer before it sleeps: waking a sleeping thread costs tens of microseconds
-/// on virtual machines — more than a small model's whole inference. With one CPU (an affinity
-/// mask or a cgroup quota of one) the poller would only take turns with the thread it waits
-/// for: no polling then.
-pub fn spin_before_sleep() -> Duration {
-    if several_cpus() {
-        Duration::from_micros(50)
-    } else {
-        Duration::ZERO
-    }
-}
-
-fn several_cpus() -> bool {
+/// Whether this process may run on more than one CPU (an affinity mask or a cgroup quota of
+/// one leaves one): with one, a poller would only take turns with the thread it waits for.
+pub(super) fn several_cpus() -> bool {
     static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SEVERAL.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) > 1)
 }

@@ -133,6 +133,17 @@ impl InstancePool {
     }
 }
 
+/// How long a caller waiting outside an async runtime ([`LoadedModel::infer_blocking`]) polls
+/// for its answer before it sleeps: waking a sleeping thread costs tens of microseconds on
+/// virtual machines — more than a small model's whole inference. None with one CPU.
+fn spin_before_sleep() -> Duration {
+    if super::batch::several_cpus() {
+        Duration::from_micros(50)
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Runs one batch on a session and answers each of its requests. One request runs as it
 /// came; several are stacked (one copy of each input), run once, and their outputs split
 /// (shared, not copied). An engine error on a batch is every request's error.
@@ -303,7 +314,7 @@ impl LoadedModel {
         let mut result = self.submit(inputs, outputs, None)?;
         // Poll briefly before sleeping, for the same reason the inference threads do.
         let started = Instant::now();
-        while started.elapsed() < super::batch::spin_before_sleep() {
+        while started.elapsed() < spin_before_sleep() {
             match result.try_recv() {
                 Ok(done) => return Ok(done),
                 Err(oneshot::error::TryRecvError::Closed) => break,

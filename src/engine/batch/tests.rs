@@ -198,3 +198,42 @@ fn a_queue_without_the_idle_poll_never_polls() {
     queue.lock().poll.observe(Duration::from_micros(20));
     assert_eq!(queue.lock().poll.window(), Duration::ZERO);
 }
+
+#[test]
+fn an_idle_thread_polls_through_a_gap_it_learnt_and_learns_the_next() {
+    let ms = Duration::from_millis;
+    let queue = std::sync::Arc::new(BatchQueue::new(policy(1)));
+    queue.lock().poll = IdlePoll::new(ms(4000)); // starts at a quarter: 1 s
+    let waiter = std::thread::spawn({
+        let queue = queue.clone();
+        move || queue.next_batch().map(|b| b.len())
+    });
+    std::thread::sleep(ms(200));
+    assert_eq!(
+        queue.lock().sleeping,
+        0,
+        "within its window the thread polls, not sleeps"
+    );
+    let (j, _reply) = job(1, 4);
+    queue.push(j, "m").unwrap();
+    assert_eq!(waiter.join().unwrap(), Some(1));
+    let window = queue.lock().poll.window();
+    assert_eq!(
+        window,
+        ms(1000),
+        "a 200 ms gap (× 1.5) is below the 1 s window: unchanged"
+    );
+    let waiter = std::thread::spawn({
+        let queue = queue.clone();
+        move || queue.next_batch().map(|b| b.len())
+    });
+    std::thread::sleep(ms(900));
+    let (j, _reply) = job(1, 4);
+    queue.push(j, "m").unwrap();
+    assert_eq!(waiter.join().unwrap(), Some(1));
+    let window = queue.lock().poll.window();
+    assert!(
+        window > ms(1000) && window <= ms(2000),
+        "1.5 × the ~900 ms gap: {window:?}"
+    );
+}
