@@ -1,8 +1,11 @@
 //! `onnxd bench --mqtt HOST:PORT`: an MQTT 5 load generator for a daemon behind a broker (onnxd
-//! or any other that speaks SPEC §6's request/response). One `rumqttc` client on its own
-//! current-thread runtime, Nagle off, publishes the same request at QoS 1 with a response topic
-//! and a counter as correlation data, keeping `window` requests in flight; replies come from
-//! its subscription to that response topic and are matched by correlation data. Reports
+//! or any other that speaks SPEC §6's request/response). One connection (onnxd's own
+//! packet-level [`crate::mqtt::wire`] link, Nagle off) driven by one task on a current-thread
+//! runtime publishes the same request at QoS 1 with a response topic and a counter as
+//! correlation data, keeping `window` requests in flight; replies come from its subscription to
+//! that response topic and are matched by correlation data. What it writes in answer to a batch
+//! of packets read (PUBACKs, the next requests) goes out in one write, so the load generator
+//! takes little of the CPU the daemon and the broker share with it. Reports
 //! throughput, latency percentiles and the client's CPU time per request; a progress line goes
 //! to stderr once per second.
 
@@ -11,16 +14,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{
+    Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, Publish,
+    PublishProperties, Subscribe, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::NetworkOptions;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use super::bench::{process_cpu, Percentiles};
 use super::infer::{read_inputs, InferError, Served};
+use crate::mqtt::packet_ids::{PacketIds, SUBSCRIBE_ID};
+use crate::mqtt::wire::{self, Link, Settings};
 use crate::repository::loader::LoadSettings;
 use crate::tensor::kserve::tensor_to_json;
 use crate::tensor::Tensors;
@@ -29,6 +34,8 @@ use crate::tensor::Tensors;
 const MAX_PACKET: u32 = 64 << 20;
 /// How long connecting and subscribing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep alive announced to the broker.
+const KEEP_ALIVE_SECS: u16 = 30;
 
 /// A failed MQTT bench: what went wrong, in words a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -182,12 +189,12 @@ pub fn run(target: &MqttTarget, payload: Vec<u8>, plan: &MqttPlan) -> Result<Mqt
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut session = Session::connect(target, payload.into(), plan.window).await?;
+        let mut session = Session::connect(target, payload.into()).await?;
         session.warm_up(plan).await?;
         let cpu_before = process_cpu();
         let measured = session.measure(plan).await?;
         let cpu = process_cpu().saturating_sub(cpu_before);
-        session.client.disconnect().await.ok();
+        session.disconnect().await;
         let requests = measured.latencies.len() as u64;
         Ok(MqttReport {
             broker: format!("{}:{}", target.host, target.port),
@@ -204,23 +211,16 @@ pub fn run(target: &MqttTarget, payload: Vec<u8>, plan: &MqttPlan) -> Result<Mqt
     })
 }
 
-/// What the event-loop task hands to the load loop.
-enum Incoming {
-    /// The subscription to the response topic is in place.
-    Subscribed,
-    /// A reply, when it arrived.
-    Reply {
-        correlation: u64,
-        error: Option<String>,
-        at: Instant,
-    },
-    /// The connection failed.
-    Failed(String),
+/// A reply: its correlation data, the error it carries if any, when it arrived.
+struct Reply {
+    correlation: u64,
+    error: Option<String>,
+    at: Instant,
 }
 
 /// The one field of a reply the bench looks at; the rest is skipped unparsed.
 #[derive(Deserialize)]
-struct Reply {
+struct ReplyBody {
     #[serde(default)]
     error: Option<Value>,
 }
@@ -229,45 +229,15 @@ struct Reply {
 /// header is one; its raw tensors follow); a payload that does not start with one is an error.
 fn reply_error(payload: &[u8]) -> Option<String> {
     match serde_json::Deserializer::from_slice(payload)
-        .into_iter::<Reply>()
+        .into_iter::<ReplyBody>()
         .next()
     {
-        Some(Ok(Reply { error: None })) => None,
-        Some(Ok(Reply { error: Some(e) })) => Some(e.as_str().map_or_else(|| e.to_string(), str::to_string)),
+        Some(Ok(ReplyBody { error: None })) => None,
+        Some(Ok(ReplyBody { error: Some(e) })) => {
+            Some(e.as_str().map_or_else(|| e.to_string(), str::to_string))
+        }
         Some(Err(e)) => Some(format!("reply is not KServe V2 JSON: {e}")),
         None => Some("empty reply".into()),
-    }
-}
-
-/// Polls the event loop, passing replies (stamped on arrival) and failures on.
-async fn drive(mut eventloop: EventLoop, to_load: mpsc::UnboundedSender<Incoming>) {
-    loop {
-        let incoming = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => Incoming::Subscribed,
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let at = Instant::now();
-                let correlation = publish
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.correlation_data.as_deref())
-                    .and_then(|c| Some(u64::from_be_bytes(c.try_into().ok()?)));
-                let Some(correlation) = correlation else { continue };
-                Incoming::Reply {
-                    correlation,
-                    error: reply_error(&publish.payload),
-                    at,
-                }
-            }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code != ConnectReturnCode::Success => {
-                Incoming::Failed(format!("connection refused: {:?}", ack.code))
-            }
-            Ok(_) => continue,
-            Err(e) => Incoming::Failed(e.to_string()),
-        };
-        let failed = matches!(incoming, Incoming::Failed(_));
-        if to_load.send(incoming).is_err() || failed {
-            return;
-        }
     }
 }
 
@@ -279,63 +249,105 @@ struct Measured {
     seconds: f64,
 }
 
-/// A connected client with its requests in flight.
+/// A connected client with its requests in flight. One task owns the connection: the packets
+/// it writes in answer to what it read (PUBACKs of replies, the requests that replace them)
+/// are buffered and go out in one write per batch read.
 struct Session {
-    client: AsyncClient,
-    replies: mpsc::UnboundedReceiver<Incoming>,
+    link: Link,
     target: MqttTarget,
     payload: Bytes,
+    /// Correlation data of the next request.
     next: u64,
+    /// Requests without a reply yet, by correlation, with when they were sent.
     sent: HashMap<u64, Instant>,
+    /// Packet ids of requests the broker has not acknowledged yet.
+    ids: PacketIds,
+    /// How many of those the broker takes at most (its MQTT 5 receive maximum).
+    receive_maximum: usize,
+    /// When something was last written (a PINGREQ goes out after half the keep alive).
+    last_write: Instant,
 }
 
 impl Session {
-    async fn connect(target: &MqttTarget, payload: Bytes, window: usize) -> Result<Session, MqttBenchError> {
+    async fn connect(target: &MqttTarget, payload: Bytes) -> Result<Session, MqttBenchError> {
         let broker_error = |message: String| MqttBenchError::Broker {
             broker: format!("{}:{}", target.host, target.port),
             message,
         };
-        let client_id = format!("onnxd-bench-{}-{}", std::process::id(), fastrand::u32(..));
-        let mut options = MqttOptions::new(client_id, target.host.clone(), target.port);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        options
-            .set_network_options(network)
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_start(true)
-            .set_max_packet_size(Some(MAX_PACKET));
-        let (client, eventloop) = AsyncClient::new(options, window.max(1) + 16);
-        let (to_load, mut replies) = mpsc::unbounded_channel();
-        tokio::spawn(drive(eventloop, to_load));
-        client
-            .subscribe(target.response_topic.clone(), QoS::AtLeastOnce)
+        let mut properties = ConnectProperties::new();
+        properties.max_packet_size = Some(MAX_PACKET);
+        let settings = Settings {
+            host: target.host.clone(),
+            port: target.port,
+            tls: None,
+            connect: Connect {
+                keep_alive: KEEP_ALIVE_SECS,
+                client_id: format!("onnxd-bench-{}-{}", std::process::id(), fastrand::u32(..)),
+                clean_start: true,
+                properties: Some(properties),
+            },
+            will: None,
+            login: None,
+            max_incoming: MAX_PACKET,
+            connect_timeout: CONNECT_TIMEOUT,
+        };
+        let (link, ack) = wire::connect(&settings)
             .await
             .map_err(|e| broker_error(e.to_string()))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, replies.recv()).await {
-            Ok(Some(Incoming::Subscribed)) => {}
-            Ok(Some(Incoming::Failed(e))) => return Err(broker_error(e)),
-            Ok(_) => return Err(broker_error("connection closed".into())),
-            Err(_) => return Err(broker_error("no SUBACK within 10 s".into())),
-        }
-        Ok(Session {
-            client,
-            replies,
+        let receive_maximum = ack.properties.and_then(|p| p.receive_max).unwrap_or(u16::MAX);
+        let mut session = Session {
+            link,
             target: target.clone(),
             payload,
             next: 0,
             sent: HashMap::new(),
-        })
+            ids: PacketIds::default(),
+            receive_maximum: usize::from(receive_maximum.max(1)),
+            last_write: Instant::now(),
+        };
+        session.subscribe().await?;
+        Ok(session)
     }
 
-    fn broker_error(&self, message: String) -> MqttBenchError {
+    fn broker_error(&self, message: impl std::fmt::Display) -> MqttBenchError {
         MqttBenchError::Broker {
             broker: format!("{}:{}", self.target.host, self.target.port),
-            message,
+            message: message.to_string(),
         }
     }
 
-    /// Publishes one request (QoS 1, response topic, correlation data = a counter).
-    async fn send(&mut self) -> Result<(), MqttBenchError> {
+    /// Subscribes to the response topic and waits for the SUBACK.
+    async fn subscribe(&mut self) -> Result<(), MqttBenchError> {
+        let filter = Filter::new(self.target.response_topic.clone(), QoS::AtLeastOnce);
+        let mut subscribe = Subscribe::new(filter, None);
+        subscribe.pkid = SUBSCRIBE_ID;
+        self.link
+            .send(Packet::Subscribe(subscribe))
+            .map_err(|e| self.broker_error(e))?;
+        self.flush().await?;
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            let packet = tokio::time::timeout_at(deadline.into(), self.link.read())
+                .await
+                .map_err(|_| self.broker_error("no SUBACK within 10 s"))?
+                .map_err(|e| self.broker_error(e))?;
+            if let Packet::SubAck(ack) = packet {
+                return match ack.return_codes.first() {
+                    Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                    code => Err(self.broker_error(format!("subscription refused: {code:?}"))),
+                };
+            }
+        }
+    }
+
+    /// Whether the broker takes another request now (its receive maximum).
+    fn may_publish(&self) -> bool {
+        self.ids.outstanding() < self.receive_maximum
+    }
+
+    /// Buffers one request (QoS 1, response topic, correlation data = a counter); sent by the
+    /// next [`Session::flush`].
+    fn send(&mut self) -> Result<(), MqttBenchError> {
         let correlation = self.next;
         self.next += 1;
         let properties = PublishProperties {
@@ -343,17 +355,87 @@ impl Session {
             correlation_data: Some(Bytes::copy_from_slice(&correlation.to_be_bytes())),
             ..PublishProperties::default()
         };
+        let mut publish = Publish::new(
+            self.target.request_topic.clone(),
+            QoS::AtLeastOnce,
+            self.payload.clone(),
+            Some(properties),
+        );
+        publish.pkid = self
+            .ids
+            .allocate()
+            .ok_or_else(|| self.broker_error("no free packet id"))?;
+        self.link
+            .send(Packet::Publish(publish))
+            .map_err(|e| self.broker_error(e))?;
         self.sent.insert(correlation, Instant::now());
-        self.client
-            .publish_with_properties(
-                self.target.request_topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                self.payload.clone(),
-                properties,
-            )
-            .await
-            .map_err(|e| self.broker_error(e.to_string()))
+        Ok(())
+    }
+
+    /// Writes what was buffered.
+    async fn flush(&mut self) -> Result<(), MqttBenchError> {
+        self.link.flush().await.map_err(|e| self.broker_error(e))?;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Waits until `deadline` for packets; handles the first and every other one already
+    /// read, and returns the replies among them (none at the deadline).
+    async fn receive(&mut self, deadline: Instant) -> Result<Vec<Reply>, MqttBenchError> {
+        let mut replies = Vec::new();
+        let first = match tokio::time::timeout_at(deadline.into(), self.link.read()).await {
+            Err(_) => return Ok(replies),
+            Ok(packet) => packet.map_err(|e| self.broker_error(e))?,
+        };
+        let mut packet = Some(first);
+        while let Some(p) = packet {
+            if let Some(reply) = self.handle(p)? {
+                replies.push(reply);
+            }
+            packet = self.link.buffered().map_err(|e| self.broker_error(e))?;
+        }
+        Ok(replies)
+    }
+
+    /// One packet from the broker: a reply is acknowledged (in the write buffer) and returned;
+    /// a PUBACK frees its request's packet id.
+    fn handle(&mut self, packet: Packet) -> Result<Option<Reply>, MqttBenchError> {
+        match packet {
+            Packet::Publish(publish) => {
+                let at = Instant::now();
+                if publish.qos != QoS::AtMostOnce {
+                    self.link
+                        .send(Packet::PubAck(PubAck::new(publish.pkid, None)))
+                        .map_err(|e| self.broker_error(e))?;
+                }
+                let correlation = publish
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_data.as_deref())
+                    .and_then(|c| Some(u64::from_be_bytes(c.try_into().ok()?)));
+                Ok(correlation.map(|correlation| Reply {
+                    correlation,
+                    error: reply_error(&publish.payload),
+                    at,
+                }))
+            }
+            Packet::PubAck(ack) => {
+                self.ids.release(ack.pkid);
+                Ok(None)
+            }
+            Packet::Disconnect(d) => Err(self.broker_error(format!("disconnected: {:?}", d.reason_code))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Pings when nothing was written for half the keep alive.
+    fn keep_alive(&mut self) -> Result<(), MqttBenchError> {
+        if self.last_write.elapsed() >= Duration::from_secs(KEEP_ALIVE_SECS.into()) / 2 {
+            self.link
+                .send(Packet::PingReq(PingReq))
+                .map_err(|e| self.broker_error(e))?;
+        }
+        Ok(())
     }
 
     /// Sends the warm-up requests one at a time; any error or missing reply fails the bench.
@@ -364,23 +446,28 @@ impl Session {
             message,
         };
         for _ in 0..plan.warmup {
-            self.send().await?;
-            let reply = tokio::time::timeout(plan.timeout, self.replies.recv()).await;
-            match reply {
-                Ok(Some(Incoming::Reply { correlation, error, .. })) => {
-                    self.sent.remove(&correlation);
-                    if let Some(e) = error {
-                        return Err(warmup_error(e));
-                    }
-                }
-                Ok(Some(Incoming::Failed(e))) => return Err(self.broker_error(e)),
-                Ok(_) => return Err(self.broker_error("connection closed".into())),
-                Err(_) => {
+            self.send()?;
+            self.flush().await?;
+            let deadline = Instant::now() + plan.timeout;
+            let reply = loop {
+                if Instant::now() >= deadline {
                     return Err(warmup_error(format!(
                         "no reply within {} s: is a daemon subscribed to this topic (node id, model name, prefix)?",
                         plan.timeout.as_secs_f64()
-                    )))
+                    )));
                 }
+                let replies = self.receive(deadline).await?;
+                self.flush().await?;
+                if let Some(reply) = replies
+                    .into_iter()
+                    .find(|r| self.sent.contains_key(&r.correlation))
+                {
+                    break reply;
+                }
+            };
+            self.sent.remove(&reply.correlation);
+            if let Some(e) = reply.error {
+                return Err(warmup_error(e));
             }
         }
         self.sent.clear();
@@ -401,47 +488,42 @@ impl Session {
         };
         let mut issued = 0u64;
         let may_issue = |issued: u64| plan.count.map_or(Instant::now() < deadline, |c| issued < c);
-        let mut tick =
-            tokio::time::interval_at((started + Duration::from_secs(1)).into(), Duration::from_secs(1));
+        let mut progress = Progress::new(started);
         let mut last_reply = started;
-        let mut shown = 0u64;
         loop {
-            while self.sent.len() < window && may_issue(issued) {
-                self.send().await?;
+            while self.sent.len() < window && self.may_publish() && may_issue(issued) {
+                self.send()?;
                 issued += 1;
             }
-            if self.sent.is_empty() {
+            if self.sent.is_empty() && !may_issue(issued) {
                 break;
             }
-            tokio::select! {
-                incoming = self.replies.recv() => match incoming {
-                    Some(Incoming::Reply { correlation, error, at }) => {
-                        // A reply to a warm-up request or a duplicate (QoS 1) is not counted.
-                        let Some(sent) = self.sent.remove(&correlation) else { continue };
-                        last_reply = at;
-                        match error {
-                            None => measured.latencies.push((at - sent).as_secs_f64() * 1e6),
-                            Some(_) => measured.errors += 1,
-                        }
-                    }
-                    Some(Incoming::Failed(e)) => return Err(self.broker_error(e)),
-                    Some(Incoming::Subscribed) => {}
-                    None => return Err(self.broker_error("connection closed".into())),
-                },
-                _ = tick.tick() => {
-                    measured.lost += self.expire(plan.timeout);
-                    let done = measured.latencies.len() as u64;
-                    if plan.progress {
-                        eprintln!(
-                            "mqtt bench: {:>4.0} s  {done} replies  {} req/s  {} errors  {} lost",
-                            started.elapsed().as_secs_f64(),
-                            done - shown,
-                            measured.errors,
-                            measured.lost
-                        );
-                    }
-                    shown = done;
+            self.flush().await?;
+            for reply in self.receive(progress.next).await? {
+                // A reply to a warm-up request or a duplicate (QoS 1) is not counted.
+                let Some(sent) = self.sent.remove(&reply.correlation) else {
+                    continue;
+                };
+                last_reply = reply.at;
+                match reply.error {
+                    None => measured.latencies.push((reply.at - sent).as_secs_f64() * 1e6),
+                    Some(_) => measured.errors += 1,
                 }
+            }
+            if Instant::now() >= progress.next {
+                let expired = self.expire(plan.timeout);
+                measured.lost += expired;
+                // Requests timed out and the broker holds every packet id it may: it stopped
+                // acknowledging, and no request can be sent any more.
+                if expired > 0 && self.sent.is_empty() && !self.may_publish() {
+                    return Err(self.broker_error(format!(
+                        "the broker left {} requests unacknowledged for {} s",
+                        self.ids.outstanding(),
+                        plan.timeout.as_secs_f64()
+                    )));
+                }
+                self.keep_alive()?;
+                progress.tick(&measured, plan.progress);
             }
         }
         measured.seconds = (last_reply - started).as_secs_f64();
@@ -453,6 +535,47 @@ impl Session {
         let before = self.sent.len();
         self.sent.retain(|_, sent| sent.elapsed() < timeout);
         (before - self.sent.len()) as u64
+    }
+
+    /// Says goodbye (DISCONNECT), best effort.
+    async fn disconnect(&mut self) {
+        let goodbye = Disconnect::new(DisconnectReasonCode::NormalDisconnection);
+        if self.link.send(Packet::Disconnect(goodbye)).is_ok() {
+            let _ = self.link.flush().await;
+        }
+    }
+}
+
+/// The once-a-second progress line.
+struct Progress {
+    started: Instant,
+    next: Instant,
+    shown: u64,
+}
+
+impl Progress {
+    fn new(started: Instant) -> Progress {
+        Progress {
+            started,
+            next: started + Duration::from_secs(1),
+            shown: 0,
+        }
+    }
+
+    /// A second passed: prints the line (when asked to) and sets the next.
+    fn tick(&mut self, measured: &Measured, print: bool) {
+        let done = measured.latencies.len() as u64;
+        if print {
+            eprintln!(
+                "mqtt bench: {:>4.0} s  {done} replies  {} req/s  {} errors  {} lost",
+                self.started.elapsed().as_secs_f64(),
+                done - self.shown,
+                measured.errors,
+                measured.lost
+            );
+        }
+        self.shown = done;
+        self.next += Duration::from_secs(1);
     }
 }
 

@@ -140,14 +140,24 @@ impl Link {
     /// The next packet from the broker. Cancel-safe.
     pub async fn read(&mut self) -> Result<Packet, WireError> {
         loop {
-            match Packet::read(&mut self.incoming, Some(self.max_incoming)) {
-                Ok(packet) => return Ok(packet),
-                Err(CodecError::InsufficientBytes(more)) => self.incoming.reserve(more),
-                Err(e) => return Err(WireError::Malformed(e)),
+            if let Some(packet) = self.buffered()? {
+                return Ok(packet);
             }
             if self.stream.read_buf(&mut self.incoming).await? == 0 {
                 return Err(WireError::Closed);
             }
+        }
+    }
+
+    /// The next packet if the bytes read so far hold a whole one; never waits for the socket.
+    pub fn buffered(&mut self) -> Result<Option<Packet>, WireError> {
+        match Packet::read(&mut self.incoming, Some(self.max_incoming)) {
+            Ok(packet) => Ok(Some(packet)),
+            Err(CodecError::InsufficientBytes(more)) => {
+                self.incoming.reserve(more);
+                Ok(None)
+            }
+            Err(e) => Err(WireError::Malformed(e)),
         }
     }
 

@@ -2,12 +2,13 @@
 //! daemon, real models — request/response (MQTT 5 correlation, MQTT 3.1.1 `id` + `reply_to`,
 //! binary framing), every bad input named by the MQTT issue, node and model status, broker
 //! restarts, daemon crashes, the outbox, shared subscriptions, TLS, the SIGTERM drain, and
-//! round trips one at a time that no delayed ACK holds back; the acknowledgement path
+//! round trips one at a time that no delayed ACK holds back, `onnxd bench --mqtt` itself; the acknowledgement path
 //! against a test broker that acknowledges out of order and redelivers; and the topics other
 //! parts of the daemon listen to.
 
 mod ack_broker;
 mod acks;
+mod bench;
 mod cameras;
 #[path = "../common/mod.rs"]
 mod common;
