@@ -4,8 +4,8 @@
 `onnxd bench --mqtt --json` report with the broker setting, the daemon, the repetition and the
 CPU time the daemon and the broker spent per request. `table FILE` turns those lines into the
 Markdown tables of BENCHMARKS.md: per figure the median over the repetitions, and per broker
-setting the onnxd / Python ratios, each the median of the per-repetition ratios (onnxd and
-Python measured back to back) with their range, because the shared machine's noise moves both.
+setting the onnxd / Python ratios (and onnxd / the no-work responder at 64 in flight), each the
+median of the per-repetition ratios (measured back to back) with their range, because the shared machine's noise moves both.
 """
 import json
 import os
@@ -13,13 +13,15 @@ import statistics
 import sys
 
 PYTHON = "Python reference"
+CEILING = "no-work responder"
+DAEMONS = {"bench": "onnxd", "reference": PYTHON, "ceiling": CEILING}
 
 
 def record(setting, node, rep, report, daemon_ticks, broker_ticks):
     report = json.loads(report)
     hz = os.sysconf("SC_CLK_TCK")
     answered = max(report["requests"] + report["errors"], 1)
-    report.update(setting=setting, daemon="onnxd" if node == "bench" else PYTHON, rep=int(rep),
+    report.update(setting=setting, daemon=DAEMONS[node], rep=int(rep),
                   daemon_cpu_us_per_request=int(daemon_ticks) / hz * 1e6 / answered,
                   broker_cpu_us_per_request=int(broker_ticks) / hz * 1e6 / answered)
     print(json.dumps(report))
@@ -49,21 +51,23 @@ def figures(rows):
 def ratios(rows):
     at = {(r["setting"], r["window"], r["daemon"], r["rep"]): r for r in rows}
 
-    def ratio(setting, window, get):
-        values = [get(at[(setting, window, "onnxd", rep)]) / get(at[(setting, window, PYTHON, rep)])
+    def ratio(setting, window, get, base=PYTHON):
+        values = [get(at[(setting, window, "onnxd", rep)]) / get(at[(setting, window, base, rep)])
                   for (s, w, d, rep) in at if (s, w, d) == (setting, window, "onnxd")
-                  and (setting, window, PYTHON, rep) in at]
+                  and (setting, window, base, rep) in at]
         if not values:
             return "–"
         return f"{statistics.median(values):.2f}× ({min(values):.2f}–{max(values):.2f})"
 
     print("| broker | req/s at 64 in flight, onnxd / Python | p99 at 64, onnxd / Python "
-          "| p99 one at a time, onnxd / Python |")
-    print("|---|---|---|---|")
+          "| p99 one at a time, onnxd / Python | req/s at 64, onnxd / no-work responder |")
+    print("|---|---|---|---|---|")
     for setting in dict.fromkeys(r["setting"] for r in rows):
         p99 = lambda r: r["latency_us"]["p99"]
-        print(f"| {setting} | {ratio(setting, 64, lambda r: r['throughput'])} | "
-              f"{ratio(setting, 64, p99)} | {ratio(setting, 1, p99)} |")
+        throughput = lambda r: r["throughput"]
+        print(f"| {setting} | {ratio(setting, 64, throughput)} | "
+              f"{ratio(setting, 64, p99)} | {ratio(setting, 1, p99)} | "
+              f"{ratio(setting, 64, throughput, CEILING)} |")
 
 
 def table(path):
