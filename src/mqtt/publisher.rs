@@ -14,16 +14,22 @@
 //! - A request is acknowledged to the broker only after its response was acknowledged by the
 //!   broker, or written and synced to the outbox — and only on the connection it arrived on
 //!   (after a reconnect the broker redelivers it instead).
-//! - While disconnected, when the send window (at most the broker's receive maximum) is full,
-//!   or while the outbox still holds older messages, responses are appended to the outbox
-//!   (order is kept), synced once per batch (group commit), and replayed in order after
-//!   reconnect.
+//! - While disconnected, or while the outbox still holds older messages, responses are
+//!   appended to the outbox (order is kept), synced once per batch (group commit), and
+//!   replayed in order after reconnect.
+//! - While connected, a response that finds the send window (at most the broker's receive
+//!   maximum) full waits in memory, in order, for a PUBACK to free a place: its request is not
+//!   acknowledged yet, so a crash loses nothing (the broker redelivers the request). Only past
+//!   [`MAX_WAITING`] such responses does the outbox take them. (The broker may hand onnxd
+//!   more requests than it takes replies unacknowledged: mosquitto's default of 20 is both its
+//!   receive maximum and its limit towards clients that announce none, while onnxd announces
+//!   256.)
 //! - Once a request's response is safe, the request is remembered as answered, so a
 //!   redelivery of it is acknowledged without running it again (see [`super::answered`]).
 //! - Status messages (`online`, model states) are never outboxed: they are re-published on
 //!   every connect. `stopped` is published on a clean exit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,6 +49,9 @@ use crate::serving::Router;
 /// Most messages awaiting PUBACK (lowered to the broker's receive maximum); past it responses
 /// go to the outbox.
 const WINDOW: usize = 256;
+/// Most responses waiting in memory for a place in the send window; past it they go to the
+/// outbox.
+const MAX_WAITING: usize = 4096;
 /// A message not acknowledged this long after it went out is written to the outbox.
 const PUBACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often model states are compared with what was last published.
@@ -177,6 +186,7 @@ pub fn spawn(parts: Parts) -> (Sender<Command>, JoinHandle<()>) {
         window: WINDOW,
         ids: PacketIds::default(),
         inflight: HashMap::new(),
+        waiting: VecDeque::new(),
         synced_acks: Vec::new(),
         published_states: BTreeMap::new(),
         retained: BTreeMap::new(),
@@ -205,6 +215,9 @@ struct Publisher {
     ids: PacketIds,
     /// Handed to the connection, awaiting PUBACK, by packet id.
     inflight: HashMap<u16, Token>,
+    /// Responses waiting for a place in the send window (connected, outbox empty), oldest
+    /// first.
+    waiting: VecDeque<Box<Delivery>>,
     /// Requests to acknowledge once the outbox is synced.
     synced_acks: Vec<RequestAck>,
     /// Model state JSON last published, by model.
@@ -239,6 +252,7 @@ impl Publisher {
                 self.publish_model_states();
                 self.expire_inflight();
             }
+            self.send_waiting();
             self.replay();
             self.sync();
         }
@@ -266,11 +280,36 @@ impl Publisher {
     }
 
     fn deliver(&mut self, delivery: Box<Delivery>) {
-        let direct = self.connected && self.outbox.is_empty() && self.window_left() > 0;
-        if direct {
+        let live = self.connected && self.outbox.is_empty();
+        if live && self.waiting.is_empty() && self.window_left() > 0 {
             let publish = publish_of(&delivery.entry);
             self.send(publish, Origin::Live(delivery));
+        } else if live && self.waiting.len() < MAX_WAITING {
+            self.waiting.push_back(delivery);
         } else {
+            self.keep(*delivery);
+        }
+    }
+
+    /// Sends the responses waiting for the window while it has room — unless the outbox took
+    /// a message meanwhile (a PUBACK overdue): then they follow it there, in order.
+    fn send_waiting(&mut self) {
+        if !self.outbox.is_empty() {
+            self.keep_waiting();
+            return;
+        }
+        while self.window_left() > 0 {
+            let Some(delivery) = self.waiting.pop_front() else {
+                return;
+            };
+            let publish = publish_of(&delivery.entry);
+            self.send(publish, Origin::Live(delivery));
+        }
+    }
+
+    /// Moves the waiting responses to the outbox, oldest first.
+    fn keep_waiting(&mut self) {
+        while let Some(delivery) = self.waiting.pop_front() {
             self.keep(*delivery);
         }
     }
@@ -394,17 +433,21 @@ impl Publisher {
         self.outbox.rewind();
     }
 
-    /// Gives up on every message in flight: live responses go to the outbox (their requests
-    /// not acknowledged: the broker redelivers those); outbox records are sent again later.
+    /// Gives up on every message in flight and every response waiting for the window: live
+    /// responses go to the outbox (their requests not acknowledged: the broker redelivers
+    /// those); outbox records are sent again later.
     fn keep_unacknowledged(&mut self) {
         let pending: Vec<Token> = self.inflight.drain().map(|(_, token)| token).collect();
-        for token in pending {
-            if let Origin::Live(delivery) = token.origin {
-                self.keep(Delivery {
-                    ack: None,
-                    ..*delivery
-                });
-            }
+        let live = pending.into_iter().filter_map(|token| match token.origin {
+            Origin::Live(delivery) => Some(delivery),
+            _ => None,
+        });
+        let waiting: Vec<Box<Delivery>> = self.waiting.drain(..).collect();
+        for delivery in live.chain(waiting) {
+            self.keep(Delivery {
+                ack: None,
+                ..*delivery
+            });
         }
     }
 

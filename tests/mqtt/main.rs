@@ -535,6 +535,46 @@ fn daemon_crash_with_the_brokers_default_receive_maximum() {
     daemon_crash("max_inflight_messages 20\n");
 }
 
+/// A backlog through mosquitto's default `max_inflight_messages 20` (a receive maximum of 20
+/// for onnxd's replies, while the broker hands onnxd as many requests as onnxd's own receive
+/// maximum allows): replies that find the send window full wait in memory for a PUBACK, and
+/// none is written to the outbox while the broker is connected. (They went to the disk
+/// outbox, fsync and all, and once one had, every later reply followed it there while the
+/// load lasted: half the throughput, and a write to the SD card per reply.)
+#[test]
+fn a_full_send_window_keeps_replies_off_the_disk() {
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "max_inflight_messages 20\n");
+    harness::repository(&dir.path().join("models"));
+    let http_port = harness::free_port();
+    let _daemon = start_daemon(
+        dir.path(),
+        "n1",
+        Some(http_port),
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+    );
+    let client = Client::connect(broker.port, "window", &["client/window", "onnxd/n1/status"]);
+    assert_eq!(&client.next_on("onnxd/n1/status", WAIT).payload[..], b"online");
+    for i in 0..N {
+        numbered(&client, "n1", "client/window", i);
+    }
+    let duplicates = all_answered(
+        &client,
+        "client/window",
+        N,
+        Duration::from_secs(60),
+        HashMap::new(),
+    );
+    assert_eq!(duplicates, 0);
+    let metrics = harness::metrics(&client.runtime, http_port);
+    assert_eq!(
+        harness::sample(&metrics, "onnxd_mqtt_outbox_appended_total"),
+        0,
+        "replies written to the outbox while the broker was connected"
+    );
+}
+
 /// 3000 requests, the daemon killed while most are unanswered, then restarted: every one is
 /// answered. `broker_config`: extra mosquitto lines.
 fn daemon_crash(broker_config: &str) {
