@@ -21,9 +21,9 @@
 //!   maximum) full waits in memory, in order, for a PUBACK to free a place: its request is not
 //!   acknowledged yet, so a crash loses nothing (the broker redelivers the request). Only past
 //!   [`MAX_WAITING`] such responses does the outbox take them. (The broker may hand onnxd
-//!   more requests than it takes replies unacknowledged: mosquitto's default of 20 is both its
-//!   receive maximum and its limit towards clients that announce none, while onnxd announces
-//!   256.)
+//!   more requests than it takes replies unacknowledged: mosquitto with its default
+//!   `max_inflight_messages 20` announces a receive maximum of 20, yet sends onnxd, which
+//!   announces 256, more requests than that.)
 //! - Once a request's response is safe, the request is remembered as answered, so a
 //!   redelivery of it is acknowledged without running it again (see [`super::answered`]).
 //! - Status messages (`online`, model states) are never outboxed: they are re-published on
