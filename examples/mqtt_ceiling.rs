@@ -10,14 +10,11 @@
 //!   cargo run --release --example mqtt_ceiling -- HOST:PORT REQUEST_TOPIC
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use onnxd::mqtt::packet_ids::{PacketIds, SUBSCRIBE_ID};
 use onnxd::mqtt::wire::{self, Link, Settings};
-use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Filter, Packet, PubAck, Publish, PublishProperties, Subscribe,
-};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAck, Publish, PublishProperties, Subscribe};
 use rumqttc::v5::mqttbytes::QoS;
 
 const MAX_PACKET: u32 = 64 << 20;
@@ -29,23 +26,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("usage: mqtt_ceiling HOST:PORT REQUEST_TOPIC")
     };
     let (host, port) = broker.rsplit_once(':').context("broker: HOST:PORT")?;
-    let mut properties = ConnectProperties::new();
-    properties.max_packet_size = Some(MAX_PACKET);
-    let settings = Settings {
-        host: host.to_string(),
-        port: port.parse().context("broker port")?,
-        tls: None,
-        connect: Connect {
-            keep_alive: 0,
-            client_id: format!("onnxd-ceiling-{}", std::process::id()),
-            clean_start: true,
-            properties: Some(properties),
-        },
-        will: None,
-        login: None,
-        max_incoming: MAX_PACKET,
-        connect_timeout: Duration::from_secs(10),
-    };
+    let port = port.parse().context("broker port")?;
+    let client_id = format!("onnxd-ceiling-{}", std::process::id());
+    // Keep alive 0: the loop never pings.
+    let settings = Settings::plain(host.to_string(), port, client_id, 0, MAX_PACKET);
     let (mut link, _) = wire::connect(&settings).await?;
     let mut subscribe = Subscribe::new(Filter::new(topic.clone(), QoS::AtLeastOnce), None);
     subscribe.pkid = SUBSCRIBE_ID;
@@ -57,10 +41,8 @@ async fn main() -> anyhow::Result<()> {
         pending: HashMap::new(),
     };
     loop {
-        let mut packet = Some(link.read().await?);
-        while let Some(p) = packet {
-            responder.handle(&mut link, p)?;
-            packet = link.buffered()?;
+        for packet in link.read_ready().await? {
+            responder.handle(&mut link, packet)?;
         }
         link.flush().await?;
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, Publish,
-    PublishProperties, Subscribe, SubscribeReasonCode,
+    Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, PubAck, Publish, PublishProperties, Subscribe,
+    SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
@@ -32,8 +32,8 @@ use crate::tensor::Tensors;
 
 /// Largest reply accepted (and request sent), bytes.
 const MAX_PACKET: u32 = 64 << 20;
-/// How long connecting and subscribing may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the SUBACK may take (connecting has the link's own 10 s).
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep alive announced to the broker.
 const KEEP_ALIVE_SECS: u16 = 30;
 
@@ -211,6 +211,14 @@ pub fn run(target: &MqttTarget, payload: Vec<u8>, plan: &MqttPlan) -> Result<Mqt
     })
 }
 
+/// A failure of the connection to `target`'s broker.
+fn broker_error(target: &MqttTarget, message: impl std::fmt::Display) -> MqttBenchError {
+    MqttBenchError::Broker {
+        broker: format!("{}:{}", target.host, target.port),
+        message: message.to_string(),
+    }
+}
+
 /// A reply: its correlation data, the error it carries if any, when it arrived.
 struct Reply {
     correlation: u64,
@@ -270,30 +278,17 @@ struct Session {
 
 impl Session {
     async fn connect(target: &MqttTarget, payload: Bytes) -> Result<Session, MqttBenchError> {
-        let broker_error = |message: String| MqttBenchError::Broker {
-            broker: format!("{}:{}", target.host, target.port),
-            message,
-        };
-        let mut properties = ConnectProperties::new();
-        properties.max_packet_size = Some(MAX_PACKET);
-        let settings = Settings {
-            host: target.host.clone(),
-            port: target.port,
-            tls: None,
-            connect: Connect {
-                keep_alive: KEEP_ALIVE_SECS,
-                client_id: format!("onnxd-bench-{}-{}", std::process::id(), fastrand::u32(..)),
-                clean_start: true,
-                properties: Some(properties),
-            },
-            will: None,
-            login: None,
-            max_incoming: MAX_PACKET,
-            connect_timeout: CONNECT_TIMEOUT,
-        };
+        let client_id = format!("onnxd-bench-{}-{}", std::process::id(), fastrand::u32(..));
+        let settings = Settings::plain(
+            target.host.clone(),
+            target.port,
+            client_id,
+            KEEP_ALIVE_SECS,
+            MAX_PACKET,
+        );
         let (link, ack) = wire::connect(&settings)
             .await
-            .map_err(|e| broker_error(e.to_string()))?;
+            .map_err(|e| broker_error(target, e))?;
         let receive_maximum = ack.properties.and_then(|p| p.receive_max).unwrap_or(u16::MAX);
         let mut session = Session {
             link,
@@ -310,10 +305,7 @@ impl Session {
     }
 
     fn broker_error(&self, message: impl std::fmt::Display) -> MqttBenchError {
-        MqttBenchError::Broker {
-            broker: format!("{}:{}", self.target.host, self.target.port),
-            message: message.to_string(),
-        }
+        broker_error(&self.target, message)
     }
 
     /// Subscribes to the response topic and waits for the SUBACK.
@@ -325,11 +317,11 @@ impl Session {
             .send(Packet::Subscribe(subscribe))
             .map_err(|e| self.broker_error(e))?;
         self.flush().await?;
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let deadline = Instant::now() + SUBACK_TIMEOUT;
         loop {
             let packet = tokio::time::timeout_at(deadline.into(), self.link.read())
                 .await
-                .map_err(|_| self.broker_error("no SUBACK within 10 s"))?
+                .map_err(|_| self.broker_error(format!("no SUBACK within {} s", SUBACK_TIMEOUT.as_secs())))?
                 .map_err(|e| self.broker_error(e))?;
             if let Packet::SubAck(ack) = packet {
                 return match ack.return_codes.first() {
@@ -382,17 +374,13 @@ impl Session {
     /// Waits until `deadline` for packets; handles the first and every other one already
     /// read, and returns the replies among them (none at the deadline).
     async fn receive(&mut self, deadline: Instant) -> Result<Vec<Reply>, MqttBenchError> {
-        let mut replies = Vec::new();
-        let first = match tokio::time::timeout_at(deadline.into(), self.link.read()).await {
-            Err(_) => return Ok(replies),
-            Ok(packet) => packet.map_err(|e| self.broker_error(e))?,
+        let packets = match tokio::time::timeout_at(deadline.into(), self.link.read_ready()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(packets) => packets.map_err(|e| self.broker_error(e))?,
         };
-        let mut packet = Some(first);
-        while let Some(p) = packet {
-            if let Some(reply) = self.handle(p)? {
-                replies.push(reply);
-            }
-            packet = self.link.buffered().map_err(|e| self.broker_error(e))?;
+        let mut replies = Vec::new();
+        for packet in packets {
+            replies.extend(self.handle(packet)?);
         }
         Ok(replies)
     }

@@ -442,7 +442,7 @@ impl Publisher {
             Origin::Live(delivery) => Some(delivery),
             _ => None,
         });
-        let waiting: Vec<Box<Delivery>> = self.waiting.drain(..).collect();
+        let waiting = std::mem::take(&mut self.waiting);
         for delivery in live.chain(waiting) {
             self.keep(Delivery {
                 ack: None,

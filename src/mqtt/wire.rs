@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::tokio_rustls::TlsConnector;
-use rumqttc::v5::mqttbytes::v5::{ConnAck, Connect, ConnectReturnCode, LastWill, Login, Packet};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, LastWill, Login, Packet,
+};
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +42,28 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// A plain-TCP client with a clean start, no login and no Last Will, announcing
+    /// `max_packet` as the largest packet it accepts (the load generator's and tools').
+    pub fn plain(host: String, port: u16, client_id: String, keep_alive: u16, max_packet: u32) -> Settings {
+        let mut properties = ConnectProperties::new();
+        properties.max_packet_size = Some(max_packet);
+        Settings {
+            host,
+            port,
+            tls: None,
+            connect: Connect {
+                keep_alive,
+                client_id,
+                clean_start: true,
+                properties: Some(properties),
+            },
+            will: None,
+            login: None,
+            max_incoming: max_packet,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
     /// How often to ping: the keep alive announced in CONNECT.
     pub fn keep_alive(&self) -> Duration {
         keep_alive_of(self.connect.keep_alive)
@@ -147,6 +171,16 @@ impl Link {
                 return Err(WireError::Closed);
             }
         }
+    }
+
+    /// The next packet, and every other whole one already read with it (so that what is
+    /// written in answer to them can go out in one flush). Cancel-safe, as [`Link::read`].
+    pub async fn read_ready(&mut self) -> Result<Vec<Packet>, WireError> {
+        let mut packets = vec![self.read().await?];
+        while let Some(packet) = self.buffered()? {
+            packets.push(packet);
+        }
+        Ok(packets)
     }
 
     /// The next packet if the bytes read so far hold a whole one; never waits for the socket.

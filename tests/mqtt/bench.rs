@@ -4,15 +4,22 @@
 //! broker's PUBACKs and reuse their packet ids; it counts every reply; a warm-up that gets an
 //! error reply fails with the daemon's message. (mosquitto does not police the receive maximum
 //! for QoS 1, so this test does not see a client that ignores it; other brokers disconnect it.)
+//! And the baseline of `scripts/bench-mqtt`, the Python reference daemon
+//! (`bench/mqtt_reference.py`), answers the same load without an error.
 
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::common;
-use super::harness::{start_daemon, Broker};
+use super::harness::{start_daemon, Broker, Client};
 
 fn bench(port: u16, model: &str, count: &str) -> Output {
+    bench_node(port, "benched", model, count)
+}
+
+fn bench_node(port: u16, node: &str, model: &str, count: &str) -> Output {
     let example = common::models().join("digits");
     Command::new(env!("CARGO_BIN_EXE_onnxd"))
         .arg("bench")
@@ -21,7 +28,7 @@ fn bench(port: u16, model: &str, count: &str) -> Output {
             "--mqtt",
             &format!("127.0.0.1:{port}"),
             "--node",
-            "benched",
+            node,
             "--model",
             model,
         ])
@@ -54,4 +61,40 @@ fn bench_keeps_its_window_within_the_receive_maximum_and_counts_every_reply() {
         stderr.contains("warm-up request on onnxd/benched/models/nosuch/infer") && stderr.contains("nosuch"),
         "{stderr}"
     );
+}
+
+/// Kills the child process when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_python_reference_daemon_answers_the_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/mqtt_reference.py");
+    let model = common::models().join("digits/model.onnx");
+    let status = Client::connect(broker.port, "reference-status", &["onnxd/reference/status"]);
+    let _reference = Killed(
+        Command::new(common::python())
+            .arg(script)
+            .arg(format!("127.0.0.1:{}", broker.port))
+            .arg(model)
+            .args(["digits", "reference"])
+            .spawn()
+            .unwrap(),
+    );
+    let online = status.next_on("onnxd/reference/status", Duration::from_secs(60));
+    assert_eq!(&online.payload[..], b"online");
+    let out = bench_node(broker.port, "reference", "digits", "200");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts = ["requests", "errors", "lost"].map(|k| report[k].as_u64());
+    assert_eq!(counts, [Some(200), Some(0), Some(0)], "{report}");
 }
