@@ -14,23 +14,34 @@ pub fn init(default_filter: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            // Libraries' own chatter held to warnings unless the filter names them: ONNX
-            // Runtime's, and notify's INFO "unable to remove watch descriptor" when a watched
-            // directory is deleted.
-            let mut filter = default_filter.to_string();
-            for quiet in ["ort", "notify"] {
-                if !default_filter.contains(quiet) {
-                    filter.push_str(&format!(",{quiet}=warn"));
-                }
-            }
-            filter
-        });
+        .unwrap_or_else(|| quieted(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
         .with_writer(|| LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// `filter` with the libraries' own chatter held to warnings unless it names them: ONNX
+/// Runtime's, and notify's INFO "unable to remove watch descriptor" when a watched directory is
+/// deleted.
+fn quieted(filter: &str) -> String {
+    let mut quieted = filter.to_string();
+    for quiet in ["ort", "notify"] {
+        if !filter.contains(quiet) {
+            quieted.push_str(&format!(",{quiet}=warn"));
+        }
+    }
+    quieted
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn library_chatter_is_held_to_warnings_unless_the_filter_names_the_library() {
+        assert_eq!(super::quieted("info"), "info,ort=warn,notify=warn");
+        assert_eq!(super::quieted("debug,notify=info"), "debug,notify=info,ort=warn");
+    }
 }
 
 /// Stderr that reports every write as done. tracing-subscriber answers a failed write by

@@ -774,3 +774,33 @@ fn https_serves_with_the_configured_certificate() {
         stderr(&out)
     );
 }
+
+/// Issue 12: a version the version policy stops serving is logged as retired, with why.
+#[test]
+fn a_version_the_policy_retires_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = |v: u32| {
+        let path = dir.path().join(format!("models/digits/{v}"));
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::copy(
+            common::models().join("digits/model.onnx"),
+            path.join("model.onnx"),
+        )
+        .unwrap();
+    };
+    version(1);
+    let config = dir.path().join("onnxd.toml");
+    std::fs::write(
+        &config,
+        "node_id = \"t\"\nstate_dir = \"state\"\n[repository]\npath = \"models\"\n[http]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let daemon = Onnxd::start(&config, &[]);
+    version(2);
+    let seen = daemon.wait_for("version retired", std::time::Duration::from_secs(60));
+    let line = seen.lines().find(|l| l.contains("version retired")).unwrap();
+    assert!(
+        line.contains("version=1") && line.contains("no longer served"),
+        "{line}"
+    );
+}
