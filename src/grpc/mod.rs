@@ -62,6 +62,9 @@ pub enum StartError {
     /// rustls refused the `[http]` certificate or key.
     #[error("http.tls_cert / http.tls_key (gRPC): {0}")]
     Tls(#[from] tonic::transport::Error),
+    /// The gRPC thread or its runtime could not start.
+    #[error("gRPC thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl GrpcState {
@@ -244,15 +247,58 @@ impl MetricsSource for GrpcMetrics {
 /// shutdown token is cancelled; then the listener closes, RPCs in flight finish and streams
 /// end once they answered what they took. The returned task ends when the last connection
 /// has closed. Must be called inside the runtime.
+///
+/// The connections run on a thread of their own (`grpc`), a current-thread tokio runtime.
+/// hyper's HTTP/2 server answers each RPC from a task of its own that hands frames to the
+/// connection's task and back several times per message; on the daemon's multi-thread
+/// runtime those hand-offs exhaust tokio's LIFO slot and wake the other worker, which takes
+/// the task to its core: +6 to +14 µs per unary RPC and +15 µs per streamed request on the
+/// 2-vCPU box, measured at the socket (BENCHMARKS.md, issue 16). On one thread they stay
+/// local. The thread does I/O and protobuf work only (inference runs on the engine's
+/// threads), some 20 µs of CPU per tiny request.
 pub fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<GrpcState>,
     tls: Option<&Identity>,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
-    use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
-    use tonic::transport::{server::TcpIncoming, Server, ServerTlsConfig};
+    use tonic::transport::server::TcpIncoming;
 
     let address: SocketAddr = listener.local_addr()?;
+    let router = router(&state, tls)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Thread)?;
+    let listener = {
+        let _on_the_thread = runtime.enter();
+        tokio::net::TcpListener::from_std(listener.into_std()?)?
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let scheme = if tls.is_some() { "gRPC (TLS)" } else { "gRPC" };
+    tracing::info!(%address, "{scheme} listening");
+    let stopping = state.shutdown.clone().cancelled_owned();
+    let (stopped, joined) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("grpc".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopping).await {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
+            let _ = stopped.send(());
+        })
+        .map_err(StartError::Thread)?;
+    Ok(tokio::spawn(async move {
+        let _ = joined.await; // an error: the thread ended by panicking, the server is gone too
+    }))
+}
+
+/// The service behind its layers: TLS when `tls` is given, messages up to the state's limit.
+fn router(state: &Arc<GrpcState>, tls: Option<&Identity>) -> Result<Layered, StartError> {
+    use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+    use tonic::transport::{Server, ServerTlsConfig};
+
     let limit = state.max_message_bytes;
     let service = GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
         .max_decoding_message_size(limit)
@@ -262,24 +308,26 @@ pub fn serve(
         let identity = tonic::transport::Identity::from_pem(&identity.cert, identity.key.expose());
         server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let router = server
-        .layer(tower::layer::layer_fn({
-            let state = state.clone();
-            move |inner| Oversize {
-                inner,
-                state: state.clone(),
-            }
-        }))
-        .add_service(service);
-    let scheme = if tls.is_some() { "gRPC (TLS)" } else { "gRPC" };
-    tracing::info!(%address, "{scheme} listening");
-    let stopping = state.shutdown.clone().cancelled_owned();
-    Ok(tokio::spawn(async move {
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopping).await {
-            tracing::error!(error = %e, "gRPC server stopped");
+    Ok(server.layer(OversizeLayer(state.clone())).add_service(service))
+}
+
+/// tonic's router with the [`Oversize`] layer.
+type Layered =
+    tonic::transport::server::Router<tower::layer::util::Stack<OversizeLayer, tower::layer::util::Identity>>;
+
+/// Puts [`Oversize`] over a service.
+#[derive(Clone)]
+struct OversizeLayer(Arc<GrpcState>);
+
+impl<S> tower::Layer<S> for OversizeLayer {
+    type Service = Oversize<S>;
+
+    fn layer(&self, inner: S) -> Oversize<S> {
+        Oversize {
+            inner,
+            state: self.0.clone(),
         }
-    }))
+    }
 }
 
 /// A layer over the service that turns tonic's `OUT_OF_RANGE` for an oversize unary request
