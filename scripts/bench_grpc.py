@@ -12,31 +12,57 @@ TARGETS = ["in-process", "http", "grpc", "grpc-stream"]
 PROTOCOLS = ["http", "grpc", "grpc-stream"]
 
 
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def cells(rows):
+    """The figures of one (model, concurrency, target) over its rounds: each one's median."""
+    def of(pick):
+        return median([pick(r) for r in rows])
+    return {
+        "req/s": of(lambda r: r["report"]["throughput"]),
+        "p50": of(lambda r: r["report"]["latency_us"]["p50"]),
+        "p99": of(lambda r: r["report"]["latency_us"]["p99"]),
+        "server": of(lambda r: r["server_ticks"] / r["hz"] * 1e6 / max(r["report"]["requests"], 1)),
+        "client": of(lambda r: r["report"]["client_cpu_us_per_request"]),
+    }
+
+
 def bench(path):
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    by_key = {(r["model"], r["concurrency"], r["target"]): r for r in rows}
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["model"], r["concurrency"], r["target"]), []).append(r)
+    rounds = max(len(v) for v in by_key.values())
+    if rounds > 1:
+        print(f"Medians of {rounds} rounds.")
+        print()
     print("| model | concurrency | path | req/s | p50 µs | p99 µs | p50 − in-process p50 µs | server CPU µs/req | client CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for (model, concurrency, target), r in by_key.items():
-        report = r["report"]
-        local = by_key[(model, concurrency, "in-process")]["report"]
-        overhead = report["latency_us"]["p50"] - local["latency_us"]["p50"]
-        server = "" if target == "in-process" else f"{r['server_ticks'] / r['hz'] * 1e6 / max(report['requests'], 1):.1f}"
-        print(f"| {model} | {concurrency} | {target} | {report['throughput']:.0f} | {report['latency_us']['p50']:.1f} | "
-              f"{report['latency_us']['p99']:.1f} | {'' if target == 'in-process' else f'{overhead:.1f}'} | {server} | "
-              f"{report['client_cpu_us_per_request']:.1f} |")
+    for (model, concurrency, target), runs in by_key.items():
+        c = cells(runs)
+        local = cells(by_key[(model, concurrency, "in-process")])
+        overhead = "" if target == "in-process" else f"{c['p50'] - local['p50']:.1f}"
+        server = "" if target == "in-process" else f"{c['server']:.1f}"
+        print(f"| {model} | {concurrency} | {target} | {c['req/s']:.0f} | {c['p50']:.1f} | {c['p99']:.1f} | "
+              f"{overhead} | {server} | {c['client']:.1f} |")
     print()
     for concurrency in sorted({k[1] for k in by_key}):
         local = by_key.get(("digits", concurrency, "in-process"))
         if not local:
             continue
-        base = local["report"]["latency_us"]["p50"]
         parts = []
         for target in TARGETS[1:]:
-            r = by_key.get(("digits", concurrency, target))
-            if r:
-                parts.append(f"{target} {r['report']['latency_us']['p50'] - base:.1f} µs")
-        print(f"Tiny-model non-compute overhead (p50 − in-process p50), concurrency {concurrency}: " + ", ".join(parts))
+            runs = by_key.get(("digits", concurrency, target))
+            if runs:
+                each = [r["report"]["latency_us"]["p50"] - l["report"]["latency_us"]["p50"] for r, l in zip(runs, local)]
+                rounds_text = f" (rounds: {', '.join(f'{o:.1f}' for o in each)})" if len(each) > 1 else ""
+                parts.append(f"{target} {median(each):.1f} µs{rounds_text}")
+        print(f"Tiny-model non-compute overhead (p50 − in-process p50 of the same round), concurrency {concurrency}: "
+              + ", ".join(parts))
     print()
 
 
