@@ -172,6 +172,70 @@ fn connections_run_on_a_thread_of_their_own() {
     });
 }
 
+/// What the server announces on a new HTTP/2 connection: its settings, as (identifier, value)
+/// pairs, and the increment of its first connection-level WINDOW_UPDATE.
+async fn server_preamble(address: SocketAddr) -> (Vec<(u16, u32)>, u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (mut settings, mut window) = (None, None);
+    while settings.is_none() || window.is_none() {
+        let mut head = [0u8; 9];
+        tcp.read_exact(&mut head).await.unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        tcp.read_exact(&mut payload).await.unwrap();
+        let on_the_connection = head[5..9] == [0, 0, 0, 0];
+        match head[3] {
+            4 if head[4] & 1 == 0 => {
+                settings = Some(
+                    payload
+                        .chunks(6)
+                        .map(|p| {
+                            (
+                                u16::from_be_bytes([p[0], p[1]]),
+                                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            8 if on_the_connection => window = Some(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            _ => {}
+        }
+    }
+    (settings.unwrap(), window.unwrap())
+}
+
+/// A request of the mid-size CNN's 110 KB neither waits for a window update nor goes out as
+/// 16 KiB frames: the server offers 1 MiB frames and windows as wide as the message limit
+/// (here `max_body_bytes = 2 MiB`), twice that for the connection.
+#[test]
+fn large_requests_need_no_window_update_and_few_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let daemon = start(&runtime, dir.path(), "max_body_bytes = 2097152\n");
+    let address = daemon.grpc_address().unwrap();
+    runtime.block_on(async move {
+        let (settings, connection_window) = server_preamble(address).await;
+        assert_eq!(
+            connection_window,
+            (4 << 20) - 65_535,
+            "the connection's window: 4 MiB"
+        );
+        assert!(
+            settings.contains(&(0x5, 1 << 20)),
+            "SETTINGS_MAX_FRAME_SIZE: {settings:?}"
+        );
+        assert!(
+            settings.contains(&(0x4, 2 << 20)),
+            "SETTINGS_INITIAL_WINDOW_SIZE: {settings:?}"
+        );
+        daemon.shutdown().await;
+    });
+}
+
 #[test]
 fn answers_are_counted_by_rpc_and_code() {
     let dir = tempfile::tempdir().unwrap();
