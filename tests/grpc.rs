@@ -172,6 +172,27 @@ fn connections_run_on_a_thread_of_their_own() {
     });
 }
 
+/// The gRPC thread outlives no runtime: a daemon whose runtime is dropped without a shutdown
+/// (a test that fails, an embedder's error path) stops listening on gRPC too.
+#[test]
+fn a_dropped_runtime_closes_the_grpc_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let daemon = start(&runtime, dir.path(), "");
+    let address = daemon.grpc_address().unwrap();
+    std::net::TcpStream::connect(address).expect("listening while the runtime runs");
+    drop(runtime);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(address).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listening 5 s after the runtime was dropped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(daemon);
+}
+
 /// What the server announces on a new HTTP/2 connection: its settings, as (identifier, value)
 /// pairs, and the increment of its first connection-level WINDOW_UPDATE.
 async fn server_preamble(address: SocketAddr) -> (Vec<(u16, u32)>, u32) {

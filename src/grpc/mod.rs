@@ -246,7 +246,8 @@ impl MetricsSource for GrpcMetrics {
 /// Serves the gRPC API on `listener` — over TLS when `tls` is given — until the state's
 /// shutdown token is cancelled; then the listener closes, RPCs in flight finish and streams
 /// end once they answered what they took. The returned task ends when the last connection
-/// has closed. Must be called inside the runtime.
+/// has closed; dropped (with the daemon's runtime), it closes the listener and lets the
+/// connections finish. Must be called inside the runtime.
 ///
 /// The connections run on a thread of their own (`grpc`), a current-thread tokio runtime.
 /// hyper's HTTP/2 server answers each RPC from a task of its own that hands frames to the
@@ -277,7 +278,9 @@ pub fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let scheme = if tls.is_some() { "gRPC (TLS)" } else { "gRPC" };
     tracing::info!(%address, "{scheme} listening");
-    let stopping = state.shutdown.clone().cancelled_owned();
+    // The daemon's shutdown, or the end of the task returned (the daemon's runtime dropped).
+    let stop = state.shutdown.child_token();
+    let stopping = stop.clone().cancelled_owned();
     let (stopped, joined) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("grpc".into())
@@ -290,8 +293,10 @@ pub fn serve(
             let _ = stopped.send(());
         })
         .map_err(StartError::Thread)?;
+    let stop_with_this_task = stop.drop_guard();
     Ok(tokio::spawn(async move {
         let _ = joined.await; // an error: the thread ended by panicking, the server is gone too
+        drop(stop_with_this_task);
     }))
 }
 
