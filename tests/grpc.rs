@@ -2,8 +2,9 @@
 //! in-process on 127.0.0.1:0: the drain on shutdown (RPCs and stream requests in flight are
 //! answered, the stream then ends UNAVAILABLE, new connections are refused), the per-RPC
 //! counters in /metrics, TLS with `[http]`'s certificate, and `onnxd bench --grpc`'s client
-//! (unary and streaming) against the daemon, and the thread gRPC's connections run on. The protocol itself is tested
-//! with unmodified tritonclient in tests/python/test_grpc.py.
+//! (unary and streaming) against the daemon, the thread gRPC's connections run on and the
+//! HTTP/2 settings it offers. The protocol itself is tested with unmodified tritonclient in
+//! tests/python/test_grpc.py.
 
 mod common;
 
@@ -47,6 +48,16 @@ fn start(runtime: &tokio::runtime::Runtime, dir: &Path, extra: &str) -> Daemon {
     runtime.block_on(Daemon::start(config)).unwrap()
 }
 
+/// [`start`] in a fresh directory on a fresh runtime: the directory (kept until the test
+/// ends), the runtime, the daemon and its gRPC address.
+fn started(extra: &str) -> (tempfile::TempDir, tokio::runtime::Runtime, Daemon, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let daemon = start(&runtime, dir.path(), extra);
+    let address = daemon.grpc_address().unwrap();
+    (dir, runtime, daemon, address)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -80,10 +91,7 @@ fn slow_request(id: &str) -> ModelInferRequest {
 
 #[test]
 fn shutdown_answers_what_was_taken_then_refuses_new_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
-    let daemon = start(&runtime, dir.path(), "");
-    let address = daemon.grpc_address().unwrap();
+    let (_dir, runtime, daemon, address) = started("");
     runtime.block_on(async move {
         let mut client = connect(address).await.unwrap();
         // 20 requests on one stream: ≈140 ms of work for the one inference thread.
@@ -156,10 +164,7 @@ fn thread_names() -> Vec<String> {
 /// the daemon's multi-thread runtime, where hyper's per-RPC task hand-offs cost 7–13 µs more.
 #[test]
 fn connections_run_on_a_thread_of_their_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
-    let daemon = start(&runtime, dir.path(), "");
-    let address = daemon.grpc_address().unwrap();
+    let (_dir, runtime, daemon, address) = started("");
     runtime.block_on(async move {
         let mut client = connect(address).await.unwrap();
         client.server_live(ServerLiveRequest {}).await.unwrap();
@@ -176,20 +181,14 @@ fn connections_run_on_a_thread_of_their_own() {
 /// (a test that fails, an embedder's error path) stops listening on gRPC too.
 #[test]
 fn a_dropped_runtime_closes_the_grpc_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
-    let daemon = start(&runtime, dir.path(), "");
-    let address = daemon.grpc_address().unwrap();
+    let (_dir, runtime, daemon, address) = started("");
     std::net::TcpStream::connect(address).expect("listening while the runtime runs");
     drop(runtime);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(address).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still listening 5 s after the runtime was dropped"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(
+        "the gRPC listener to close after the runtime was dropped",
+        Duration::from_secs(5),
+        || std::net::TcpStream::connect(address).is_err(),
+    );
     drop(daemon);
 }
 
@@ -234,10 +233,7 @@ async fn server_preamble(address: SocketAddr) -> (Vec<(u16, u32)>, u32) {
 /// (here `max_body_bytes = 2 MiB`), twice that for the connection.
 #[test]
 fn large_requests_need_no_window_update_and_few_frames() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
-    let daemon = start(&runtime, dir.path(), "max_body_bytes = 2097152\n");
-    let address = daemon.grpc_address().unwrap();
+    let (_dir, runtime, daemon, address) = started("max_body_bytes = 2097152\n");
     runtime.block_on(async move {
         let (settings, connection_window) = server_preamble(address).await;
         assert_eq!(
@@ -259,10 +255,7 @@ fn large_requests_need_no_window_update_and_few_frames() {
 
 #[test]
 fn answers_are_counted_by_rpc_and_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
-    let daemon = start(&runtime, dir.path(), "");
-    let address = daemon.grpc_address().unwrap();
+    let (_dir, runtime, daemon, address) = started("");
     runtime.block_on(async {
         let mut client = connect(address).await.unwrap();
         client.model_infer(slow_request("a")).await.unwrap();
@@ -340,10 +333,8 @@ fn tls_uses_the_http_certificate() {
 /// fails the warm-up with the server's reason.
 #[test]
 fn bench_grpc_measures_unary_and_streaming_calls() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
-    let daemon = start(&runtime, dir.path(), "");
-    let address = daemon.grpc_address().unwrap().to_string();
+    let (_dir, runtime, daemon, grpc) = started("");
+    let address = grpc.to_string();
     let settings = LoadSettings {
         engine: EngineOptions {
             ort_library: Some(common::ort_library()),

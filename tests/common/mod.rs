@@ -21,6 +21,15 @@ fn required(var: &str) -> PathBuf {
     path
 }
 
+/// Waits until `check` holds or panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Directory of the generated fixtures.
 pub fn fixtures() -> PathBuf {
     required("ONNXDTEST_FIXTURES")

@@ -95,7 +95,7 @@ fn start(script: Script, env: &[(&str, &str)]) -> Started {
         dir.path(),
         "n1",
         Some(http_port),
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        &harness::url_setting(broker.port),
         env,
     );
     Started {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::common;
-use super::harness::{start_daemon, Broker, Client};
+use super::harness::{self, start_daemon, Broker, Client};
 
 fn bench(port: u16, model: &str, count: &str) -> Output {
     bench_node(port, "benched", model, count)
@@ -44,7 +44,7 @@ fn bench_keeps_its_window_within_the_receive_maximum_and_counts_every_reply() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "max_inflight_messages 4");
     common::copy_example_model(&dir.path().join("models/digits"));
-    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
+    let mqtt = harness::url_setting(broker.port);
     let daemon = start_daemon(dir.path(), "benched", None, &mqtt);
     let out = bench(broker.port, "digits", "400");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -210,7 +210,7 @@ fn every_source_kind_gives_results_and_a_dead_source_comes_back() {
             1000,
         ),
     ];
-    let mut config = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    let mut config = harness::url_setting(broker.port) + "\n";
     for (name, source, model, fps) in &cameras {
         config.push_str(&format!("[[camera]]\nname = \"{name}\"\nsource = \"{source}\"\nmodel = \"{model}\"\nfps = {fps}\nstall_secs = 2\n"));
     }
@@ -357,7 +357,7 @@ fn sighup_adds_and_removes_cameras_and_a_bad_config_keeps_the_old_ones() {
             frame.display()
         )
     };
-    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    let mqtt = harness::url_setting(broker.port) + "\n";
     let daemon = start_daemon(dir.path(), "hup", None, &format!("{mqtt}{}", camera("a")));
     let client = Client::connect(broker.port, "hup-client", &["onnxd/hup/cameras/+/result"]);
     let next_camera = |client: &Client| {
@@ -411,7 +411,7 @@ fn the_same_jpeg_gives_the_same_result_from_every_source() {
     for (name, bytes) in [("plain.jpg", &original), ("mjpeg.jpg", &stripped)] {
         std::fs::write(dir.path().join(name), bytes).unwrap();
     }
-    let mut config = format!("url = \"mqtt://127.0.0.1:{}\"\n", broker.port);
+    let mut config = harness::url_setting(broker.port) + "\n";
     for name in ["plain", "mjpeg"] {
         let source = dir.path().join(format!("{name}.jpg"));
         config.push_str(&format!(

@@ -28,7 +28,7 @@ fn sigterm_answers_the_requests_in_flight_then_says_stopped() {
     std::fs::create_dir_all(&version).unwrap();
     std::fs::copy(common::fixture("slow.onnx"), version.join("model.onnx")).unwrap();
     let http_port = harness::free_port();
-    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
+    let mqtt = harness::url_setting(broker.port);
     let mut daemon = start_daemon(dir.path(), "d1", Some(http_port), &mqtt);
     let client = Client::connect(broker.port, "drainer", &["client/drain", "onnxd/d1/status"]);
     assert_eq!(&client.next_on("onnxd/d1/status", WAIT).payload[..], b"online");

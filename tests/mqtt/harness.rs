@@ -17,13 +17,11 @@ use crate::common::process::Onnxd;
 
 pub use crate::common::free_port;
 
-/// Waits until `check` holds or panics with `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub use super::common::wait_until;
+
+/// The `[mqtt]` line that points the daemon at a broker on 127.0.0.1:`port`.
+pub fn url_setting(port: u16) -> String {
+    format!("url = \"mqtt://127.0.0.1:{port}\"")
 }
 
 /// A mosquitto process.

@@ -487,12 +487,7 @@ fn broker_restarts_lose_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), "");
     harness::repository(&dir.path().join("models"));
-    let _daemon = start_daemon(
-        dir.path(),
-        "n1",
-        None,
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
-    );
+    let _daemon = start_daemon(dir.path(), "n1", None, &harness::url_setting(broker.port));
     let client = Client::connect(broker.port, "load", &["client/load", "onnxd/n1/status"]);
     // `online` follows the daemon's SUBSCRIBE: requests sent before it would go nowhere.
     assert_eq!(&client.next_on("onnxd/n1/status", WAIT).payload[..], b"online");
@@ -552,7 +547,7 @@ fn a_full_send_window_keeps_replies_off_the_disk() {
         dir.path(),
         "n1",
         Some(http_port),
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        &harness::url_setting(broker.port),
     );
     let client = Client::connect(broker.port, "window", &["client/window", "onnxd/n1/status"]);
     assert_eq!(&client.next_on("onnxd/n1/status", WAIT).payload[..], b"online");
@@ -582,12 +577,7 @@ fn daemon_crash(broker_config: &str) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), broker_config);
     harness::repository(&dir.path().join("models"));
-    let mut daemon = start_daemon(
-        dir.path(),
-        "n1",
-        None,
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
-    );
+    let mut daemon = start_daemon(dir.path(), "n1", None, &harness::url_setting(broker.port));
     let client = Client::connect(broker.port, "crash", &["client/crash", "onnxd/n1/status"]);
     assert_eq!(&client.next_on("onnxd/n1/status", WAIT).payload[..], b"online");
     for i in 0..N {
@@ -632,7 +622,7 @@ fn outbox_keeps_answers_through_a_broker_outage_a_daemon_kill_and_a_torn_tail() 
         dir.path(),
         "n1",
         Some(http_port),
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        &harness::url_setting(broker.port),
     );
     let client = Client::connect(broker.port, "outbox", &["client/ob", "onnxd/n1/status"]);
     // `online` follows the daemon's SUBSCRIBE: requests sent before it would go nowhere.

@@ -13,7 +13,7 @@ use rumqttc::v5::MqttOptions;
 use rumqttc::NetworkOptions;
 
 use super::common;
-use super::harness::{json, start_daemon, Broker, Client};
+use super::harness::{self, json, start_daemon, Broker, Client};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -22,7 +22,7 @@ fn a_hundred_requests_one_at_a_time_take_under_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     common::copy_example_model(&dir.path().join("models/digits"));
-    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
+    let mqtt = harness::url_setting(broker.port);
     let _daemon = start_daemon(dir.path(), "quick", None, &mqtt);
     let mut options = MqttOptions::new("round-trips", "127.0.0.1", broker.port);
     let mut network = NetworkOptions::new();
