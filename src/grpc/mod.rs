@@ -323,9 +323,9 @@ fn router(state: &Arc<GrpcState>, tls: Option<&Identity>) -> Result<Layered, Sta
 
 /// The largest HTTP/2 frame the server takes (its SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is
 /// 16 KiB). Clients split a message into frames of at most this size, and h2 writes each frame
-/// on its own: at 16 KiB the CNN's 110 KB request left the client as 7 writes and woke the
-/// server for each (HTTP/1 sends it in 2 segments); at 1 MiB, with [`windows`] wide enough
-/// for it, it leaves like HTTP's. A large frame delays only the other streams of the
+/// on its own: at 16 KiB the CNN's 110 KB request reached the server as 6–7 packets and woke
+/// it for each (HTTP/1 sends it in 2 segments); at 1 MiB, with [`windows`] wide enough for
+/// it, in 2. A large frame delays only the other streams of the
 /// connection that sent it.
 const MAX_FRAME: u32 = 1 << 20;
 
