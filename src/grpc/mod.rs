@@ -303,12 +303,19 @@ pub fn serve(
 /// The service behind its layers: TLS when `tls` is given, messages up to the state's limit.
 fn router(state: &Arc<GrpcState>, tls: Option<&Identity>) -> Result<Layered, StartError> {
     use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+    use tonic::codec::CompressionEncoding;
     use tonic::transport::{Server, ServerTlsConfig};
 
     let limit = state.max_message_bytes;
+    // The limit is on what clients send; replies are not limited (as over HTTP, and as Triton,
+    // whose send limit is INT32_MAX): a reply past it would fail only after the inference ran.
     let service = GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        .max_encoding_message_size(usize::MAX)
+        // Requests compressed as Triton accepts them (tritonclient's `compression_algorithm`);
+        // the limit holds for the decompressed message. Replies go uncompressed.
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate);
     let (stream_window, connection_window) = windows(limit);
     let mut server = Server::builder()
         .initial_stream_window_size(stream_window)

@@ -379,17 +379,23 @@ impl ModelInfo {
         Ok(ordered)
     }
 
-    /// Resolves the requested output names (all outputs when `None`), refusing unknown ones.
+    /// Resolves the requested output names (all outputs when `None`), refusing unknown and
+    /// repeated ones.
     pub fn select_outputs(&self, requested: Option<&[String]>) -> Result<Vec<String>, ModelError> {
         let all = || self.outputs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
         let Some(requested) = requested else {
             return Ok(all());
         };
-        for name in requested {
+        for (i, name) in requested.iter().enumerate() {
             if !self.outputs.iter().any(|s| &s.name == name) {
                 return Err(ModelError::BadInput(format!(
                     "unknown output '{name}'; the model's outputs are: {}",
                     all().join(", ")
+                )));
+            }
+            if requested[..i].contains(name) {
+                return Err(ModelError::BadInput(format!(
+                    "output '{name}' is requested twice"
                 )));
             }
         }
@@ -484,5 +490,29 @@ mod tests {
             );
         }
         assert_eq!(info(vec![2, 3]).unit_inputs().unwrap()[0].1.shape(), &[2, 3]);
+    }
+
+    #[test]
+    fn an_output_requested_twice_is_a_bad_request() {
+        let output = |name: &str| TensorSpec {
+            name: name.into(),
+            kind: ValueKind::Tensor(DType::F32),
+            dims: vec![Dim::Fixed(1)],
+            rank_known: true,
+        };
+        let info = ModelInfo {
+            outputs: vec![output("y"), output("z")],
+            ..ModelInfo::default()
+        };
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            info.select_outputs(Some(&names(&["z", "y"]))).unwrap(),
+            names(&["z", "y"])
+        );
+        let err = info.select_outputs(Some(&names(&["y", "z", "y"]))).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::BadInput(m) if m == "output 'y' is requested twice"),
+            "{err}"
+        );
     }
 }

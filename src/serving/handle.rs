@@ -101,14 +101,20 @@ impl ModelState {
 /// Ready versions by number.
 pub type Versions = BTreeMap<u64, Arc<LoadedVersion>>;
 
+/// A model's ready versions and the state that describes them, swapped as one: a request
+/// that finds no version reads the state of the same set (`LOADING`: it may wait).
+struct Published {
+    versions: Arc<Versions>,
+    state: Arc<ModelState>,
+}
+
 /// A model as the router sees it.
 pub struct ModelHandle {
     /// Model name.
     pub name: String,
     /// Request counters.
     pub stats: ModelStats,
-    versions: ArcSwap<Versions>,
-    state: ArcSwap<ModelState>,
+    published: ArcSwap<Published>,
     changed: watch::Sender<u64>,
     /// A candidate version receiving copies of requests (model delivery's shadow rollout).
     shadow: ArcSwapOption<Shadow>,
@@ -122,8 +128,10 @@ impl ModelHandle {
         ModelHandle {
             name: name.to_string(),
             stats: ModelStats::default(),
-            versions: ArcSwap::from_pointee(Versions::new()),
-            state: ArcSwap::from_pointee(ModelState::loading()),
+            published: ArcSwap::from_pointee(Published {
+                versions: Arc::new(Versions::new()),
+                state: Arc::new(ModelState::loading()),
+            }),
             changed: watch::channel(0).0,
             shadow: ArcSwapOption::empty(),
             rollout: ArcSwapOption::empty(),
@@ -132,7 +140,23 @@ impl ModelHandle {
 
     /// The version to run: `version`, or the highest ready one.
     pub fn pick(&self, version: Option<u64>) -> Result<Arc<LoadedVersion>, ServeError> {
-        let versions = self.versions.load();
+        self.pick_or_loading(version).map_err(|(e, _)| e)
+    }
+
+    /// As [`ModelHandle::pick`]; a failure says whether the model was `LOADING` in the same
+    /// snapshot as the versions looked at.
+    pub fn pick_or_loading(&self, version: Option<u64>) -> Result<Arc<LoadedVersion>, (ServeError, bool)> {
+        let published = self.published.load();
+        let loading = published.state.state == State::Loading;
+        Self::find(&self.name, &published, version).map_err(|e| (e, loading))
+    }
+
+    fn find(
+        name: &str,
+        published: &Published,
+        version: Option<u64>,
+    ) -> Result<Arc<LoadedVersion>, ServeError> {
+        let versions = &published.versions;
         let found = match version {
             Some(v) => versions.get(&v),
             None => versions.values().next_back(),
@@ -140,14 +164,14 @@ impl ModelHandle {
         match (found, version) {
             (Some(v), _) => Ok(v.clone()),
             (None, Some(v)) if !versions.is_empty() => Err(ServeError::UnknownVersion {
-                model: self.name.clone(),
+                model: name.to_string(),
                 version: v,
                 ready: versions.keys().copied().collect(),
             }),
             (None, _) => Err(ServeError::Unavailable {
-                model: self.name.clone(),
-                reason: self
-                    .state()
+                model: name.to_string(),
+                reason: published
+                    .state
                     .error
                     .clone()
                     .unwrap_or_else(|| "no version is ready".into()),
@@ -157,12 +181,12 @@ impl ModelHandle {
 
     /// Ready versions.
     pub fn versions(&self) -> Arc<Versions> {
-        self.versions.load_full()
+        self.published.load().versions.clone()
     }
 
     /// Current state.
     pub fn state(&self) -> Arc<ModelState> {
-        self.state.load_full()
+        self.published.load().state.clone()
     }
 
     /// Swaps in a new set of ready versions and the matching state; `error` is the last load
@@ -185,12 +209,12 @@ impl ModelHandle {
             error,
             warmup: newest.map(|v| v.warmup.clone()),
         };
-        // State first: a reader that finds no version checks the state, which must already
-        // say LOADING (replace gap) rather than the READY of the set being replaced.
-        self.state.store(Arc::new(state));
-        let old = self.versions.swap(Arc::new(versions));
+        let old = self.published.swap(Arc::new(Published {
+            versions: Arc::new(versions),
+            state: Arc::new(state),
+        }));
         self.changed.send_modify(|n| *n += 1);
-        old
+        old.versions.clone()
     }
 
     /// The shadow attached to this model, if any.

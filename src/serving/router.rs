@@ -15,7 +15,6 @@ use serde_json::Value;
 use super::stats::Served;
 use super::{
     Image, ImageRequest, InferRequest, InferResponse, LoadedVersion, ModelHandle, PayloadRequest, ServeError,
-    State,
 };
 use crate::codec::request::image_in_tensors;
 use crate::pipeline::preprocess::Transform;
@@ -202,16 +201,14 @@ impl Router {
         let mut changes = handle.subscribe();
         let until = deadline.unwrap_or_else(|| Instant::now() + LOADING_WAIT);
         loop {
-            match handle.pick(version) {
+            match handle.pick_or_loading(version) {
                 Ok(v) => return Ok(v),
-                Err(e) if handle.state().state != State::Loading => return Err(e),
-                Err(e) => {
-                    if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
-                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                Err((e, false)) => return Err(e),
+                Err((e, true)) => {
+                    let Some(_place) = Waiting::enter(&self.waiting) else {
                         return Err(ServeError::Overloaded(handle.name.clone()));
-                    }
+                    };
                     let waited = tokio::time::timeout_at(until.into(), changes.changed()).await;
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
                     if waited.is_err() {
                         return Err(if deadline.is_some() {
                             ServeError::Expired
@@ -222,6 +219,24 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// A request's place among those waiting for a `LOADING` model, given back when it ends —
+/// also when the request is dropped mid-wait (a client that cancels or disconnects).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// A place, or `None` when [`MAX_WAITING`] requests already wait.
+    fn enter(count: &'a AtomicUsize) -> Option<Self> {
+        let place = Waiting(count);
+        (count.fetch_add(1, Ordering::Relaxed) < MAX_WAITING).then_some(place)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -343,5 +358,80 @@ impl<'a> Run<'a> {
             execution: result.execution,
             result: detections,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::engine::{select, EngineChoice, EngineOptions};
+
+    fn digits(version: u64) -> Arc<LoadedVersion> {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/model.onnx");
+        let options = EngineOptions {
+            choice: EngineChoice::Tract,
+            intra_threads: 1,
+            ..EngineOptions::default()
+        };
+        Arc::new(LoadedVersion {
+            version,
+            model: select::load_path("digits", &file, &options).unwrap(),
+            file,
+            loaded_at: SystemTime::now(),
+            load_time: Duration::ZERO,
+            labels: None,
+            image: None,
+            post: None,
+            warmup: String::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_waiting_for_a_load_gives_its_place_back() {
+        let router = Router::default();
+        let handle = router.handle_or_insert("m"); // LOADING, no version
+        for _ in 0..3 {
+            let wait = router.pick(&handle, None, None);
+            let dropped = tokio::time::timeout(Duration::from_millis(5), wait).await;
+            assert!(dropped.is_err(), "the model is still loading");
+        }
+        assert_eq!(router.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_model_that_becomes_ready_fails_no_request_in_the_switch() {
+        let router = Arc::new(Router::default());
+        let handle = router.handle_or_insert("m");
+        let version = digits(1);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (router, handle, stop) = (router.clone(), handle.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    let mut failures = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let deadline = Some(Instant::now() + Duration::from_secs(5));
+                        if runtime.block_on(router.pick(&handle, None, deadline)).is_err() {
+                            failures += 1;
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        for _ in 0..20_000 {
+            handle.publish(BTreeMap::new(), None); // a replace reload's gap
+            handle.publish(BTreeMap::from([(1, version.clone())]), None);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let failures: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert_eq!(failures, 0, "requests failed as the model became ready");
     }
 }

@@ -474,6 +474,22 @@ def test_bad_requests_are_invalid_argument(client, stub):
         stub.ModelInfer(request, metadata=AUTH)
     assert status_of(rpc_error.value) == "INVALID_ARGUMENT", rpc_error.value
     assert "24" in rpc_error.value.details() and "20" in rpc_error.value.details(), rpc_error.value.details()
+    # The same output asked for twice (Triton: INVALID_ARGUMENT; it was an engine error).
+    inp = grpcclient.InferInput("x", [1, 3], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 3), np.float32))
+    twice = [grpcclient.InferRequestedOutput("y"), grpcclient.InferRequestedOutput("y")]
+    with pytest.raises(InferenceServerException, match="output 'y' is requested twice") as error:
+        client.infer("fp32", [inp], outputs=twice)
+    assert status_of(error.value) == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_accepted(client, algorithm):
+    x = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("fp32", [inp], compression_algorithm=algorithm)
+    np.testing.assert_array_equal(result.as_numpy("y"), x)
 
 
 def test_message_size_limit_is_max_body_bytes(client):
@@ -484,6 +500,11 @@ def test_message_size_limit_is_max_body_bytes(client):
     inp.set_data_from_numpy(x)
     result = client.infer("fp32", [inp], outputs=[grpcclient.InferRequestedOutput("y")])
     np.testing.assert_array_equal(result.as_numpy("y"), x)
+    # The limit is on what clients send: a reply past it (both outputs, ~12 MiB) is answered, as
+    # by Triton (send limit INT32_MAX) and by onnxd's HTTP.
+    result = client.infer("fp32", [inp])
+    np.testing.assert_array_equal(result.as_numpy("y"), x)
+    assert result.as_numpy("y").nbytes + result.as_numpy("z").nbytes > MAX_BODY
     # ... 10 MiB is refused like gRPC does (Triton: RESOURCE_EXHAUSTED), and the server lives on.
     rows = (10 << 20) // 12
     inp = grpcclient.InferInput("x", [rows, 3], "FP32")
