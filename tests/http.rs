@@ -4,6 +4,8 @@
 //! bad input named by the HTTP issue.
 
 mod common;
+#[path = "common/detector.rs"]
+mod detector;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -377,6 +379,40 @@ fn compressed_bodies_in_and_out() {
         serde_json::from_str::<Value>(&text).unwrap()["outputs"][0]["data"],
         json!([1.0, 2.0, 3.0])
     );
+}
+
+/// A model with `[output]` post-processing reads all its outputs, in its order, whatever
+/// outputs the request asks for; the reply carries those asked for (found by review: the SSD
+/// post-processing ran on the requested subset and failed).
+#[test]
+fn post_processing_reads_every_output_whatever_the_request_asks_for() {
+    let s = start_with(None, |models| detector::install(models, "detector"));
+    let image =
+        json!({"name": "image", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": vec![0.5; 3 * 32 * 32]});
+    let asked =
+        json!({"inputs": [image], "outputs": [{"name": "num_detections"}, {"name": "detection_scores"}]});
+    let reply = s.post_json("/v2/models/detector/infer", &asked);
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let body = reply.json();
+    let names: Vec<&str> = body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["num_detections", "detection_scores"]);
+    let labels: Vec<&str> = body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, detector::BOXES.map(|(label, _, _)| label), "{body}");
+    // Names are still checked.
+    let twice = json!({"inputs": [asked["inputs"][0]], "outputs": [{"name": "num_detections"}, {"name": "num_detections"}]});
+    let reply = s.post_json("/v2/models/detector/infer", &twice);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error(), "output 'num_detections' is requested twice");
 }
 
 #[test]

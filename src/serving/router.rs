@@ -17,6 +17,7 @@ use super::{
     Image, ImageRequest, InferRequest, InferResponse, LoadedVersion, ModelHandle, PayloadRequest, ServeError,
 };
 use crate::codec::request::image_in_tensors;
+use crate::engine::EngineError;
 use crate::pipeline::preprocess::Transform;
 use crate::tensor::Tensors;
 
@@ -334,7 +335,20 @@ impl<'a> Run<'a> {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(ServeError::Expired);
         }
-        let reply = version.model.submit(inputs, outputs.as_deref(), self.deadline)?;
+        // Post-processing reads the model's outputs in the model's order, whatever the request
+        // asked for; the reply then carries the outputs asked for, in the order asked.
+        let (computed, asked) = match (&version.post, outputs) {
+            (Some(_), Some(asked)) => {
+                let asked = version
+                    .model
+                    .info
+                    .select_outputs(Some(&asked))
+                    .map_err(EngineError::from)?;
+                (None, Some(asked))
+            }
+            (_, outputs) => (outputs, None),
+        };
+        let reply = version.model.submit(inputs, computed.as_deref(), self.deadline)?;
         let result = reply.await.map_err(|_| ServeError::Unavailable {
             model: self.handle.name.clone(),
             reason: "its inference threads have stopped".into(),
@@ -346,6 +360,10 @@ impl<'a> Run<'a> {
             .map(|post| post.apply(&outputs, transform))
             .transpose()
             .map_err(|e| ServeError::Postprocess(e.to_string()))?;
+        let outputs = match asked {
+            Some(asked) => only(outputs, &asked),
+            None => outputs,
+        };
         Ok(InferResponse {
             model: self.handle.name.clone(),
             version: version.version,
@@ -359,6 +377,17 @@ impl<'a> Run<'a> {
             result: detections,
         })
     }
+}
+
+/// `outputs` cut down to the (distinct, known) names `asked`, in that order.
+fn only(mut outputs: Tensors, asked: &[String]) -> Tensors {
+    asked
+        .iter()
+        .filter_map(|name| {
+            let at = outputs.iter().position(|(n, _)| n == name)?;
+            Some(outputs.swap_remove(at))
+        })
+        .collect()
 }
 
 #[cfg(test)]
