@@ -377,10 +377,22 @@ impl Tensor {
     }
 
     fn strings_from_wire(shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, TensorError> {
-        let mut elements = Vec::new();
+        let count = element_count(&shape)?;
+        let mut elements = Vec::with_capacity(count.min(bytes.len() / 4));
         let mut rest = bytes;
         while !rest.is_empty() {
             let index = elements.len();
+            if index == count {
+                // More elements than the shape holds: refused before the rest is parsed (zero-
+                // length elements would otherwise cost ~24 bytes of memory per 4 bytes sent).
+                return Err(TensorError::LengthMismatch {
+                    what: "data",
+                    shape,
+                    dtype: DType::Bytes,
+                    got: format!("more than {count} elements"),
+                    expected: format!("{count} elements"),
+                });
+            }
             let Some((len, tail)) = rest.split_first_chunk::<4>() else {
                 return Err(TensorError::BadElement {
                     index,
@@ -755,6 +767,10 @@ mod tests {
         assert!(err.to_string().contains("length prefix"), "{err}");
         let err = Tensor::from_wire(DType::Bytes, vec![3], &wire).unwrap_err();
         assert!(err.to_string().contains("2 elements"), "{err}");
+        // Too many elements are refused at the first one past the shape, not after parsing
+        // them all (a million empty elements were a million allocations).
+        let err = Tensor::from_wire(DType::Bytes, vec![1], &vec![0; 4 << 20]).unwrap_err();
+        assert!(err.to_string().contains("more than 1 elements"), "{err}");
     }
 
     #[test]
