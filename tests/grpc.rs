@@ -264,12 +264,22 @@ fn answers_are_counted_by_rpc_and_code() {
         let status = client.model_infer(unknown).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
         client.server_live(ServerLiveRequest {}).await.unwrap();
+        // A deadline shorter than the inference: tonic's grpc-timeout timer, or the client's
+        // reset, drops the handler before it answers; that answer is counted too (it was not).
+        let mut late = tonic::Request::new(slow_request("c"));
+        late.set_timeout(Duration::from_millis(3));
+        client.model_infer(late).await.unwrap_err();
+    });
+    let cancelled = "onnxd_grpc_requests_total{code=\"CANCELLED\",rpc=\"ModelInfer\"} 1";
+    common::wait_until("the cancelled answer counted", Duration::from_secs(5), || {
+        daemon.metrics().render().contains(cancelled)
     });
     let text = daemon.metrics().render();
     for line in [
         "onnxd_grpc_requests_total{code=\"OK\",rpc=\"ModelInfer\"} 1",
         "onnxd_grpc_requests_total{code=\"NOT_FOUND\",rpc=\"ModelInfer\"} 1",
         "onnxd_grpc_requests_total{code=\"OK\",rpc=\"ServerLive\"} 1",
+        cancelled,
     ] {
         assert!(text.contains(line), "{line} not in:\n{text}");
     }

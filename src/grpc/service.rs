@@ -61,13 +61,31 @@ fn invalid(e: ConvertError) -> Status {
     Status::invalid_argument(e.0)
 }
 
+/// An RPC not answered yet: counted as `CANCELLED` if its handler is dropped before it
+/// answers — by tonic's own `grpc-timeout` timer (which answers `CANCELLED`, "Timeout
+/// expired"), or because the client reset the stream.
+struct Unanswered<'a>(&'static str, &'a super::GrpcMetrics);
+
+impl Unanswered<'_> {
+    /// Answered: [`Inference::answer`] counts it.
+    fn answered(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        self.1.count(self.0, tonic::Code::Cancelled);
+    }
+}
+
 impl Inference {
     /// The service over `state`.
     pub fn new(state: Arc<GrpcState>) -> Inference {
         Inference { state }
     }
 
-    /// Counts an answer and wraps it.
+    /// Counts an answer and wraps it (see also [`Unanswered`]).
     fn answer<T>(&self, rpc: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
         let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
         self.state.metrics.count(rpc, code);
@@ -271,6 +289,7 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        let unanswered = Unanswered("ModelInfer", &self.state.metrics);
         let result = match self.state.authorize(request.metadata()) {
             Err(e) => Err(e),
             Ok(()) => {
@@ -278,6 +297,7 @@ impl GrpcInferenceService for Inference {
                 infer(&self.state, request.into_inner(), deadline).await
             }
         };
+        unanswered.answered();
         self.answer("ModelInfer", result)
     }
 
