@@ -374,8 +374,10 @@ impl Session {
                 tracing::error!(%filter, ?reason, "the broker refused the MQTT subscription: its listener gets no messages");
             }
         }
-        if let Some(next) = answered.next {
-            link.send(Packet::Subscribe(next))?;
+        match answered.next {
+            Some(next) => link.send(Packet::Subscribe(next))?,
+            // From here on, commands and requests sent to this node reach it.
+            None => tracing::info!("MQTT subscribed"),
         }
         Ok(())
     }

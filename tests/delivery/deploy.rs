@@ -48,7 +48,13 @@ fn daemon(dir: &Path, node: &str, broker: &Broker, sidecar_extra: &str) -> (Daem
     }
     let port = harness::free_port();
     let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
-    (harness::start_daemon(dir, node, Some(port), &mqtt), port)
+    let daemon = harness::start_daemon(dir, node, Some(port), &mqtt);
+    // Ready is not subscribed: a deploy published before the daemon's SUBSCRIBE is lost (a
+    // test waited 60 s for its status once).
+    harness::wait_until("the daemon's MQTT subscriptions", WAIT, || {
+        daemon.log().contains("MQTT subscribed")
+    });
+    (daemon, port)
 }
 
 /// Waits for a rollout status of `version` in one of `states` on `topic`.
