@@ -15,7 +15,8 @@
 //! of batches finished out of order (several instances) are held until the earlier ones.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -123,18 +124,30 @@ impl BatchPolicy {
 }
 
 /// How the execution that answered a request went.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Execution {
     /// The request's own batch size (rows).
     pub rows: usize,
     /// Total batch size of the execution (the sum of its requests' batch sizes).
     pub batch_size: usize,
-    /// Whether this request is the first of its execution (count executions once).
-    pub first: bool,
+    /// Shared by the requests of an execution of several: set by the first of them counted
+    /// ([`Execution::count_once`]). `None` for an execution of one request.
+    pub counted: Option<Arc<AtomicBool>>,
     /// CPU time the inference thread spent in the engine (the whole batch's): unlike the wall
     /// time, not lengthened while the OS ran something else on its core. Zero unless the
     /// model measures it (`LoadedModel::measure_cpu`).
     pub cpu_time: Duration,
+}
+
+impl Execution {
+    /// True for exactly one of the execution's requests: the first to ask. Executions are
+    /// counted through their answered requests, so one whose first request fails afterwards
+    /// (post-processing) or is dropped (its client left) still counts, once.
+    pub fn count_once(&self) -> bool {
+        self.counted
+            .as_ref()
+            .is_none_or(|counted| !counted.swap(true, Ordering::Relaxed))
+    }
 }
 
 /// Result of one request, with where its time went.

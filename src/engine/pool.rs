@@ -162,7 +162,8 @@ fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job
     };
     let compute_time = started.elapsed();
     let cpu_time = cpu_started.map_or(Duration::ZERO, |s| thread_cpu_time().saturating_sub(s));
-    for (i, (job, outputs)) in batch.into_iter().zip(outputs).enumerate() {
+    let counted = (batch.len() > 1).then(|| Arc::new(AtomicBool::new(false)));
+    for (job, outputs) in batch.into_iter().zip(outputs) {
         let result = JobResult {
             outputs,
             queue_time: started - job.enqueued,
@@ -170,7 +171,7 @@ fn run_batch(queue: &BatchQueue, session: &mut dyn EngineSession, batch: Vec<Job
             execution: Execution {
                 rows: job.rows,
                 batch_size,
-                first: i == 0,
+                counted: counted.clone(),
                 cpu_time,
             },
         };

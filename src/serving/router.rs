@@ -318,7 +318,7 @@ impl<'a> Run<'a> {
                 compute: r.compute_time,
                 rows: r.execution.rows,
                 batch_size: r.execution.batch_size,
-                first: r.execution.first,
+                counts_execution: r.execution.count_once(),
             }),
             Err(e) => stats.failure(e.reason()),
         }

@@ -128,8 +128,9 @@ pub struct Served {
     pub rows: usize,
     /// The execution's batch size.
     pub batch_size: usize,
-    /// Whether it was the execution's first request (executions are counted once).
-    pub first: bool,
+    /// Whether it counts its execution (executions are counted once, by the first of their
+    /// requests to succeed: [`crate::engine::batch::Execution::count_once`]).
+    pub counts_execution: bool,
 }
 
 /// A copy of one version's counters.
@@ -169,7 +170,7 @@ impl VersionStats {
         add(&self.compute_ns, served.compute);
         self.queue_delay.observe(served.queue.as_secs_f64());
         self.latency.observe(served.request.as_secs_f64());
-        if served.first {
+        if served.counts_execution {
             self.executions.fetch_add(1, Ordering::Relaxed);
             self.batch_sizes.observe(served.batch_size as f64);
             let mut batches = lock(&self.batches);
@@ -305,7 +306,7 @@ mod tests {
             compute,
             rows: 1,
             batch_size: 1,
-            first: true,
+            counts_execution: true,
         };
         stats.version(1).success(served(3 * ms, ms, 2 * ms));
         stats.version(2).success(served(ms, ms, ms));

@@ -237,3 +237,19 @@ fn an_idle_thread_polls_through_a_gap_it_learnt_and_learns_the_next() {
         "1.5 × the ~900 ms gap: {window:?}"
     );
 }
+
+#[test]
+fn an_execution_is_counted_once_by_whichever_of_its_requests_asks_first() {
+    assert!(Execution::default().count_once(), "an execution of one request");
+    let counted = Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let batch: Vec<Execution> = (0..3)
+        .map(|_| Execution {
+            counted: counted.clone(),
+            ..Execution::default()
+        })
+        .collect();
+    // The first request failed after the run (never asks); the others count it, once.
+    assert!(batch[2].count_once());
+    assert!(!batch[1].count_once());
+    assert!(!batch[0].count_once());
+}
