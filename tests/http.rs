@@ -394,19 +394,11 @@ fn post_processing_reads_every_output_whatever_the_request_asks_for() {
     let reply = s.post_json("/v2/models/detector/infer", &asked);
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let body = reply.json();
-    let names: Vec<&str> = body["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["num_detections", "detection_scores"]);
-    let labels: Vec<&str> = body["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["label"].as_str().unwrap())
-        .collect();
+    assert_eq!(
+        common::strings(&body["outputs"], "name"),
+        ["num_detections", "detection_scores"]
+    );
+    let labels = common::strings(&body["result"], "label");
     assert_eq!(labels, detector::BOXES.map(|(label, _, _)| label), "{body}");
     // Names are still checked.
     let twice = json!({"inputs": [asked["inputs"][0]], "outputs": [{"name": "num_detections"}, {"name": "num_detections"}]});
@@ -588,17 +580,12 @@ fn every_bad_input_gets_a_json_error() {
 #[test]
 fn repository_index_load_and_unload() {
     let s = start(None);
-    let index = s.send(reqwest::Method::POST, "/v2/repository/index", &[], Vec::new());
-    assert_eq!(index.status, 200);
-    let names: Vec<String> = index
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_string())
-        .collect();
-    assert!(names.contains(&"digits".to_string()), "{names:?}");
-    assert_eq!(index.json()[0]["state"], "READY");
+    let reply = s.send(reqwest::Method::POST, "/v2/repository/index", &[], Vec::new());
+    assert_eq!(reply.status, 200);
+    let index = reply.json();
+    let names = common::strings(&index, "name");
+    assert!(names.contains(&"digits"), "{names:?}");
+    assert_eq!(index[0]["state"], "READY");
     let unload = s.post_json(
         "/v2/repository/models/digits/unload",
         &json!({"parameters": {"unload_dependents": false}}),

@@ -5,8 +5,9 @@
 //! [`views`](crate::serving::views); it imports nothing from the other transports.
 //!
 //! [`serve`] runs it on a bound listener, on a thread of its own: Nagle off, TLS (rustls,
-//! ring) with `[http]`'s certificate, messages up to `[http] max_body_bytes` each way (a larger request is
-//! `RESOURCE_EXHAUSTED`, as gRPC C++ answers, not tonic's `OUT_OF_RANGE`), the bearer token
+//! ring) with `[http]`'s certificate, requests up to `[http] max_body_bytes` once
+//! decompressed (gzip and deflate accepted; a larger request is `RESOURCE_EXHAUSTED`, as gRPC
+//! C++ answers, not tonic's `OUT_OF_RANGE`; replies are not limited), the bearer token
 //! of `[http] token_file` in the `authorization` metadata of every RPC but ServerLive and
 //! ServerReady. On the daemon's shutdown token the listener closes, in-flight RPCs finish,
 //! and open streams answer the requests they took, then end with `UNAVAILABLE`.
@@ -300,7 +301,7 @@ pub fn serve(
     }))
 }
 
-/// The service behind its layers: TLS when `tls` is given, messages up to the state's limit.
+/// The service behind its layers: TLS when `tls` is given, requests up to the state's limit.
 fn router(state: &Arc<GrpcState>, tls: Option<&Identity>) -> Result<Layered, StartError> {
     use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
     use tonic::codec::CompressionEncoding;
@@ -332,8 +333,7 @@ fn router(state: &Arc<GrpcState>, tls: Option<&Identity>) -> Result<Layered, Sta
 /// 16 KiB). Clients split a message into frames of at most this size, and h2 writes each frame
 /// on its own: at 16 KiB the CNN's 110 KB request reached the server as 6–7 packets and woke
 /// it for each (HTTP/1 sends it in 2 segments); at 1 MiB, with [`windows`] wide enough for
-/// it, in 2. A large frame delays only the other streams of the
-/// connection that sent it.
+/// it, in 2. A large frame delays only the other streams of the connection that sent it.
 const MAX_FRAME: u32 = 1 << 20;
 
 /// The HTTP/2 flow-control windows the server grants (stream, connection): the message limit,

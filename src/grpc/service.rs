@@ -61,15 +61,18 @@ fn invalid(e: ConvertError) -> Status {
     Status::invalid_argument(e.0)
 }
 
-/// An RPC not answered yet: counted as `CANCELLED` if its handler is dropped before it
-/// answers — by tonic's own `grpc-timeout` timer (which answers `CANCELLED`, "Timeout
-/// expired"), or because the client reset the stream.
+/// An RPC being answered: [`Unanswered::answer`] counts its answer by code; dropped before
+/// that, it counts as `CANCELLED` — a handler dropped by tonic's own `grpc-timeout` timer
+/// (which answers `CANCELLED`, "Timeout expired"), or because the client reset the stream.
 struct Unanswered<'a>(&'static str, &'a super::GrpcMetrics);
 
 impl Unanswered<'_> {
-    /// Answered: [`Inference::answer`] counts it.
-    fn answered(self) {
+    /// Counts the answer and wraps it.
+    fn answer<T>(self, result: Result<T, Status>) -> Result<Response<T>, Status> {
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.1.count(self.0, code);
         std::mem::forget(self);
+        result.map(Response::new)
     }
 }
 
@@ -85,11 +88,14 @@ impl Inference {
         Inference { state }
     }
 
-    /// Counts an answer and wraps it (see also [`Unanswered`]).
+    /// An answer to `rpc` about to be given (the quick RPCs); see [`Unanswered`].
     fn answer<T>(&self, rpc: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
-        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.count(rpc, code);
-        result.map(Response::new)
+        self.unanswered(rpc).answer(result)
+    }
+
+    /// `rpc`, not answered yet: counted when it answers, or as `CANCELLED` when dropped first.
+    fn unanswered(&self, rpc: &'static str) -> Unanswered<'_> {
+        Unanswered(rpc, &self.state.metrics)
     }
 
     /// The model and the version a request names (`""`: the highest ready one).
@@ -289,7 +295,7 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let unanswered = Unanswered("ModelInfer", &self.state.metrics);
+        let unanswered = self.unanswered("ModelInfer");
         let result = match self.state.authorize(request.metadata()) {
             Err(e) => Err(e),
             Ok(()) => {
@@ -297,8 +303,7 @@ impl GrpcInferenceService for Inference {
                 infer(&self.state, request.into_inner(), deadline).await
             }
         };
-        unanswered.answered();
-        self.answer("ModelInfer", result)
+        unanswered.answer(result)
     }
 
     type ModelStreamInferStream = stream::Replies;

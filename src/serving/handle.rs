@@ -108,6 +108,33 @@ struct Published {
     state: Arc<ModelState>,
 }
 
+impl Published {
+    /// `version`, or the highest ready one, of the model `name`.
+    fn pick(&self, name: &str, version: Option<u64>) -> Result<Arc<LoadedVersion>, ServeError> {
+        let versions = &self.versions;
+        let found = match version {
+            Some(v) => versions.get(&v),
+            None => versions.values().next_back(),
+        };
+        match (found, version) {
+            (Some(v), _) => Ok(v.clone()),
+            (None, Some(v)) if !versions.is_empty() => Err(ServeError::UnknownVersion {
+                model: name.to_string(),
+                version: v,
+                ready: versions.keys().copied().collect(),
+            }),
+            (None, _) => Err(ServeError::Unavailable {
+                model: name.to_string(),
+                reason: self
+                    .state
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no version is ready".into()),
+            }),
+        }
+    }
+}
+
 /// A model as the router sees it.
 pub struct ModelHandle {
     /// Model name.
@@ -140,7 +167,7 @@ impl ModelHandle {
 
     /// The version to run: `version`, or the highest ready one.
     pub fn pick(&self, version: Option<u64>) -> Result<Arc<LoadedVersion>, ServeError> {
-        self.pick_or_loading(version).map_err(|(e, _)| e)
+        self.published.load().pick(&self.name, version)
     }
 
     /// As [`ModelHandle::pick`]; a failure says whether the model was `LOADING` in the same
@@ -148,35 +175,7 @@ impl ModelHandle {
     pub fn pick_or_loading(&self, version: Option<u64>) -> Result<Arc<LoadedVersion>, (ServeError, bool)> {
         let published = self.published.load();
         let loading = published.state.state == State::Loading;
-        Self::find(&self.name, &published, version).map_err(|e| (e, loading))
-    }
-
-    fn find(
-        name: &str,
-        published: &Published,
-        version: Option<u64>,
-    ) -> Result<Arc<LoadedVersion>, ServeError> {
-        let versions = &published.versions;
-        let found = match version {
-            Some(v) => versions.get(&v),
-            None => versions.values().next_back(),
-        };
-        match (found, version) {
-            (Some(v), _) => Ok(v.clone()),
-            (None, Some(v)) if !versions.is_empty() => Err(ServeError::UnknownVersion {
-                model: name.to_string(),
-                version: v,
-                ready: versions.keys().copied().collect(),
-            }),
-            (None, _) => Err(ServeError::Unavailable {
-                model: name.to_string(),
-                reason: published
-                    .state
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "no version is ready".into()),
-            }),
-        }
+        published.pick(&self.name, version).map_err(|e| (e, loading))
     }
 
     /// Ready versions.

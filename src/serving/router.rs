@@ -230,8 +230,9 @@ struct Waiting<'a>(&'a AtomicUsize);
 impl<'a> Waiting<'a> {
     /// A place, or `None` when [`MAX_WAITING`] requests already wait.
     fn enter(count: &'a AtomicUsize) -> Option<Self> {
-        let place = Waiting(count);
-        (count.fetch_add(1, Ordering::Relaxed) < MAX_WAITING).then_some(place)
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        let place = Waiting(count); // refused or not, dropping it gives the place back
+        (before < MAX_WAITING).then_some(place)
     }
 }
 

@@ -21,6 +21,12 @@ fn required(var: &str) -> PathBuf {
     path
 }
 
+/// The string `key` of each object in the JSON array `list` (names of outputs, models, …).
+pub fn strings<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    let items = list.as_array().unwrap_or_else(|| panic!("not an array: {list}"));
+    items.iter().map(|item| item[key].as_str().unwrap()).collect()
+}
+
 /// Waits until `check` holds or panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
     let until = std::time::Instant::now() + timeout;

@@ -47,8 +47,7 @@ fn daemon(dir: &Path, node: &str, broker: &Broker, sidecar_extra: &str) -> (Daem
         .unwrap();
     }
     let port = harness::free_port();
-    let mqtt = format!("url = \"mqtt://127.0.0.1:{}\"", broker.port);
-    let daemon = harness::start_daemon(dir, node, Some(port), &mqtt);
+    let daemon = harness::start_daemon(dir, node, Some(port), &harness::url_setting(broker.port));
     // Ready is not subscribed: a deploy published before the daemon's SUBSCRIBE is lost (a
     // test waited 60 s for its status once).
     harness::wait_until("the daemon's MQTT subscriptions", WAIT, || {

@@ -929,7 +929,7 @@ fn the_daemon_serves_http_without_a_broker() {
         dir.path(),
         "alone",
         Some(http_port),
-        &format!("url = \"mqtt://127.0.0.1:{nothing}\""),
+        &harness::url_setting(nothing),
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let request =

@@ -128,12 +128,7 @@ fn the_status_page_shows_models_and_cameras_behind_the_token() {
     assert_eq!((picture.width(), picture.height()), (320, 240));
     let missing = node.authed("/cameras/nowhere/snapshot.jpg");
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    let models: Vec<&str> = status["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let models = common::strings(&status["models"], "name");
     assert_eq!(models.len(), 2, "{models:?}");
     let token_file = dir.path().join("token");
     let token_file = token_file.to_str().unwrap();
