@@ -8,6 +8,7 @@
 //!   ONNX `TensorProto`).
 //! - [`engine`]: model files and signatures, ONNX Runtime and tract, engine selection,
 //!   inference threads.
+//! - [`cpus`]: CPU lists and pinning (`[engine] cpus`: the engine's cores kept for it).
 //! - [`conformance`]: the ONNX backend node-test runner behind `examples/conformance.rs`.
 //! - [`http`]: the KServe V2 / Triton-compatible HTTP API.
 //! - [`repository`]: the model repository on disk, loading with checks, watching, hot reload.
@@ -38,6 +39,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod conformance;
+pub mod cpus;
 pub mod daemon;
 pub mod delivery;
 pub mod engine;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use onnxd::commands::{bench, bench_mqtt, check, infer, inspect, run};
 use onnxd::config::Config;
@@ -148,6 +149,10 @@ struct BenchArgs {
     /// In-process: longest wait for a fuller batch, microseconds [default: the sidecar's, or 0].
     #[arg(long)]
     max_queue_delay_us: Option<u64>,
+    /// In-process: CPUs of the engine's threads, as `[engine] cpus` ("0", "2-3"); the
+    /// clients run on the other CPUs, as a daemon's transports do.
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["http", "grpc", "mqtt"])]
+    cpus: Option<onnxd::cpus::CpuList>,
     #[command(flatten)]
     mqtt: MqttBenchArgs,
     #[command(flatten)]
@@ -312,6 +317,10 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         (None, None) => bench::Target::InProcess,
     };
     let mut settings = args.engine.settings(args.instances);
+    if let Some(cpus) = args.cpus {
+        onnxd::cpus::reserve(&cpus).context("--cpus")?;
+        settings.engine.cpus = cpus;
+    }
     settings.batching = BatchOverrides {
         max_batch_size: args.max_batch_size,
         max_queue_delay_us: args.max_queue_delay_us,

@@ -1,10 +1,12 @@
 //! `onnxd run`: the signal loop around the library [`Daemon`]. Signal handlers are installed
 //! before the daemon reports ready (a SIGHUP right after READY must reload, not kill); SIGHUP
 //! reloads, SIGTERM and SIGINT drain and stop. Debug builds also take SIGUSR2, the watchdog
-//! test hook (`service::stall_on`).
+//! test hook (`service::stall_on`). With `[engine] cpus` set, the process's threads start on
+//! the CPUs the engine leaves ([`crate::cpus::reserve`]).
 
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
@@ -12,6 +14,8 @@ use crate::daemon::Daemon;
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // Every thread but the inference threads starts from this one (or from a thread it started).
+    crate::cpus::reserve(&config.engine.cpus).context("engine.cpus")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;

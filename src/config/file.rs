@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpus::CpuList;
 use crate::engine::{EngineChoice, EngineOptions, Provider};
 
 /// The whole file.
@@ -117,6 +118,8 @@ pub struct EngineConfig {
     pub providers: Vec<Provider>,
     /// Intra-op threads per instance (0 = cores / instances).
     pub intra_threads: usize,
+    /// CPUs kept for inference ("" = anywhere); the daemon's other threads run on the rest.
+    pub cpus: CpuList,
     /// ORT thread spinning.
     pub spinning: bool,
     /// CUDA device id.
@@ -133,6 +136,7 @@ impl Default for EngineConfig {
             ort_library: PathBuf::new(),
             providers: defaults.providers,
             intra_threads: defaults.intra_threads,
+            cpus: defaults.cpus,
             spinning: defaults.spinning,
             cuda_device: defaults.cuda_device,
             trt_fp16: defaults.trt_fp16,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::cpus::CpuList;
 use crate::engine::EngineOptions;
 pub use file::{CameraConfig, EngineConfig, HomeAssistantConfig, ReloadMode, RepositoryConfig};
 use file::{FileConfig, FileGrpc, FileHttp, FileMqtt};
@@ -226,6 +227,7 @@ impl Config {
             state_dir: self.state_dir.clone(),
             instances: 1,
             gpus: Vec::new(),
+            cpus: self.engine.cpus.clone(),
         }
     }
 }
@@ -422,6 +424,7 @@ impl Checker {
                 "expected at least one of \"tensorrt\", \"cuda\", \"cpu\"",
             ));
         }
+        self.engine_cpus(&engine.cpus)?;
         let mqtt = self.mqtt(&raw.mqtt, &node_id)?;
         Ok(Config {
             file: self.file.clone(),
@@ -438,6 +441,20 @@ impl Checker {
             engine,
             warnings: Vec::new(),
         })
+    }
+
+    /// `[engine] cpus`: CPUs this process may run on (a systemd `CPUAffinity=` or `taskset`
+    /// narrows them).
+    fn engine_cpus(&self, cpus: &CpuList) -> Result<(), ConfigError> {
+        let allowed = CpuList::of_this_thread()
+            .map_err(|e| self.invalid("engine.cpus", format!("cannot read this process's CPUs: {e}")))?;
+        match cpus.first_outside(&allowed) {
+            Some(cpu) => Err(self.invalid(
+                "engine.cpus",
+                format!("CPU {cpu} is not one this process may run on ({allowed})"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// A `listen` value: an address, or `None` for "" (the endpoint disabled).

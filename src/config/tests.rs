@@ -64,6 +64,26 @@ fn unknown_keys_and_bad_values_name_the_key() {
 }
 
 #[test]
+fn engine_cpus_are_a_cpu_list_this_process_may_run_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = CpuList::of_this_thread().unwrap().cpus()[0];
+    let path = write(dir.path(), &format!("[engine]\ncpus = \"{first}\"\n"));
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.engine_options().cpus.cpus(), &[first]);
+    let path = write(dir.path(), "");
+    assert!(Config::load(&path).unwrap().engine_options().cpus.is_empty());
+    let path = write(dir.path(), "[engine]\ncpus = \"1023\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("engine.cpus") && err.contains("CPU 1023 is not one this process may run on"),
+        "{err}"
+    );
+    let path = write(dir.path(), "[engine]\ncpus = \"3-1\"\n");
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("cpus") && err.contains("runs backwards"), "{err}");
+}
+
+#[test]
 fn secret_and_certificate_files_are_read_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(

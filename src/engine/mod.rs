@@ -19,6 +19,7 @@ pub mod tract;
 
 use std::path::PathBuf;
 
+use crate::cpus::CpuList;
 use crate::model::ModelError;
 pub use crate::model::{EngineKind, ModelFile, ModelInfo};
 use crate::tensor::{Tensor, Tensors};
@@ -164,6 +165,8 @@ pub struct EngineOptions {
     pub instances: usize,
     /// GPUs to place instances on (`instances` on each); empty: `cuda_device` or the CPU.
     pub gpus: Vec<i32>,
+    /// CPUs the inference threads and their intra-op threads run on (empty: anywhere).
+    pub cpus: CpuList,
 }
 
 impl Default for EngineOptions {
@@ -179,18 +182,22 @@ impl Default for EngineOptions {
             state_dir: std::env::temp_dir().join("onnxd"),
             instances: 1,
             gpus: Vec::new(),
+            cpus: CpuList::default(),
         }
     }
 }
 
 impl EngineOptions {
-    /// Intra-op threads per instance: the configured number, or an even share of the cores so
-    /// that instances × threads ≤ cores.
+    /// Intra-op threads per instance: the configured number, or an even share of the cores
+    /// (those of `cpus` when set) so that instances × threads ≤ cores.
     pub fn threads_per_instance(&self) -> usize {
         if self.intra_threads > 0 {
             return self.intra_threads;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = match self.cpus.cpus().len() {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            listed => listed,
+        };
         (cores / self.total_instances()).max(1)
     }
 

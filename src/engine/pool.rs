@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::cpus::CpuList;
 use crate::heartbeat::Busy;
 
 use super::batch::{rows_of, split, stack, BatchPolicy, BatchQueue, Execution, Job, JobResult};
@@ -38,6 +39,8 @@ const BACKGROUND_NICE: i32 = 19;
 pub struct InstancePool {
     name: String,
     priority: Priority,
+    /// Where the threads run (empty: anywhere).
+    cpus: CpuList,
     queue: Arc<BatchQueue>,
     /// Per thread: when its current execution began (the watchdog's sign of progress).
     busy: Arc<[Busy]>,
@@ -49,12 +52,14 @@ pub struct InstancePool {
 }
 
 impl InstancePool {
-    /// Starts one thread per session, taking batches as `policy` says.
+    /// Starts one thread per session on `cpus` (empty: anywhere), taking batches as `policy`
+    /// says.
     pub fn start(
         name: &str,
         sessions: Vec<Box<dyn EngineSession>>,
         policy: BatchPolicy,
         priority: Priority,
+        cpus: CpuList,
     ) -> InstancePool {
         let queue = Arc::new(match priority {
             Priority::Serving => BatchQueue::new(policy),
@@ -69,9 +74,13 @@ impl InstancePool {
                 let queue = queue.clone();
                 let busy = busy.clone();
                 let cpu_clock = cpu_clock.clone();
+                let cpus = cpus.clone();
                 std::thread::Builder::new()
                     .name(format!("infer-{name}-{i}"))
                     .spawn(move || {
+                        if let Err(e) = cpus.pin_this_thread() {
+                            tracing::warn!(error = %e, %cpus, "cannot pin an inference thread to its CPUs");
+                        }
                         if priority == Priority::Background {
                             // On Linux the nice value is per thread; `None` is this one.
                             if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
@@ -94,6 +103,7 @@ impl InstancePool {
         InstancePool {
             name: name.to_string(),
             priority,
+            cpus,
             queue,
             busy,
             cpu_clock,
@@ -238,13 +248,14 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Starts the inference threads of loaded sessions.
+    /// Starts the inference threads of loaded sessions, on `cpus` (empty: anywhere).
     pub fn start(
         name: &str,
         info: Arc<ModelInfo>,
         loaded: LoadedSessions,
         reason: String,
         policy: BatchPolicy,
+        cpus: CpuList,
     ) -> LoadedModel {
         LoadedModel {
             info,
@@ -254,7 +265,7 @@ impl LoadedModel {
             reason,
             instances: loaded.sessions.len(),
             gpus: loaded.gpus,
-            pool: InstancePool::start(name, loaded.sessions, policy, Priority::Serving),
+            pool: InstancePool::start(name, loaded.sessions, policy, Priority::Serving, cpus),
         }
     }
 
@@ -274,9 +285,16 @@ impl LoadedModel {
 
     fn restarted(mut self, policy: BatchPolicy, priority: Priority) -> LoadedModel {
         let name = self.pool.name.clone();
-        let placeholder = InstancePool::start(&name, Vec::new(), BatchPolicy::unbatched(1), priority);
+        let cpus = self.pool.cpus.clone();
+        let placeholder = InstancePool::start(
+            &name,
+            Vec::new(),
+            BatchPolicy::unbatched(1),
+            priority,
+            CpuList::default(),
+        );
         let pool = std::mem::replace(&mut self.pool, placeholder);
-        self.pool = InstancePool::start(&name, pool.into_sessions(), policy, priority);
+        self.pool = InstancePool::start(&name, pool.into_sessions(), policy, priority, cpus);
         self
     }
 
