@@ -9,6 +9,7 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 
@@ -34,6 +35,30 @@ impl CpuList {
         Ok(CpuList(
             (0..CpuSet::MAX_CPU).filter(|&cpu| set.is_set(cpu)).collect(),
         ))
+    }
+
+    /// The CPUs this process may run on (a unit's `CPUAffinity=` or `taskset` narrow them):
+    /// those of the calling thread, or what they were before [`reserve`] narrowed them.
+    pub fn of_this_process() -> io::Result<CpuList> {
+        match PROCESS_CPUS.get() {
+            Some(cpus) => Ok(cpus.clone()),
+            None => CpuList::of_this_thread(),
+        }
+    }
+
+    /// Refuses a list naming a CPU this process may not run on, naming it.
+    pub fn check_allowed(&self) -> Result<(), String> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let allowed =
+            CpuList::of_this_process().map_err(|e| format!("cannot read this process's CPUs: {e}"))?;
+        match self.first_outside(&allowed) {
+            Some(cpu) => Err(format!(
+                "CPU {cpu} is not one this process may run on ({allowed})"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// These CPUs less `other`'s.
@@ -66,27 +91,45 @@ impl CpuList {
     }
 }
 
+/// The process's CPUs as they were before [`reserve`] narrowed the threads to the rest.
+static PROCESS_CPUS: OnceLock<CpuList> = OnceLock::new();
+
 /// Runs `f` with the calling thread pinned to `cpus`, then puts the thread back on the CPUs it
-/// had. Threads `f` starts (ONNX Runtime's intra-op pool, built with a session) keep `cpus`.
+/// had, also when `f` panics. Threads `f` starts (ONNX Runtime's intra-op pool, built with a
+/// session) keep `cpus`. Only pinning can fail; a failure to move back is logged.
 pub fn while_pinned<T>(cpus: &CpuList, f: impl FnOnce() -> T) -> io::Result<T> {
     if cpus.is_empty() {
         return Ok(f());
     }
     let before = CpuList::of_this_thread()?;
     cpus.pin_this_thread()?;
-    let result = f();
-    before.pin_this_thread()?;
-    Ok(result)
+    let _back = PutBack(before);
+    Ok(f())
+}
+
+/// Puts the thread back on its CPUs when dropped ([`while_pinned`]).
+struct PutBack(CpuList);
+
+impl Drop for PutBack {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.pin_this_thread() {
+            tracing::warn!(error = %e, cpus = %self.0, "cannot put a thread back on its CPUs");
+        }
+    }
 }
 
 /// Keeps the engine's CPUs for the engine: pins the calling thread, and so every thread it
 /// starts from now on, to the CPUs it may use less `engine`'s. When none are left (the list
-/// names them all) the other threads share them, and nothing changes.
+/// names them all) the other threads share them, and nothing changes. Call it once, before
+/// starting threads; [`CpuList::of_this_process`] still answers the CPUs before it.
 pub fn reserve(engine: &CpuList) -> io::Result<()> {
     if engine.is_empty() {
         return Ok(());
     }
-    CpuList::of_this_thread()?.without(engine).pin_this_thread()
+    let process = CpuList::of_this_thread()?;
+    let rest = process.without(engine);
+    let _ = PROCESS_CPUS.set(process);
+    rest.pin_this_thread()
 }
 
 impl FromStr for CpuList {
@@ -95,7 +138,10 @@ impl FromStr for CpuList {
     /// "0-3,6": CPUs and inclusive ranges, comma-separated; "" is the empty list.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut cpus = Vec::new();
-        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        if text.trim().is_empty() {
+            return Ok(CpuList(cpus));
+        }
+        for item in text.split(',').map(str::trim) {
             let (first, last) = item.split_once('-').unwrap_or((item, item));
             let (first, last) = (cpu_number(first, text)?, cpu_number(last, text)?);
             if first > last {
@@ -110,10 +156,12 @@ impl FromStr for CpuList {
 }
 
 fn cpu_number(text: &str, list: &str) -> Result<usize, String> {
-    let cpu: usize = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("expected a CPU list such as \"0-3,6\", not \"{list}\""))?;
+    let text = text.trim();
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let cpu: usize = digits
+        .then(|| text.parse().ok())
+        .flatten()
+        .ok_or_else(|| format!("expected a CPU list such as \"0-3,6\", not \"{list}\""))?;
     if cpu >= CpuSet::MAX_CPU {
         return Err(format!(
             "CPU {cpu} is past the last one a thread can be pinned to ({})",
@@ -169,6 +217,7 @@ mod tests {
     #[test]
     fn lists_parse_as_linux_writes_them_and_print_back_in_short_form() {
         assert_eq!(list("").cpus(), &[] as &[usize]);
+        assert_eq!(list(" ").cpus(), &[] as &[usize]);
         assert_eq!(list("3").cpus(), &[3]);
         assert_eq!(list("0-2, 5 ,4,1").cpus(), &[0, 1, 2, 4, 5]);
         assert_eq!(list("0-2,5,4,1").to_string(), "0-2,4-5");
@@ -182,6 +231,10 @@ mod tests {
         assert!(err("first").contains("not \"first\""));
         assert!(err("4-1").contains("\"4-1\" runs backwards"), "{}", err("4-1"));
         assert!(err("-1").contains("CPU list"));
+        assert!(err(",").contains("not \",\""), "{}", err(","));
+        assert!(err("1,,2").contains("CPU list"));
+        assert!(err("+1").contains("CPU list"));
+        assert!(err("99999999999999999999999").contains("CPU list"));
         assert!(
             err("100000").contains("CPU 100000 is past the last one"),
             "{}",
@@ -208,7 +261,12 @@ mod tests {
                 (CpuList::of_this_thread().unwrap(), child)
             })
             .unwrap();
-            assert_eq!(inside, (first.clone(), first));
+            assert_eq!(inside, (first.clone(), first.clone()));
+            assert_eq!(CpuList::of_this_thread().unwrap(), before);
+            // Also when what runs pinned panics (a session build caught by the repository).
+            let unwound =
+                std::panic::catch_unwind(|| while_pinned(&first, || panic!("a panic while pinned")));
+            assert!(unwound.is_err());
             assert_eq!(CpuList::of_this_thread().unwrap(), before);
             assert_eq!(while_pinned(&CpuList::default(), || 7).unwrap(), 7);
         })

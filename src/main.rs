@@ -318,6 +318,8 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut settings = args.engine.settings(args.instances);
     if let Some(cpus) = args.cpus {
+        cpus.check_allowed()
+            .map_err(|why| anyhow::anyhow!("--cpus: {why}"))?;
         onnxd::cpus::reserve(&cpus).context("--cpus")?;
         settings.engine.cpus = cpus;
     }

@@ -1,14 +1,37 @@
-//! `[engine] cpus` in a running `onnxd run`: the inference thread and ONNX Runtime's intra-op
-//! threads run on the listed CPU, every other thread of the process on the CPUs left, and the
-//! model answers. Needs two CPUs this process may run on (the CI machine has them).
+//! `[engine] cpus`: in a running `onnxd run`, the inference thread and ONNX Runtime's
+//! intra-op threads run on the listed CPU, every other thread of the process on the CPUs left,
+//! the model answers and SIGHUP still reloads; inference threads started again (a shadow's
+//! priority, a new batching policy) keep the list; `onnxd bench --cpus` checks it. Needs two
+//! CPUs this process may run on (the CI machine has them).
 
 mod common;
 
+use std::time::Duration;
+
 use common::process::Onnxd;
 use onnxd::cpus::CpuList;
+use onnxd::engine::batch::BatchPolicy;
+use onnxd::engine::pool::Priority;
+use onnxd::engine::{select, EngineChoice, EngineOptions};
 
-/// Each thread of `pid`: its name and the CPUs it may run on (`Cpus_allowed_list`).
-fn threads(pid: u32) -> Vec<(String, CpuList)> {
+/// The last CPU this process may run on, and the others (at least one).
+fn last_and_rest() -> (CpuList, CpuList) {
+    let allowed = CpuList::of_this_thread().unwrap();
+    let [.., last] = allowed.cpus() else {
+        unreachable!()
+    };
+    let engine: CpuList = last.to_string().parse().unwrap();
+    let rest = allowed.without(&engine);
+    assert!(
+        !rest.is_empty(),
+        "this test needs two CPUs this process may run on; it has {allowed}"
+    );
+    (engine, rest)
+}
+
+/// Each thread of process `pid` (`self` for this one): its name and the CPUs it may run on
+/// (`Cpus_allowed_list`).
+fn threads(pid: &str) -> Vec<(String, CpuList)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
@@ -29,16 +52,7 @@ fn threads(pid: u32) -> Vec<(String, CpuList)> {
 
 #[test]
 fn inference_runs_on_the_engine_cpus_and_every_other_thread_on_the_rest() {
-    let allowed = CpuList::of_this_thread().unwrap();
-    let [.., last] = allowed.cpus() else {
-        unreachable!()
-    };
-    let engine: CpuList = last.to_string().parse().unwrap();
-    let rest = allowed.without(&engine);
-    assert!(
-        !rest.is_empty(),
-        "this test needs two CPUs this process may run on; it has {allowed}"
-    );
+    let (engine, rest) = last_and_rest();
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("models/digits/1");
     std::fs::create_dir_all(&repo).unwrap();
@@ -63,7 +77,7 @@ fn inference_runs_on_the_engine_cpus_and_every_other_thread_on_the_rest() {
         .unwrap();
     assert_eq!(response.status(), 200, "{}", daemon.log());
 
-    let threads = threads(daemon.pid());
+    let threads = threads(&daemon.pid().to_string());
     let on = |cpus: &CpuList| -> Vec<&str> {
         threads
             .iter()
@@ -90,5 +104,72 @@ fn inference_runs_on_the_engine_cpus_and_every_other_thread_on_the_rest() {
     assert!(
         on_rest.iter().any(|name| name.starts_with("tokio")),
         "{threads:?}"
+    );
+
+    // The main thread now runs on the rest only; the config's check still knows the process's
+    // CPUs, so a reload is not refused.
+    daemon.signal("HUP");
+    daemon.wait_for("SIGHUP: config re-read", Duration::from_secs(20));
+}
+
+/// The CPUs of this process's thread named `name` (one only).
+fn cpus_of_thread(name: &str) -> CpuList {
+    let found: Vec<CpuList> = threads("self")
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(found.len(), 1, "threads named {name}: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+#[test]
+fn inference_threads_started_again_keep_their_cpus() {
+    let (engine, _) = last_and_rest();
+    let options = EngineOptions {
+        choice: EngineChoice::Ort,
+        ort_library: Some(common::ort_library()),
+        intra_threads: 1,
+        cpus: engine.clone(),
+        ..EngineOptions::default()
+    };
+    let model = select::load_path("k", &common::models().join("digits/model.onnx"), &options).unwrap();
+    assert_eq!(cpus_of_thread("infer-k-0"), engine);
+    // A shadow candidate's threads, at the lowest priority; then a new batching policy.
+    let model = model.with_priority(Priority::Background);
+    assert_eq!(cpus_of_thread("infer-k-0"), engine);
+    let model = model.with_policy(BatchPolicy::unbatched(8));
+    assert_eq!(cpus_of_thread("infer-k-0"), engine);
+    drop(model);
+}
+
+#[test]
+fn bench_takes_cpus_it_may_run_on_and_refuses_others() {
+    let (engine, _) = last_and_rest();
+    let model = common::models().join("digits/model.onnx");
+    let bench = |cpus: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_onnxd"))
+            .args([
+                "bench",
+                model.to_str().unwrap(),
+                "--count",
+                "20",
+                "--json",
+                "--cpus",
+                cpus,
+            ])
+            .env("ORT_DYLIB_PATH", common::ort_library())
+            .output()
+            .unwrap()
+    };
+    let out = bench(&engine.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["requests"], 20, "{report}");
+    let out = bench("1023");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--cpus: CPU 1023 is not one this process may run on"),
+        "{err}"
     );
 }

@@ -444,17 +444,10 @@ impl Checker {
     }
 
     /// `[engine] cpus`: CPUs this process may run on (a systemd `CPUAffinity=` or `taskset`
-    /// narrows them).
+    /// narrows them; on SIGHUP, those it had before the engine's were kept for it).
     fn engine_cpus(&self, cpus: &CpuList) -> Result<(), ConfigError> {
-        let allowed = CpuList::of_this_thread()
-            .map_err(|e| self.invalid("engine.cpus", format!("cannot read this process's CPUs: {e}")))?;
-        match cpus.first_outside(&allowed) {
-            Some(cpu) => Err(self.invalid(
-                "engine.cpus",
-                format!("CPU {cpu} is not one this process may run on ({allowed})"),
-            )),
-            None => Ok(()),
-        }
+        cpus.check_allowed()
+            .map_err(|why| self.invalid("engine.cpus", why))
     }
 
     /// A `listen` value: an address, or `None` for "" (the endpoint disabled).
