@@ -112,15 +112,22 @@ fn inference_runs_on_the_engine_cpus_and_every_other_thread_on_the_rest() {
     daemon.wait_for("SIGHUP: config re-read", Duration::from_secs(20));
 }
 
-/// The CPUs of this process's thread named `name` (one only).
-fn cpus_of_thread(name: &str) -> CpuList {
-    let found: Vec<CpuList> = threads("self")
-        .into_iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, c)| c)
-        .collect();
-    assert_eq!(found.len(), 1, "threads named {name}: {found:?}");
-    found.into_iter().next().unwrap()
+/// Waits until this process has one thread named `name`, on `cpus`. A new thread names and
+/// pins itself once it runs, a moment after its spawn has returned.
+fn wait_for_thread_on(name: &str, cpus: &CpuList) {
+    let on_cpus = || {
+        let found: Vec<CpuList> = threads("self")
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .collect();
+        found == [cpus.clone()]
+    };
+    common::wait_until(
+        &format!("one thread {name} on CPUs {cpus}"),
+        Duration::from_secs(10),
+        on_cpus,
+    );
 }
 
 #[test]
@@ -134,12 +141,12 @@ fn inference_threads_started_again_keep_their_cpus() {
         ..EngineOptions::default()
     };
     let model = select::load_path("k", &common::models().join("digits/model.onnx"), &options).unwrap();
-    assert_eq!(cpus_of_thread("infer-k-0"), engine);
+    wait_for_thread_on("infer-k-0", &engine);
     // A shadow candidate's threads, at the lowest priority; then a new batching policy.
     let model = model.with_priority(Priority::Background);
-    assert_eq!(cpus_of_thread("infer-k-0"), engine);
+    wait_for_thread_on("infer-k-0", &engine);
     let model = model.with_policy(BatchPolicy::unbatched(8));
-    assert_eq!(cpus_of_thread("infer-k-0"), engine);
+    wait_for_thread_on("infer-k-0", &engine);
     drop(model);
 }
 
