@@ -53,7 +53,7 @@ impl CpuList {
         }
         let allowed =
             CpuList::of_this_process().map_err(|e| format!("cannot read this process's CPUs: {e}"))?;
-        match self.first_outside(&allowed) {
+        match self.without(&allowed).cpus().first() {
             Some(cpu) => Err(format!(
                 "CPU {cpu} is not one this process may run on ({allowed})"
             )),
@@ -70,11 +70,6 @@ impl CpuList {
                 .filter(|cpu| !other.0.contains(cpu))
                 .collect(),
         )
-    }
-
-    /// The first CPU of this list that `allowed` lacks.
-    pub fn first_outside(&self, allowed: &CpuList) -> Option<usize> {
-        self.0.iter().copied().find(|cpu| !allowed.0.contains(cpu))
     }
 
     /// Pins the calling thread (and the threads it starts from now on) to these CPUs; an
@@ -120,16 +115,19 @@ impl Drop for PutBack {
 
 /// Keeps the engine's CPUs for the engine: pins the calling thread, and so every thread it
 /// starts from now on, to the CPUs it may use less `engine`'s. When none are left (the list
-/// names them all) the other threads share them, and nothing changes. Call it once, before
+/// names them all) the other threads share them, and nothing changes. A list naming a CPU
+/// the process may not use is refused ([`CpuList::check_allowed`]). Call it once, before
 /// starting threads; [`CpuList::of_this_process`] still answers the CPUs before it.
-pub fn reserve(engine: &CpuList) -> io::Result<()> {
+pub fn reserve(engine: &CpuList) -> Result<(), String> {
+    engine.check_allowed()?;
     if engine.is_empty() {
         return Ok(());
     }
-    let process = CpuList::of_this_thread()?;
+    let process = CpuList::of_this_thread().map_err(|e| format!("cannot read this thread's CPUs: {e}"))?;
     let rest = process.without(engine);
     let _ = PROCESS_CPUS.set(process);
     rest.pin_this_thread()
+        .map_err(|e| format!("cannot pin the daemon's threads to CPUs {rest}: {e}"))
 }
 
 impl FromStr for CpuList {
@@ -245,8 +243,8 @@ mod tests {
     #[test]
     fn set_operations() {
         assert_eq!(list("0-3").without(&list("1,3")), list("0,2"));
-        assert_eq!(list("0-1").first_outside(&list("0-3")), None);
-        assert_eq!(list("2,5,9").first_outside(&list("0-4")), Some(5));
+        assert!(list("0-1").without(&list("0-3")).is_empty());
+        assert_eq!(list("2,5,9").without(&list("0-4")), list("5,9"));
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use onnxd::commands::{bench, bench_mqtt, check, infer, inspect, run};
 use onnxd::config::Config;
@@ -318,9 +317,7 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut settings = args.engine.settings(args.instances);
     if let Some(cpus) = args.cpus {
-        cpus.check_allowed()
-            .map_err(|why| anyhow::anyhow!("--cpus: {why}"))?;
-        onnxd::cpus::reserve(&cpus).context("--cpus")?;
+        onnxd::cpus::reserve(&cpus).map_err(|why| anyhow::anyhow!("--cpus: {why}"))?;
         settings.engine.cpus = cpus;
     }
     settings.batching = BatchOverrides {

@@ -54,13 +54,7 @@ fn threads(pid: &str) -> Vec<(String, CpuList)> {
 fn inference_runs_on_the_engine_cpus_and_every_other_thread_on_the_rest() {
     let (engine, rest) = last_and_rest();
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("models/digits/1");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::copy(
-        common::models().join("digits/model.onnx"),
-        repo.join("model.onnx"),
-    )
-    .unwrap();
+    common::copy_example_model(&dir.path().join("models/digits"));
     let port = common::free_port();
     let config = dir.path().join("onnxd.toml");
     std::fs::write(
@@ -92,7 +86,8 @@ fn inference_runs_on_the_engine_cpus_and_every_other_thread_on_the_rest() {
         "threads elsewhere: {threads:?}"
     );
     // The inference thread, and ONNX Runtime's pool of 3 intra-op threads: 2 besides the
-    // thread that runs the session.
+    // thread that runs the session. Not the thread of ONNX Runtime's environment, built before
+    // the session (the example's sidecar says `engine = "auto"`, so the first load builds it).
     assert_eq!(
         on_engine.iter().filter(|name| **name == "infer-digits-0").count(),
         1,

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
@@ -15,7 +14,7 @@ use crate::daemon::Daemon;
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
     // Every thread but the inference threads starts from this one (or from a thread it started).
-    crate::cpus::reserve(&config.engine.cpus).context("engine.cpus")?;
+    crate::cpus::reserve(&config.engine.cpus).map_err(|why| anyhow::anyhow!("engine.cpus: {why}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;

@@ -6,6 +6,11 @@ fn write(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// The error of loading `text` as the config.
+fn refused(dir: &Path, text: &str) -> String {
+    Config::load(&write(dir, text)).unwrap_err().to_string()
+}
+
 #[test]
 fn relative_paths_resolve_against_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,31 +40,25 @@ fn the_shipped_configs_load() {
 #[test]
 fn unknown_keys_and_bad_values_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "[engine]\nprovidres = [\"cpu\"]\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[engine]\nprovidres = [\"cpu\"]\n");
     assert!(err.contains("providres"), "{err}");
-    let path = write(dir.path(), "[engine]\ndefault = \"gpu\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[engine]\ndefault = \"gpu\"\n");
     assert!(
         err.contains("gpu") && err.contains("expected one of \"auto\", \"ort\", \"tract\""),
         "{err}"
     );
-    let path = write(dir.path(), "node_id = \"a/b\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "node_id = \"a/b\"\n");
     assert!(err.contains("node_id"), "{err}");
-    let path = write(dir.path(), "[http]\nlisten = \"nowhere\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[http]\nlisten = \"nowhere\"\n");
     assert!(err.contains("http.listen"), "{err}");
-    let path = write(dir.path(), "[grpc]\nlisten = \"localhost\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[grpc]\nlisten = \"localhost\"\n");
     assert!(
         err.contains("grpc.listen") && err.contains("127.0.0.1:8001"),
         "{err}"
     );
     let path = write(dir.path(), "[grpc]\nlisten = \"\"\n");
     assert_eq!(Config::load(&path).unwrap().grpc.listen, None);
-    let path = write(dir.path(), "[mqtt]\nurl = \"tcp://127.0.0.1\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[mqtt]\nurl = \"tcp://127.0.0.1\"\n");
     assert!(err.contains("mqtt.url"), "{err}");
 }
 
@@ -72,14 +71,12 @@ fn engine_cpus_are_a_cpu_list_this_process_may_run_on() {
     assert_eq!(config.engine_options().cpus.cpus(), &[first]);
     let path = write(dir.path(), "");
     assert!(Config::load(&path).unwrap().engine_options().cpus.is_empty());
-    let path = write(dir.path(), "[engine]\ncpus = \"1023\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[engine]\ncpus = \"1023\"\n");
     assert!(
         err.contains("engine.cpus") && err.contains("CPU 1023 is not one this process may run on"),
         "{err}"
     );
-    let path = write(dir.path(), "[engine]\ncpus = \"3-1\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[engine]\ncpus = \"3-1\"\n");
     assert!(err.contains("cpus") && err.contains("runs backwards"), "{err}");
 }
 
@@ -113,14 +110,11 @@ fn secret_and_certificate_files_are_read_at_load() {
     assert_eq!((user.as_str(), password.expose()), ("u", "s3cret"));
     assert_eq!(format!("{password:?}"), "Secret(***)");
     std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
-    let path = write(dir.path(), "[mqtt]\nurl = \"mqtts://h\"\nca_file = \"ca.pem\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[mqtt]\nurl = \"mqtts://h\"\nca_file = \"ca.pem\"\n");
     assert!(err.contains("mqtt.ca_file"), "{err}");
-    let path = write(dir.path(), "[http]\ntoken_file = \"nope\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[http]\ntoken_file = \"nope\"\n");
     assert!(err.contains("http.token_file"), "{err}");
-    let path = write(dir.path(), "[http]\ntls_cert = \"c.pem\"\n");
-    let err = Config::load(&path).unwrap_err().to_string();
+    let err = refused(dir.path(), "[http]\ntls_cert = \"c.pem\"\n");
     assert!(
         err.contains("http.tls_cert") && err.contains("set together"),
         "{err}"

@@ -179,9 +179,19 @@ pub fn load(model: &ModelFile, options: &EngineOptions) -> Result<LoadedSessions
     let mut provider = String::new();
     while sessions.len() < options.total_instances() {
         let device = options.device_of(sessions.len());
-        let built = catch_panic(EngineKind::Ort, "session build", || {
-            build_session(model, options, &providers, device).map_err(|e| load_error(e.to_string()))
-        })?;
+        // A session builds its intra-op threads, which start on the CPUs of the thread that
+        // builds it: on `[engine] cpus`. (The environment, built once above, stays off them.)
+        let pinned = crate::cpus::while_pinned(&options.cpus, || {
+            catch_panic(EngineKind::Ort, "session build", || {
+                build_session(model, options, &providers, device).map_err(|e| load_error(e.to_string()))
+            })
+        });
+        let built = pinned.map_err(|e| {
+            load_error(format!(
+                "cannot pin the loading thread to CPUs {}: {e}",
+                options.cpus
+            ))
+        })??;
         match built {
             Built::Session(session, used, tried) => {
                 if sessions.is_empty() {

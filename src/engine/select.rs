@@ -63,15 +63,10 @@ fn load_in(
     model: &ModelFile,
     options: &EngineOptions,
 ) -> Result<LoadedSessions, EngineError> {
-    // ONNX Runtime builds a session's intra-op threads with it: they start on these CPUs.
-    let pinned = crate::cpus::while_pinned(&options.cpus, || match kind {
+    match kind {
         EngineKind::Ort => ort::load(model, options),
         EngineKind::Tract => tract::load(model, options),
-    });
-    pinned.map_err(|e| EngineError::Load {
-        engine: kind,
-        reason: format!("cannot pin the loading thread to CPUs {}: {e}", options.cpus),
-    })?
+    }
 }
 
 fn choose(model: &ModelFile, options: &EngineOptions) -> Result<(LoadedSessions, String), EngineError> {

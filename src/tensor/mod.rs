@@ -301,6 +301,17 @@ pub fn shape_from_i64(shape: &[i64]) -> Result<Vec<usize>, TensorError> {
         .map_err(|_| TensorError::InvalidShape(shape.to_vec(), "dimensions must be >= 0"))
 }
 
+/// `BYTES` data of `got` elements where `shape` holds `count`.
+fn strings_mismatch(shape: Vec<usize>, count: usize, got: String) -> TensorError {
+    TensorError::LengthMismatch {
+        what: "data",
+        shape,
+        dtype: DType::Bytes,
+        got,
+        expected: format!("{count} elements"),
+    }
+}
+
 impl Tensor {
     /// Builds a tensor of fixed-size elements from little-endian bytes.
     pub fn from_raw(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Result<Tensor, TensorError> {
@@ -344,13 +355,11 @@ impl Tensor {
     pub fn from_strings(shape: Vec<usize>, elements: Vec<Vec<u8>>) -> Result<Tensor, TensorError> {
         let count = element_count(&shape)?;
         if elements.len() != count {
-            return Err(TensorError::LengthMismatch {
-                what: "data",
+            return Err(strings_mismatch(
                 shape,
-                dtype: DType::Bytes,
-                got: format!("{} elements", elements.len()),
-                expected: format!("{count} elements"),
-            });
+                count,
+                format!("{} elements", elements.len()),
+            ));
         }
         Ok(Tensor {
             dtype: DType::Bytes,
@@ -385,13 +394,11 @@ impl Tensor {
             if index == count {
                 // More elements than the shape holds: refused before the rest is parsed (zero-
                 // length elements would otherwise cost ~24 bytes of memory per 4 bytes sent).
-                return Err(TensorError::LengthMismatch {
-                    what: "data",
+                return Err(strings_mismatch(
                     shape,
-                    dtype: DType::Bytes,
-                    got: format!("more than {count} elements"),
-                    expected: format!("{count} elements"),
-                });
+                    count,
+                    format!("more than {count} elements"),
+                ));
             }
             let Some((len, tail)) = rest.split_first_chunk::<4>() else {
                 return Err(TensorError::BadElement {
